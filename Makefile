@@ -1,0 +1,36 @@
+# Two entry points, each doing its own set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: install demo test data clean
+
+install: $(STAMP) data
+
+# Re-runs only when the declared requirements change; a second `make` does nothing slow.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --no-deps dl-backtrace==0.0.25
+	touch $(STAMP)
+
+# Fashion-MNIST ships as a Debian package; install it where apt exists and it is missing.
+data:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
+	  echo "note: could not install dataset-fashion-mnist; the loader will look in data/ or download"; \
+	fi
+
+demo: install
+	$(PY) run.py model=resnet method=backtrace
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .cache results/runs

@@ -1,0 +1,55 @@
+"""config -> (dataset, trained model): the part of a run that scripts and benchmarks share."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from experiments.config import check_pairing, validate
+from experiments.datasets import Dataset
+from experiments.training import TrainedModel, load_or_train
+
+
+@dataclass
+class Prepared:
+    dataset: Dataset
+    model: nn.Module
+    model_kind: str
+    trained: TrainedModel
+    device: torch.device
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from experiments.config import ConfigError
+
+        raise ConfigError("device 'cuda' requested but no CUDA device is available; valid choices here: cpu, auto")
+    return torch.device(name)
+
+
+def load_dataset(cfg: DictConfig) -> Dataset:
+    return instantiate(cfg.dataset)
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Validate, load the dataset, check the pairing, and get the (cached or trained) model."""
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    dataset = load_dataset(cfg)
+    seconds["load_data"] = time.perf_counter() - start
+    check_pairing(cfg.model, dataset.name, dataset.modality)
+    start = time.perf_counter()
+    trained = load_or_train(cfg.model, cfg.dataset, dataset, int(cfg.seed), cfg.cache_dir, device)
+    seconds["load_model"] = time.perf_counter() - start
+    for p in trained.model.parameters():
+        p.requires_grad_(False)
+    return Prepared(dataset, trained.model, str(cfg.model.kind), trained, device, seconds)

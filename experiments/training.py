@@ -1,0 +1,167 @@
+"""Train-on-first-use model cache, keyed by a hash of everything that determines the weights.
+
+A cached model is loaded, never retrained; a file that fails to load or whose checksum does not
+match is reported and rebuilt. Files are written to a temporary name and renamed, so a killed
+training never leaves a file that looks complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm.auto import tqdm
+
+from experiments.datasets import Dataset
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module
+    accuracy: Optional[float]       # test accuracy, None where the test labels are unknown
+    cache_key: str
+    cache_path: Optional[Path]
+    from_cache: bool
+    train_seconds: float
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short hash of a JSON-able object that does not depend on key order."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def model_cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, seed: int) -> str:
+    return stable_hash({
+        "net": OmegaConf.to_container(model_cfg.net, resolve=True),
+        "train": OmegaConf.to_container(model_cfg.train, resolve=True) if model_cfg.get("train") else None,
+        "dataset": OmegaConf.to_container(dataset_cfg, resolve=True),
+        "seed": seed,
+    })
+
+
+def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
+    """Instantiate the network, giving it the sizes the dataset determines."""
+    from hydra.utils import instantiate
+
+    sizes: dict[str, Any] = {"num_classes": dataset.n_classes}
+    if dataset.modality == "tabular":
+        sizes["in_features"] = int(dataset.x_train.shape[1])
+    else:
+        sizes["in_channels"] = int(dataset.x_train.shape[1])
+        if model_cfg.name == "cnn":
+            sizes["input_size"] = tuple(int(s) for s in dataset.x_train.shape[2:])
+    if model_cfg.get("pretrained"):
+        sizes = {"num_classes": dataset.n_classes}
+    return instantiate(model_cfg.net, **sizes)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> Optional[float]:
+    """Top-1 accuracy over the samples with a known label (label >= 0)."""
+    known = y >= 0
+    if not bool(known.any()):
+        return None
+    model.eval()
+    device = next(model.parameters()).device
+    preds = torch.cat([model(x[i:i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(x), batch_size)])
+    return float((preds[known] == y[known]).float().mean())
+
+
+def train(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int, device: torch.device) -> nn.Module:
+    """Adam with cross-entropy, deterministic from the seed, with a progress bar per epoch."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=float(train_cfg.lr), weight_decay=float(train_cfg.weight_decay))
+    loss_fn = nn.CrossEntropyLoss()
+    n, bs = len(dataset.x_train), int(train_cfg.batch_size)
+    for epoch in range(int(train_cfg.epochs)):
+        order = torch.randperm(n, generator=gen)
+        bar = tqdm(range(0, n, bs), desc=f"training epoch {epoch + 1}/{train_cfg.epochs}", leave=False,
+                   disable=os.environ.get("BACKTRACE_BENCH_NO_PROGRESS") == "1")
+        for i in bar:
+            idx = order[i:i + bs]
+            xb, yb = dataset.x_train[idx].to(device), dataset.y_train[idx].to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+def _atomic_save(payload: dict[str, Any], path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(payload["state_dict"], buf)
+    blob = buf.getvalue()
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    meta["sha256"] = hashlib.sha256(blob).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        header = json.dumps(meta).encode()
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load(path: Path) -> Optional[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """Meta and state dict of a cache file, or None if the file is missing or corrupt."""
+    try:
+        raw = path.read_bytes()
+        size = int.from_bytes(raw[:8], "little")
+        meta = json.loads(raw[8:8 + size])
+        blob = raw[8 + size:]
+        if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+            return None
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        return meta, state
+    except FileNotFoundError:
+        return None
+    except Exception:  # any unreadable file is a corrupt cache entry: rebuild it
+        return None
+
+
+def load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Dataset, seed: int,
+                  cache_dir: str | Path, device: torch.device) -> TrainedModel:
+    """The model for this config: from the cache when present and sound, else trained and cached."""
+    key = model_cache_key(model_cfg, dataset_cfg, seed)
+    torch.manual_seed(seed)
+    net = build_network(model_cfg, dataset)
+    if model_cfg.get("pretrained"):
+        net.to(device).eval()
+        acc = accuracy(net, dataset.x_test, dataset.y_test)
+        return TrainedModel(net, acc, key, None, True, 0.0)
+
+    path = Path(cache_dir) / "models" / f"{model_cfg.name}-{key}.pt"
+    loaded = _load(path)
+    if loaded is not None:
+        meta, state = loaded
+        net.load_state_dict(state)
+        net.to(device).eval()
+        print(f"model {model_cfg.name}: loaded from cache {path} (test accuracy {meta['accuracy']:.4f})")
+        return TrainedModel(net, meta["accuracy"], key, path, True, float(meta.get("train_seconds", 0.0)))
+    if path.exists():
+        print(f"model {model_cfg.name}: cache file {path} is corrupt; retraining")
+
+    start = time.perf_counter()
+    train(net, dataset, model_cfg.train, seed, device)
+    seconds = time.perf_counter() - start
+    acc = accuracy(net, dataset.x_test, dataset.y_test)
+    print(f"model {model_cfg.name}: trained in {seconds:.1f} s, test accuracy {acc:.4f}")
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    _atomic_save({"state_dict": state, "accuracy": acc, "train_seconds": seconds, "key": key,
+                  "model": model_cfg.name}, path)
+    return TrainedModel(net, acc, key, path, False, seconds)

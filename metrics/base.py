@@ -1,0 +1,43 @@
+"""What every metric carries as data (its direction above all) and the call every metric answers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+from torch import Tensor, nn
+
+DIRECTIONS = ("higher", "lower")
+CATEGORIES = ("faithfulness", "robustness", "randomisation", "complexity", "localisation")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    category: str
+    direction: str          # "higher" | "lower": which way is better
+    attributions: str       # "signed" | "absolute": what the metric expects to be given
+    batched: bool           # whether the model is called on batches (False: one sample a call)
+
+
+class Metric:
+    """Subclasses set ``info`` and implement :meth:`__call__`; parameters come from the config and
+    are recorded with every score."""
+
+    info: ClassVar[MetricInfo]
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, a: Tensor,
+                 explainer: Optional[Any] = None, ground_truth: Optional[Tensor] = None) -> np.ndarray:
+        """Per-sample scores (length ``len(x)``); NaN where a score is undefined, never dropped.
+
+        ``a`` are the attributions after channel reduction; ``explainer`` (a
+        :class:`baselines.base.Explainer`) is re-run by robustness and randomisation metrics;
+        ``ground_truth`` is a mask shaped like ``a`` for localisation metrics.
+        """
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.info.__dict__, "params": dict(self.params)}

@@ -1,0 +1,16 @@
+"""Shared fixtures: every test writes into its own temporary results and cache folders."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("BACKTRACE_BENCH_NO_PROGRESS", "1")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture
+def run_dirs(tmp_path):
+    """Overrides that send a run's record and model cache into the test's temp folder."""
+    return [f"results_dir={tmp_path / 'runs'}", f"cache_dir={tmp_path / 'cache'}"]
