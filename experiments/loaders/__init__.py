@@ -1,0 +1,1 @@
+"""Dataset loaders, split by kind; import them from `experiments.datasets`."""

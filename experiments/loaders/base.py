@@ -1,0 +1,146 @@
+"""The `Dataset` record every loader returns, and the split/subset/standardise helpers they share.
+
+Loaders are deterministic functions of their arguments (a ``seed`` included), so a run's
+config hash names its data exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+
+MODALITIES = ("tabular", "image")
+UNKNOWN_LABEL = -1  # a test label with no class in the label set (explain the prediction instead)
+
+
+@dataclass
+class Dataset:
+    """Train and test splits of one task, with optional ground-truth relevance for the test split.
+
+    Inputs are float32 (tabular ``(N, F)``, images ``(N, C, H, W)``), labels int64 in
+    ``[0, n_classes)`` or ``UNKNOWN_LABEL`` (-1) where a sample has no class in the label set.
+    ``ground_truth`` marks the test inputs that define the label: images ``(N, 1, H, W)``,
+    tabular ``(N, F)``, values in {0, 1}. ``info`` holds only JSON-serialisable values (lists, not
+    tensors) so a run record can store it as it is.
+    """
+
+    name: str
+    modality: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    n_classes: int
+    feature_names: list[str] | None = None
+    class_names: list[str] | None = None
+    ground_truth: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ValueError(f"dataset {self.name}: unknown modality {self.modality!r}; choose one of: {', '.join(MODALITIES)}")
+        rank = 2 if self.modality == "tabular" else 4
+        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            if x.dtype != torch.float32 or x.dim() != rank:
+                raise ValueError(f"dataset {self.name}: x_{split} must be float32 of rank {rank}, got {x.dtype} {tuple(x.shape)}")
+            if y.dtype != torch.int64 or y.shape != (x.shape[0],):
+                raise ValueError(f"dataset {self.name}: y_{split} must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+            if len(y) and (int(y.min()) < UNKNOWN_LABEL or int(y.max()) >= self.n_classes):
+                raise ValueError(f"dataset {self.name}: y_{split} outside [0, {self.n_classes}) (or -1 for unknown)")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(f"dataset {self.name}: train and test inputs differ in shape")
+        if self.ground_truth is not None:
+            want = (len(self.x_test), 1, *self.x_test.shape[2:]) if self.modality == "image" else tuple(self.x_test.shape)
+            if tuple(self.ground_truth.shape) != want:
+                raise ValueError(f"dataset {self.name}: ground_truth must have shape {want}, got {tuple(self.ground_truth.shape)}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``(F,)`` or ``(C, H, W)``."""
+        return tuple(self.x_test.shape[1:])
+
+    @property
+    def n_features(self) -> int:
+        """Number of input values per sample (F for tabular, C*H*W for images)."""
+        return int(np.prod(self.input_shape))
+
+    @property
+    def channels(self) -> int | None:
+        """Image channels; None for tabular data."""
+        return int(self.x_test.shape[1]) if self.modality == "image" else None
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """Image ``(H, W)``; None for tabular data."""
+        return tuple(self.x_test.shape[2:]) if self.modality == "image" else None  # type: ignore[return-value]
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The data-dependent constructor arguments of the model zoo (see experiments.models)."""
+        if self.modality == "tabular":
+            return {"in_features": self.n_features, "num_classes": self.n_classes}
+        return {"in_channels": self.channels, "num_classes": self.n_classes, "input_size": list(self.image_size or ())}
+
+    def test_samples(self, n: int, seed: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The first ``n`` test samples, or ``n`` drawn without replacement by ``seed``: (x, y, ground truth)."""
+        if not 1 <= n <= len(self.x_test):
+            raise ValueError(f"n_samples={n!r} is out of range for dataset {self.name}; choose 1..{len(self.x_test)}")
+        if seed is None:
+            idx = torch.arange(n)
+        else:
+            idx = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(self.x_test), n, replace=False)))
+        gt = None if self.ground_truth is None else self.ground_truth[idx]
+        return self.x_test[idx], self.y_test[idx], gt
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by the loaders
+
+def as_inputs(x: np.ndarray) -> Tensor:
+    """A contiguous float32 tensor (a copy, so loaders never alias cached arrays)."""
+    return torch.tensor(np.ascontiguousarray(x), dtype=torch.float32)
+
+
+def as_labels(y: np.ndarray | Sequence[int]) -> Tensor:
+    return torch.tensor(np.asarray(y), dtype=torch.int64)
+
+
+def check_size(name: str, arg: str, n: int | None, available: int) -> None:
+    """Refuse a subset size that is not a positive int no larger than what exists."""
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= available:
+        raise ValueError(f"{arg}={n!r} is invalid for dataset {name}; choose an integer in 1..{available} or null for all")
+
+
+def subset(name: str, arg: str, n: int | None, available: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a seeded random subset of size ``n`` (all indices, shuffled, when ``n`` is None).
+
+    Shuffling even the full set keeps the first test samples a mix of classes.
+    """
+    check_size(name, arg, n, available)
+    return rng.permutation(available)[: (available if n is None else n)]
+
+
+def stratified_split(name: str, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test indices of a class-stratified split (for data that ships without one)."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction={test_fraction!r} is invalid for dataset {name}; choose a value in (0, 1)")
+    idx = np.arange(len(y))
+    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y)
+    return np.sort(train), np.sort(test)
+
+
+def standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
+    """Z-score both splits with the training split's mean and std (a constant column keeps std 1).
+
+    Using only the training statistics keeps the test split unseen, as in deployment.
+    """
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    stats = {"mean": mean.astype(float).tolist(), "std": std.astype(float).tolist()}
+    return (x_train - mean) / std, (x_test - mean) / std, stats
