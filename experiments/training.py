@@ -84,18 +84,21 @@ def train(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int, 
     opt = torch.optim.Adam(model.parameters(), lr=float(train_cfg.lr), weight_decay=float(train_cfg.weight_decay))
     loss_fn = nn.CrossEntropyLoss()
     n, bs = len(dataset.x_train), int(train_cfg.batch_size)
-    for epoch in range(int(train_cfg.epochs)):
+    epochs, steps = int(train_cfg.epochs), -(-n // bs)
+    bar = tqdm(total=epochs * steps, desc=f"training {type(model).__name__}", unit="step", mininterval=1.0,
+               disable=os.environ.get("BACKTRACE_BENCH_NO_PROGRESS") == "1")
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
-        bar = tqdm(range(0, n, bs), desc=f"training epoch {epoch + 1}/{train_cfg.epochs}", leave=False,
-                   disable=os.environ.get("BACKTRACE_BENCH_NO_PROGRESS") == "1")
-        for i in bar:
+        for i in range(0, n, bs):
             idx = order[i:i + bs]
             xb, yb = dataset.x_train[idx].to(device), dataset.y_train[idx].to(device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
     return model.eval()
 
 

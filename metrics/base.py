@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 DIRECTIONS = ("higher", "lower")
@@ -27,7 +28,10 @@ class Metric:
     info: ClassVar[MetricInfo]
 
     def __init__(self, **params: Any) -> None:
-        self.params = params
+        # Hydra hands lists and mappings over as OmegaConf containers: keep plain ones, so the
+        # parameters can be recorded as JSON and passed on to libraries.
+        self.params = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+                       for k, v in params.items()}
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, a: Tensor,
                  explainer: Optional[Any] = None, ground_truth: Optional[Tensor] = None) -> np.ndarray:

@@ -1,0 +1,55 @@
+"""The bridge from Quantus' ``explain_func`` protocol to our :class:`baselines.base.Explainer`.
+
+Quantus re-explains perturbed inputs (robustness), other classes (RandomLogit) and randomised
+copies of the model (MPRT) by calling ``explain_func(model=..., inputs=ndarray, targets=ndarray,
+**kwargs) -> ndarray``. :class:`ExplainFunc` answers that call with the explainer the harness
+built, reduced over channels exactly as the harness reduced the attributions being scored.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from baselines.base import Explainer, reduce_channels
+
+
+class ExplainFunc:
+    """Callable in Quantus' ``explain_func`` shape, backed by one of our explainers.
+
+    When Quantus hands over a model other than the one the explainer was built on (MPRT's
+    randomised copy), the explainer is rebuilt on that model with the same context and
+    parameters, so that the explanation really is of the randomised network. The copy is mutated
+    in place layer after layer, so the rebuilt explainer is not cached.
+    """
+
+    def __init__(self, explainer: Explainer, channel_reduction: str = "sum") -> None:
+        self.explainer = explainer
+        self.channel_reduction = channel_reduction
+
+    def explainer_for(self, model: nn.Module) -> Explainer:
+        if model is self.explainer.model:
+            return self.explainer
+        return type(self.explainer)(model, self.explainer.context, **self.explainer.params)
+
+    def __call__(self, model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **kwargs: Any) -> np.ndarray:
+        device = self.explainer.context.device
+        x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32, device=device)
+        t = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device).reshape(-1)
+        values = self.explainer_for(model)(x, t).values
+        return reduce_channels(values, self.channel_reduction).detach().cpu().numpy().astype(np.float64)
+
+
+def normalise_per_sample(a: np.ndarray, normalise_axes: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Divide each sample's attributions by their own largest magnitude.
+
+    Quantus' default ``normalise_by_max`` takes the maximum over every axis, the batch axis
+    included, so one sample's score would depend on which other samples share its batch (and
+    MaxSensitivity would normalise the clean and the perturbed batch by different constants).
+    An all-zero map is left as it is.
+    """
+    axes = tuple(range(1, a.ndim)) if normalise_axes is None else tuple(normalise_axes)
+    scale = np.max(np.abs(a), axis=axes, keepdims=True)
+    return a / np.where(scale > 0, scale, 1.0)
