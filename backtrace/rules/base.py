@@ -108,8 +108,8 @@ def saturation_bounds(node: Node) -> tuple[Optional[float], Optional[float]]:
 
 def safe_div(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` where ``den != 0``, else 0: a unit with nothing to share gives nothing."""
-    nz = den != 0
-    return torch.where(nz, num / torch.where(nz, den, torch.ones_like(den)), torch.zeros_like(num))
+    # one division and one in-place clean-up: x/0 gives inf or nan, both become 0 here
+    return torch.div(num, den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def tree_map(fn: Callable[[Tensor], Any], tree: Any) -> Any:
