@@ -7,16 +7,20 @@ supports, so an unsupported pairing is refused before anything runs.
 """
 from __future__ import annotations
 
+import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Iterator, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 MODALITIES = ("tabular", "image", "text")
 MODEL_KINDS = ("mlp", "conv", "transformer", "recurrent")
 CHANNEL_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs", "none")
+OUTPUTS = ("logits", "softmax")  # what a method explains: the raw class scores or their softmax
 
 
 class IncompatibleMethodError(ValueError):
@@ -56,13 +60,20 @@ class Explainer:
     modalities: ClassVar[tuple[str, ...]] = MODALITIES  # data it can explain
     model_kinds: ClassVar[tuple[str, ...]] = MODEL_KINDS  # models it can explain
     deterministic: ClassVar[bool] = True
+    # True where image attributions are one map per pixel, (N, 1, H, W), instead of one per input
+    # channel: every channel reduction leaves such a map unchanged (GradCAM, LIME's superpixels).
+    pixel_map: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, context: ExplainContext, **params: Any) -> None:
         self.check_compatible(context.modality, context.model_kind)
-        self.model = model
+        # Explanations are always of the model as deployed: BatchNorm/Dropout in inference mode.
+        self.model = model.eval()
         self.context = context
-        self.params = params
+        self.params = {k: plain(v) for k, v in params.items()}
         self.last_extras: dict[str, Tensor] = {}
+        # One stream of per-call seeds from the run seed: the same config and the same sequence
+        # of batches give the same attributions, while successive batches get fresh noise.
+        self._seeds = np.random.default_rng(context.seed)
 
     @classmethod
     def check_compatible(cls, modality: str, model_kind: str) -> None:
@@ -80,11 +91,135 @@ class Explainer:
         raise NotImplementedError
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> Attribution:
+        targets = self._check_targets(inputs, targets)
         self.last_extras = {}
         start = time.perf_counter()
         values = self.explain(inputs, targets)
         seconds = time.perf_counter() - start
+        self._check_shape(inputs, values)
         return Attribution(values.detach(), seconds, dict(self.last_extras))
+
+    # -- helpers shared by the methods ------------------------------------------------------
+
+    def next_seed(self) -> int:
+        """A fresh seed for one call, drawn from the run seed's stream."""
+        return int(self._seeds.integers(0, 2**31 - 1))
+
+    def forward_fn(self, output: str) -> nn.Module:
+        """The function a method explains: the model's logits or their softmax."""
+        return with_output(self.model, output)
+
+    def expected_shape(self, inputs: Tensor) -> tuple[int, ...]:
+        if self.pixel_map and self.context.modality == "image" and inputs.ndim == 4:
+            return (inputs.shape[0], 1, *inputs.shape[2:])
+        return tuple(inputs.shape)
+
+    def _check_targets(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        targets = torch.as_tensor(targets)
+        if targets.ndim != 1 or targets.shape[0] != inputs.shape[0]:
+            raise ValueError(
+                f"targets must have shape ({inputs.shape[0]},), one class per sample; got {tuple(targets.shape)}"
+            )
+        if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+            raise ValueError(f"targets must be integer class indices; got dtype {targets.dtype}")
+        bad = targets[(targets < 0) | (targets >= self.context.n_classes)]
+        if len(bad):
+            raise ValueError(
+                f"target class {int(bad[0])} out of range; valid classes are 0..{self.context.n_classes - 1}"
+            )
+        return targets.long().to(inputs.device)
+
+    def _check_shape(self, inputs: Tensor, values: Tensor) -> None:
+        if tuple(values.shape) != self.expected_shape(inputs):
+            raise RuntimeError(
+                f"method {self.name!r} returned attributions of shape {tuple(values.shape)}; "
+                f"expected {self.expected_shape(inputs)}"
+            )
+
+
+def plain(value: Any) -> Any:
+    """Hydra hands nested config values over as OmegaConf containers; methods want plain Python."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def check_choice(what: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """One clear line for a bad config value, naming the valid choices."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
+    return value
+
+
+def with_output(model: nn.Module, output: str) -> nn.Module:
+    """``model`` itself for ``"logits"``; ``model`` followed by a softmax over classes for
+    ``"softmax"`` (the paper's classifiers end in a softmax; the zoo's models return logits)."""
+    check_choice("output", output, OUTPUTS)
+    if output == "logits":
+        return model
+    return nn.Sequential(model, nn.Softmax(dim=-1)).eval()
+
+
+class SelectOutput(nn.Module):
+    """A model restricted to one output column, shape (N, 1).
+
+    shap's torch explainers explain every output (or the top-ranked ones), not a chosen class per
+    sample; restricting the model to the target's column explains exactly that class at the cost
+    of one class instead of all of them.
+    """
+
+    def __init__(self, model: nn.Module, index: int) -> None:
+        super().__init__()
+        self.model = model
+        self.index = int(index)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)[:, self.index : self.index + 1]
+
+
+def numpy_predictor(model: nn.Module, device: torch.device, to_tensor: Callable[[np.ndarray], Tensor],
+                    batch_size: int = 256) -> Callable[[np.ndarray], np.ndarray]:
+    """A numpy-in, numpy-out batched forward pass, as the model-agnostic libraries (shap, lime)
+    call it; ``to_tensor`` turns their layout (e.g. HWC images) into the model's."""
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        outs = []
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                chunk = to_tensor(np.asarray(x[start : start + batch_size])).to(device)
+                outs.append(model(chunk).float().cpu().numpy())
+        return np.concatenate(outs, 0).astype(np.float64) if outs else np.zeros((0,))
+
+    return predict
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed the global torch, numpy and random generators for a library call that draws from them
+    (captum's NoiseTunnel, shap's KernelExplainer), restoring their previous states afterwards so
+    the call neither depends on nor disturbs anything else in the process."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+def group_by_target(targets: Tensor) -> Iterator[tuple[int, Tensor]]:
+    """(class, indices of the samples explaining that class), for libraries that explain one
+    output at a time."""
+    for cls in torch.unique(targets).tolist():
+        yield int(cls), torch.nonzero(targets == cls).flatten()
 
 
 def reduce_channels(attributions: Tensor, how: str = "sum") -> Tensor:

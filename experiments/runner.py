@@ -12,6 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -200,7 +201,12 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, IncompatibleMethodE
 def run_cli(cfg: DictConfig) -> Optional[RunResult]:
     """``run.py``'s job: user errors become one line on stderr and exit code 2."""
     try:
-        return run(cfg)
+        try:
+            return run(cfg)
+        except InstantiationException as exc:  # hydra wraps what a constructor raised: show that
+            if isinstance(exc.__cause__, USER_ERRORS + _engine_errors()):
+                raise exc.__cause__ from None
+            raise
     except USER_ERRORS + _engine_errors() as exc:
         if os.environ.get("BACKTRACE_BENCH_DEBUG") == "1":
             raise

@@ -102,7 +102,7 @@ BAD_INPUTS = [
     (["model=mlp", "target=foo"], "unknown target 'foo'; valid choices: label, prediction"),
     (["model=mlp", "device=tpu"], "unknown device 'tpu'; valid choices: cpu, cuda, auto"),
     (["model=resnet", "dataset=breast_cancer"], "model 'resnet' takes image data but dataset 'breast_cancer' is tabular"),
-    (["model=mlp", "method=gradcam"], "method 'gradcam' does not support 'mlp' models"),
+    (["model=mlp", "method=gradcam"], "method 'gradcam' does not support 'tabular' data; it supports: image"),
 ]
 
 

@@ -1,0 +1,87 @@
+"""GradCAM (Selvaraju et al.) by captum's LayerGradCam, upsampled to the input.
+
+The explained layer is the last convolutional feature map: found automatically as the output of
+the last module, in execution order, that yields an (N, C, H, W) map with H*W > 1 after the
+last convolution ran (for a ResNet the output of its last residual block, torchvision's
+``layer4``; for a plain CNN the last conv/ReLU/pool stage), or named in the config as ``layer``
+(a dotted module name, as ``model.named_modules()`` lists it).
+
+The map is one value per pixel, returned as (N, 1, H, W) (``pixel_map``): the class score's
+channel-pooled gradient weighs the feature maps; it has no per-input-channel meaning, so any
+channel reduction leaves it unchanged. With the ReLU of the paper it is non-negative: unsigned
+(``relu_attributions: false`` gives the signed map, and the instance then says ``signed``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import Tensor, nn
+
+from .base import ExplainContext, Explainer, check_choice
+
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
+
+
+def find_last_conv_map(model: nn.Module, example: Tensor) -> str:
+    """The name of the module whose output is the model's last spatial feature map (see module
+    docstring), found by one forward pass on ``example``."""
+    names = {m: n for n, m in model.named_modules()}
+    order: list[tuple[str, bool, bool]] = []  # (name, is_conv, is spatial map)
+
+    def hook(module: nn.Module, _inp: object, out: object) -> None:
+        spatial = isinstance(out, Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1
+        order.append((names[module], isinstance(module, nn.Conv2d), spatial))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    last_conv = max((i for i, (_, conv, _) in enumerate(order) if conv), default=None)
+    if last_conv is None:
+        raise ValueError("gradcam needs a model with a Conv2d layer; this model has none")
+    spatial_after = [name for name, _, spatial in order[last_conv:] if spatial]
+    return spatial_after[-1] if spatial_after else order[last_conv][0]
+
+
+class GradCAMMethod(Explainer):
+    """LayerGradCam on the last conv feature map, with ``relu_attributions`` as in the paper."""
+
+    name = "gradcam"
+    signed = False
+    modalities = ("image",)
+    model_kinds = ("conv",)
+    pixel_map = True
+
+    def __init__(self, model: nn.Module, context: ExplainContext, layer: Optional[str] = None,
+                 interpolate_mode: str = "bilinear", relu_attributions: bool = True,
+                 output: str = "logits") -> None:
+        super().__init__(model, context, layer=layer, interpolate_mode=interpolate_mode,
+                         relu_attributions=relu_attributions, output=output)
+        check_choice("interpolate_mode", interpolate_mode, INTERPOLATIONS)
+        modules = dict(model.named_modules())
+        if layer is not None and layer not in modules:
+            convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+            raise ValueError(f"gradcam layer {layer!r} is not a module of the model; conv layers: {', '.join(convs)}")
+        self.layer_name = layer
+        self.interpolate_mode = interpolate_mode
+        self.relu_attributions = bool(relu_attributions)
+        self.signed = not self.relu_attributions  # without the ReLU the map keeps its sign
+        self.output = output
+        self._method: Optional[LayerGradCam] = None
+
+    def _build(self, inputs: Tensor) -> LayerGradCam:
+        if self._method is None:
+            if self.layer_name is None:
+                self.layer_name = find_last_conv_map(self.model, inputs[:1])
+            layer = dict(self.model.named_modules())[self.layer_name]
+            self._method = LayerGradCam(self.forward_fn(self.output), layer)
+        return self._method
+
+    def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        cam = self._build(inputs).attribute(inputs.detach().requires_grad_(True), target=targets, relu_attributions=self.relu_attributions)
+        return LayerAttribution.interpolate(cam, tuple(inputs.shape[-2:]), interpolate_mode=self.interpolate_mode)
