@@ -104,7 +104,7 @@ def build(data: TableData) -> dict[str, pd.DataFrame]:
     for method in method_order(list(summary["method"].unique())):
         part = summary[summary["method"] == method].set_index("metric")
         row: dict[str, Any] = {"method": method}
-        for metric in sorted(data.directions):
+        for metric in list(data.directions):
             if metric in part.index:
                 r = part.loc[metric]
                 row.update({f"{metric}": r["mean"], f"{metric}_ci_low": r["ci_low"], f"{metric}_ci_high": r["ci_high"],
@@ -129,7 +129,7 @@ def _best(wide: pd.DataFrame, metric: str, direction: str) -> set[str]:
 
 def to_markdown(data: TableData, stats: dict[str, pd.DataFrame]) -> str:
     wide = stats["wide"]
-    metrics = sorted(data.directions)
+    metrics = list(data.directions)
     head = ["method"] + [f"{m} {ARROW[data.directions[m]]}" for m in metrics] + ["mean rank ↓", "s/sample", "fwd+bwd units"]
     lines = [f"**{data.table}**: model `{data.model}` on `{data.dataset}`"
              + (f" (test accuracy {data.accuracy:.3f})" if data.accuracy is not None else "")
@@ -180,7 +180,7 @@ def _tex_escape(s: str) -> str:
 
 def to_latex(data: TableData, stats: dict[str, pd.DataFrame]) -> str:
     wide = stats["wide"]
-    metrics = sorted(data.directions)
+    metrics = list(data.directions)
     best = {m: _best(wide, m, data.directions[m]) for m in metrics}
     cols = "l" + "r" * (len(metrics) + 2)
     out = [r"\begin{tabular}{" + cols + "}", r"\toprule",

@@ -66,7 +66,7 @@ def test_written_tables_mark_best_direction_nan_and_statistics(records, tmp_path
     assert main(["--results-dir", str(records), "--out", str(out)]) == 0
     md = (out / "tables" / "toy_table.md").read_text()
     lines = [line for line in md.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| method | complexity ↓ | faith ↑ | mean rank ↓")
+    assert lines[0].startswith("| method | faith ↑ | complexity ↓ | mean rank ↓")
     rows = {line.split(" | ")[0][2:]: line for line in lines[1:4]}
     assert list(rows) == ["backtrace", "saliency", "random"]       # reference first, controls last
     assert "**1.0000**" in rows["backtrace"] and "(1 NaN)" in rows["random"]
