@@ -222,6 +222,25 @@ def group_by_target(targets: Tensor) -> Iterator[tuple[int, Tensor]]:
         yield int(cls), torch.nonzero(targets == cls).flatten()
 
 
+def leaf_calls(model: nn.Module, example: Tensor) -> list[tuple[str, nn.Module, Any]]:
+    """(name, module, output) of every leaf-module call of one forward pass on ``example``, in
+    call order: how a method finds a layer by what the model does, not by how it is named."""
+    names = {m: n for n, m in model.named_modules()}
+    calls: list[tuple[str, nn.Module, Any]] = []
+
+    def hook(module: nn.Module, _inp: object, out: object) -> None:
+        calls.append((names[module], module, out))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
 def reduce_channels(attributions: Tensor, how: str = "sum") -> Tensor:
     """Collapse the channel axis of image attributions (N, C, H, W) -> (N, 1, H, W), the same way
     for every method before metrics. Non-image attributions are returned unchanged."""

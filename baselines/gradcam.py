@@ -19,7 +19,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
-from .base import ExplainContext, Explainer, check_choice
+from .base import ExplainContext, Explainer, check_choice, leaf_calls
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
 
@@ -27,20 +27,11 @@ INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
 def find_last_conv_map(model: nn.Module, example: Tensor) -> str:
     """The name of the module whose output is the model's last spatial feature map (see module
     docstring), found by one forward pass on ``example``."""
-    names = {m: n for n, m in model.named_modules()}
-    order: list[tuple[str, bool, bool]] = []  # (name, is_conv, is spatial map)
-
-    def hook(module: nn.Module, _inp: object, out: object) -> None:
-        spatial = isinstance(out, Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1
-        order.append((names[module], isinstance(module, nn.Conv2d), spatial))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    order = [
+        (name, isinstance(module, nn.Conv2d),
+         isinstance(out, Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1)
+        for name, module, out in leaf_calls(model, example)
+    ]  # (name, is conv, is a spatial map)
     last_conv = max((i for i, (_, conv, _) in enumerate(order) if conv), default=None)
     if last_conv is None:
         raise ValueError("gradcam needs a model with a Conv2d layer; this model has none")

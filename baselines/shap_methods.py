@@ -26,6 +26,7 @@ from .base import (
     SelectOutput,
     check_choice,
     group_by_target,
+    leaf_calls,
     numpy_predictor,
     seeded,
 )
@@ -197,19 +198,9 @@ def _unsupported_activations(model: nn.Module) -> list[str]:
 def _reused_leaves(model: nn.Module, example: Tensor) -> list[str]:
     """Leaf modules called more than once in a forward pass: DeepExplainer keeps one input per
     module, so a reused module (one ReLU object applied twice) gets the wrong multipliers."""
-    names = {m: n for n, m in model.named_modules()}
     calls: dict[str, int] = {}
-
-    def hook(module: nn.Module, _i: object, _o: object) -> None:
-        calls[names[module]] = calls.get(names[module], 0) + 1
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    for name, _module, _out in leaf_calls(model, example):
+        calls[name] = calls.get(name, 0) + 1
     return sorted(n for n, c in calls.items() if c > 1)
 
 

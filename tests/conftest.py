@@ -14,3 +14,12 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 def run_dirs(tmp_path):
     """Overrides that send a run's record and model cache into the test's temp folder."""
     return [f"results_dir={tmp_path / 'runs'}", f"cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -37,13 +37,7 @@ LIME_IMAGE = {"segmentation": "felzenszwalb", "segmentation_params": {"scale": 1
 TARGET_FREE = {"random", "sobel"}  # controls: ignore the target by design
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_mlp() -> nn.Module:
