@@ -2,14 +2,17 @@
 
 ``Backtrace(model).predict(x)`` records every node's output; ``.eval(outs, ...)`` seeds the
 relevance at the model output (by task) and hands it back node by node, vectorised over the
-batch. :func:`explain` does both and returns the input relevance.
+batch. :func:`explain` does both and returns the input relevance; it keeps only that node's
+relevance and frees each recorded value once the walk is past it, which lowers its peak
+memory. Image-shaped (4-D) inputs run in channels-last memory (faster
+convolutions and pooling on CPU); returned relevance is in the usual contiguous layout.
 """
 from __future__ import annotations
 
 import copy
 import weakref
 from collections import OrderedDict
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.fx as fx
@@ -17,7 +20,7 @@ from torch import Tensor, nn
 
 from backtrace.ir import Graph
 from backtrace.rules import RULES
-from backtrace.rules.base import EvalOptions, safe_div, tree_add, tree_zeros_like
+from backtrace.rules.base import EvalOptions, safe_div, tree_add, tree_map, tree_zeros_like
 
 MODES = ("default", "contrastive")
 MODE_ALIASES = {"default": "default", "contrastive": "contrastive", "contrast": "contrastive"}
@@ -27,10 +30,20 @@ Target = Union[None, int, Sequence[int], Tensor]
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the traced module keeping every intermediate value."""
+    """Runs the traced module keeping the values the graph's nodes read (``wanted`` fx node
+    names); every other intermediate (e.g. a convolution's output before a folded BatchNorm)
+    is freed after its last use, as in a plain forward pass."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm, garbage_collect_values=False)
+    def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+        self.wanted = wanted
+        self.kept: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        if n.name in self.wanted:
+            self.kept[n.name] = value
+        return value
 
 
 class Backtrace:
@@ -53,80 +66,146 @@ class Backtrace:
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = dtype if dtype is not None else (first.dtype if first is not None and first.is_floating_point()
                                                       else torch.get_default_dtype())
-        self._fx_nodes = {n.name: n for n in self.module.graph.nodes}
+        self._recorded = {n.meta["fx"] for n in self.graph.nodes if n.kind != "constant"}
+        self._read = _values_read(self.graph)
 
     @property
     def input_names(self) -> tuple[str, ...]:
         return self.graph.inputs
 
     def _prepare(self, x: Any) -> Any:
+        """Inputs on the model's device and dtype; 4-D float inputs (images) in channels-last
+        memory, which the traced copy runs in: the same values, but oneDNN's convolutions and
+        pooling are several times faster in that layout on CPU. The front end made the traced
+        copy's ``view`` calls layout-free for this."""
         if isinstance(x, Tensor):
             x = x.to(self.device)
-            return x.to(self.dtype) if x.is_floating_point() else x
+            if not x.is_floating_point():
+                return x
+            x = x.to(self.dtype)
+            return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
         if isinstance(x, (tuple, list)):
             return type(x)(self._prepare(v) for v in x)
         return x
 
     @torch.no_grad()
     def predict(self, *inputs: Any) -> dict[str, Any]:
-        """Every node's output on a batch: ``{node name: value}`` in graph order (inputs first)."""
+        """Every node's output on a batch: ``{node name: value}`` in graph order (inputs first).
+
+        Values computed from a 4-D input are channels-last tensors (see :meth:`_prepare`): the
+        model's values, in a memory layout where ``.reshape`` works and ``.view`` may not."""
         if len(inputs) != len(self.graph.inputs):
             raise ValueError(f"the model takes {len(self.graph.inputs)} input(s) "
                              f"({', '.join(self.graph.inputs)}); got {len(inputs)}")
-        rec = _Recorder(self.module)
+        return self._record(inputs, self._recorded)
+
+    def _record(self, inputs: Sequence[Any], wanted: set[str]) -> dict[str, Any]:
+        """Run the traced copy keeping the outputs of the fx nodes in ``wanted``, by node name."""
+        rec = _Recorder(self.module, wanted)
         rec.run(*[self._prepare(v) for v in inputs])
         outs: dict[str, Any] = OrderedDict()
         for node in self.graph.nodes:
-            if node.kind == "constant":
-                continue
-            outs[node.name] = rec.env[self._fx_nodes[node.meta["fx"]]]
+            if node.kind != "constant" and node.meta["fx"] in rec.kept:
+                outs[node.name] = rec.kept[node.meta["fx"]]
         return outs
 
     def eval(self, outs: dict[str, Any], mode: str = "default", task: str = "multi-class classification",
              multiplier: float = 100.0, scaler: Optional[float] = None, thresholding: float = 0.5,
-             target: Target = None, embedding_reduction: str = "mean") -> dict[str, Any]:
-        """Relevance of every node's output: ``{name: R}`` (contrastive: ``{name: (R+, R-)}``)."""
+             target: Target = None, embedding_reduction: str = "mean",
+             keep: Optional[Iterable[str]] = None) -> dict[str, Any]:
+        """Relevance of every node's output: ``{name: R}`` (contrastive: ``{name: (R+, R-)}``).
+
+        ``keep`` names the nodes whose relevance to return (default: all); the others' are
+        freed as soon as they have been handed on, which lowers the peak memory.
+        """
+        return self._relevance(dict(outs), mode=mode, task=task, multiplier=multiplier, scaler=scaler,
+                               thresholding=thresholding, target=target, embedding_reduction=embedding_reduction,
+                               keep=keep, release_values=False)
+
+    def _relevance(self, values: dict[str, Any], mode: str, task: str, multiplier: float,
+                   scaler: Optional[float], thresholding: float, target: Target, embedding_reduction: str,
+                   keep: Optional[Iterable[str]], release_values: bool) -> dict[str, Any]:
+        """The backward walk. ``values`` is owned by the walk: with ``release_values`` each node's
+        recorded output is dropped once its own rule has run (its consumers ran before it)."""
         if mode not in MODE_ALIASES:
             raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)} (or 'contrast')")
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
         if embedding_reduction not in ("mean", "sum"):
             raise ValueError(f"unknown embedding_reduction {embedding_reduction!r}; choose one of: mean, sum")
+        names = [n.name for n in self.graph.nodes if n.kind != "constant"]
+        kept = set(names) if keep is None else set(keep)
+        unknown = sorted(kept - set(names))
+        if unknown:
+            raise ValueError(f"unknown node name(s) in keep: {', '.join(map(repr, unknown))}; "
+                             f"choose from: {', '.join(names)}")
         opts = EvalOptions(mode=MODE_ALIASES[mode], task=task, multiplier=float(multiplier), scaler=scaler,
                            thresholding=float(thresholding), embedding_reduction=embedding_reduction)
         contrastive = opts.mode == "contrastive"
-        values = dict(outs)
         for node in self.graph.nodes:
             if node.kind == "constant":
                 values[node.name] = node.params["value"]
         out_value = values[self.graph.output]
+        dtype = out_value.dtype
         seed = start_relevance(out_value, opts, target)
+        del out_value
         rel: dict[str, Any] = {self.graph.output: seed}
+        zeros: dict[str, Any] = {}
         with torch.no_grad():
             for node in reversed(self.graph.nodes):
-                r = rel.get(node.name)
-                if r is None or node.kind in ("input", "constant"):
+                if node.kind in ("input", "constant"):
                     continue
-                rule = RULES[node.kind]
-                ins = [values[i] for i in node.inputs]
-                if contrastive:
-                    res = rule.contrastive(node, ins, values[node.name], r, opts)
-                else:
-                    res = rule.default(node, ins, values[node.name], r, opts)
-                for name, ri in zip(node.inputs, res):
-                    if ri is None:
-                        continue
-                    rel[name] = ri if name not in rel else tree_add(rel[name], ri)
+                r = rel.get(node.name) if node.name in kept else rel.pop(node.name, None)
+                if r is not None:
+                    rule = RULES[node.kind]
+                    ins = [values.get(i) for i in node.inputs]
+                    if contrastive:
+                        res = rule.contrastive(node, ins, values.get(node.name), r, opts)
+                    else:
+                        res = rule.default(node, ins, values.get(node.name), r, opts)
+                    del ins, r
+                    for name, ri in zip(node.inputs, res):
+                        if ri is None:
+                            continue
+                        rel[name] = ri if name not in rel else tree_add(rel[name], ri)
+                    del res
+                if release_values:
+                    value = values.pop(node.name, None)
+                    if node.name in kept and node.name not in rel and value is not None:
+                        zeros[node.name] = _zeros_for(value, dtype)
         result: dict[str, Any] = OrderedDict()
-        for node in self.graph.nodes:
-            if node.kind == "constant":
+        for name in names:
+            if name not in kept:
                 continue
-            r = rel.get(node.name)
+            r = rel.get(name)
             if r is None:
-                zero = _zeros_for(values[node.name], out_value.dtype)
-                r = (zero, _zeros_for(values[node.name], out_value.dtype)) if contrastive else zero
-            result[node.name] = r
+                zero = zeros.get(name)
+                if zero is None:
+                    zero = _zeros_for(values[name], dtype)
+                r = (zero, tree_zeros_like(zero)) if contrastive else zero
+            result[name] = tree_map(_contiguous, r)
         return result
+
+
+def _values_read(graph: Graph) -> set[str]:
+    """fx names of the values a backward walk reads: the inputs, the output (the seed), and
+    what each node's rule reads (see ``Rule.reads_inputs`` / ``reads_output``)."""
+    by_name = {n.name: n for n in graph.nodes}
+    names = set(graph.inputs) | {graph.output}
+    for n in graph.nodes:
+        if n.kind in ("input", "constant"):
+            continue
+        rule = RULES[n.kind]
+        if rule.reads_inputs:
+            names.update(n.inputs)
+        if rule.reads_output:
+            names.add(n.name)
+    return {by_name[name].meta["fx"] for name in names if by_name[name].kind != "constant"}
+
+
+def _contiguous(t: Any) -> Any:
+    """Relevance in the usual memory layout (the rules may work channels-last)."""
+    return t.contiguous() if isinstance(t, Tensor) else t
 
 
 def _zeros_for(value: Any, dtype: torch.dtype) -> Any:
@@ -225,6 +304,16 @@ def explain(model: nn.Module, x: Any, mode: str = "default", target: Target = No
     ``embedding_reduction`` (see :meth:`Backtrace.eval`)."""
     bt = _backtrace_for(model, dtype)
     inputs = x if isinstance(x, tuple) else (x,)
-    outs = bt.predict(*inputs)
-    rel = bt.eval(outs, mode=mode, target=target, **options)
-    return rel[bt.graph.inputs[0]]
+    first = bt.graph.inputs[0]
+    known = ("task", "multiplier", "scaler", "thresholding", "embedding_reduction")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
+    settings = {"task": "multi-class classification", "multiplier": 100.0, "scaler": None, "thresholding": 0.5,
+                "embedding_reduction": "mean", **options}
+    # only the values the rules read are recorded, and the walk frees each once it is used up
+    if len(inputs) != len(bt.graph.inputs):
+        bt.predict(*inputs)                                   # raises the one-line error
+    rel = bt._relevance(bt._record(inputs, bt._read), mode=mode, target=target, keep=(first,), release_values=True,
+                        **settings)
+    return rel[first]

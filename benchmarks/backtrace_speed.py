@@ -1,21 +1,34 @@
 """Speed and memory of our DLBacktrace against the reference and against one Saliency pass.
 
-Run as ``.venv/bin/python benchmarks/backtrace_speed.py``. It prints, measured in this one run
-on this machine:
+Run as ``.venv/bin/python benchmarks/backtrace_speed.py [--repeats N] [--threads T]``. It prints,
+measured in this one run on this machine, then repeated in a summary block with the targets:
 
 1. the reference (dl-backtrace 0.0.25, PyTorch, explains one sample per call) per-sample time
    and ours at batch 64 on the same 3x32x32 two-conv CNN, and the ratio (target >= 300x);
 2. our explanation time over one captum Saliency (forward + backward) pass on a CIFAR-style
    ResNet-8 at batch 64 (target <= 2x);
-3. peak memory of each of those four jobs.
+3. peak memory of the jobs.
 
-Times are medians of several repeats after one warm-up. Memory is measured in a fresh
-subprocess per job: it builds the model and input, notes its resident set size (VmRSS),
-resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), runs the job once and reports
-the new peak (VmHWM) minus the RSS before. That is the extra physical memory the job needed at
-its peak on top of model and data (numpy arrays, Python objects and torch's CPU buffers alike;
-``tracemalloc`` would miss torch tensors). Where clear_refs is not writable, a thread samples
-VmRSS every millisecond instead (may miss short spikes). No assertions: this is a report.
+Jobs that are compared are timed side by side: each of ``--repeats`` rounds runs every job of
+the comparison once, after one warm-up round. Times printed are medians over the rounds; a
+ratio is the median of the per-round ratios, each pairing timings taken moments apart, so
+drift in the machine's load hits both sides alike. ``--threads`` (default 1) sets torch's
+intra-op threads for every job: on a small machine shared with other work, contended intra-op
+parallelism makes timings swing by several times; the reference computes in per-sample numpy
+loops either way. Our engine runs 4-D inputs in channels-last memory (see ``backtrace.engine``);
+captum runs the model as given, and a Saliency pass on a channels-last input is printed for
+comparison.
+
+Memory is measured in a fresh subprocess per job and setting. The subprocess builds the model
+and input (in the second setting it then runs the job once on a one-sample batch, so that
+one-time costs such as tracing, library and kernel set-up are left out), notes its resident set
+size (VmRSS), resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), runs the job once
+and reports the new peak (VmHWM) minus the RSS before. That is the extra physical memory the
+job needed at its peak on top of model and data (numpy arrays, Python objects and torch's CPU
+buffers alike; ``tracemalloc`` would miss torch tensors). Heap memory left resident by the
+warm-up is reused, which is why the reference's one-sample call then needs almost nothing
+more. Where clear_refs is not writable, a thread samples VmRSS every millisecond instead (may
+miss short spikes). No assertions: this is a report.
 """
 from __future__ import annotations
 
@@ -44,8 +57,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 BATCH = 64
-REF_REPEATS = 3
-OUR_REPEATS = 5
+DEFAULT_REPEATS = 7
+SPEEDUP_TARGET = 300.0       # reference per-sample time / ours, at least
+SALIENCY_TARGET = 2.0        # ours / one Saliency pass, at most
 
 
 class ReferenceStyleCNN(nn.Module):
@@ -126,6 +140,11 @@ def job_saliency(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     return lambda: sal.attribute(x, target=target, abs=True)
 
 
+def job_saliency_channels_last(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """The same Saliency pass on the input in channels-last memory (the layout our engine uses)."""
+    return job_saliency(model, x.contiguous(memory_format=torch.channels_last))
+
+
 JOBS = {
     "reference_cnn": (_cnn, job_reference_cnn),
     "ours_cnn": (_cnn, job_ours),
@@ -135,14 +154,23 @@ JOBS = {
 }
 
 
-def median_time(run: Callable[[], object], repeats: int) -> float:
-    run()                                             # warm-up (first-call allocations, caches)
-    times = []
+def side_by_side(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each job in each round, the jobs taking turns within a round."""
+    for run in runs.values():
+        run()                                         # warm-up (first-call allocations, caches)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Median over rounds of ``num / den``: each ratio pairs two timings taken moments apart,
+    so a change in the machine's load between rounds cancels out."""
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def _status_mib(key: str) -> float:
@@ -162,10 +190,12 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def measure_memory_here(name: str) -> float:
+def measure_memory_here(name: str, warm_up: bool) -> float:
     """In this (fresh) process: peak RSS during one run of job ``name`` minus RSS before, MiB."""
     make, job = JOBS[name]
     model, x = make()
+    if warm_up:
+        job(model, x[:1])()                          # one-time costs: tracing, library and kernel set-up
     run = job(model, x)
     gc.collect()
     before = _status_mib("VmRSS")
@@ -188,52 +218,92 @@ def measure_memory_here(name: str) -> float:
     return max(peak[0], _status_mib("VmRSS")) - before
 
 
-def measure_memory(name: str) -> float:
-    out = subprocess.run([sys.executable, __file__, "--memory-of", name], capture_output=True, text=True,
-                         check=True, cwd=ROOT, env={**os.environ, "TQDM_DISABLE": "1"})
+def measure_memory(name: str, threads: int, warm_up: bool) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-of", name, "--threads", str(threads)]
+                         + (["--warm-up"] if warm_up else []), capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "TQDM_DISABLE": "1"})
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_growth_mib"])
 
 
-def main() -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
-          f"medians of {REF_REPEATS} (reference) / {OUR_REPEATS} (others) runs after a warm-up")
+def main(repeats: int) -> None:
+    t_start = time.perf_counter()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {BATCH}, "
+          f"{repeats} side-by-side rounds after a warm-up round: median times, median of per-round ratios")
 
     model, x = _cnn()
-    ref_s = median_time(job_reference_cnn(model, x), REF_REPEATS)
-    ours_cnn_s = median_time(job_ours(model, x), OUR_REPEATS)
+    t = side_by_side({"ref": job_reference_cnn(model, x), "ours": job_ours(model, x)}, repeats)
+    ref_s, ours_cnn_s = statistics.median(t["ref"]), statistics.median(t["ours"])
     ours_cnn_per = ours_cnn_s / BATCH
+    speedup = paired_ratio(t["ref"], t["ours"]) * BATCH
     print("\n(1) two-conv 3x32x32 CNN, default mode")
     print(f"  reference dl-backtrace 0.0.25 : {ref_s * 1e3:10.2f} ms per sample (one sample per call)")
     print(f"  ours, explain() at batch {BATCH}  : {ours_cnn_per * 1e3:10.3f} ms per sample "
           f"({ours_cnn_s * 1e3:.1f} ms per batch)")
-    print(f"  speed-up (per sample)         : {ref_s / ours_cnn_per:10.1f}x   (target >= 300x)")
+    print(f"  speed-up (per sample)         : {speedup:10.1f}x   (target >= {SPEEDUP_TARGET:.0f}x)")
 
     model, x = _resnet()
-    sal_s = median_time(job_saliency(model, x), OUR_REPEATS)
-    ours_res_s = median_time(job_ours(model, x), OUR_REPEATS)
-    ours_traced_s = median_time(job_ours_traced(model, x), OUR_REPEATS)
+    t = side_by_side({"sal": job_saliency(model, x), "ours": job_ours(model, x),
+                      "traced": job_ours_traced(model, x), "sal_cl": job_saliency_channels_last(model, x)},
+                     repeats)
+    sal_s, ours_res_s, ours_traced_s, sal_cl_s = (statistics.median(t[k])
+                                                  for k in ("sal", "ours", "traced", "sal_cl"))
+    ratio = paired_ratio(t["ours"], t["sal"])
     print(f"\n(2) CIFAR ResNet-8, batch {BATCH}")
     print(f"  captum Saliency (fwd + bwd)   : {sal_s * 1e3:10.1f} ms")
-    print(f"  ours, explain() (with tracing): {ours_res_s * 1e3:10.1f} ms   ratio {ours_res_s / sal_s:5.2f}x")
-    print(f"  ours, traced predict + eval   : {ours_traced_s * 1e3:10.1f} ms   ratio {ours_traced_s / sal_s:5.2f}x"
-          f"   (target <= 2x)")
+    print(f"  ours, explain()               : {ours_res_s * 1e3:10.1f} ms   ratio {ratio:5.2f}x"
+          f"   (target <= {SALIENCY_TARGET:.0f}x)")
+    print(f"  ours, predict + eval, all nodes: {ours_traced_s * 1e3:9.1f} ms   ratio "
+          f"{paired_ratio(t['traced'], t['sal']):5.2f}x"
+          f"   (every layer's relevance kept)")
+    print(f"  Saliency, channels-last input : {sal_cl_s * 1e3:10.1f} ms   (ours / this: "
+          f"{paired_ratio(t['ours'], t['sal_cl']):.2f}x)")
 
     print("\n(3) peak memory of one run: peak RSS minus RSS before, fresh subprocess per job")
-    mem = {name: measure_memory(name) for name in
-           ("reference_cnn", "ours_cnn", "saliency_resnet", "ours_resnet")}
-    print(f"  CNN    reference, 1 sample    : {mem['reference_cnn']:8.1f} MiB")
-    print(f"  CNN    ours, batch {BATCH}         : {mem['ours_cnn']:8.1f} MiB "
-          f"({mem['ours_cnn'] / BATCH:.2f} MiB per sample)")
-    print(f"  ResNet Saliency, batch {BATCH}     : {mem['saliency_resnet']:8.1f} MiB")
-    print(f"  ResNet ours, batch {BATCH}         : {mem['ours_resnet']:8.1f} MiB   "
-          f"ratio {mem['ours_resnet'] / max(mem['saliency_resnet'], 1e-9):5.2f}x")
+    threads = torch.get_num_threads()
+    jobs = ("reference_cnn", "ours_cnn", "saliency_resnet", "ours_resnet")
+    cold = {name: measure_memory(name, threads, warm_up=False) for name in jobs}
+    warm = {name: measure_memory(name, threads, warm_up=True) for name in jobs}
+    mem_ratio = warm["ours_resnet"] / max(warm["saliency_resnet"], 1e-9)
+    labels = {"reference_cnn": "CNN    reference, 1 sample", "ours_cnn": f"CNN    ours, batch {BATCH}",
+              "saliency_resnet": f"ResNet Saliency, batch {BATCH}", "ours_resnet": f"ResNet ours, batch {BATCH}"}
+    print(f"  {'':30s}  first call   after a one-sample warm-up")
+    for name in jobs:
+        print(f"  {labels[name]:30s}: {cold[name]:8.1f} MiB   {warm[name]:8.1f} MiB")
+    print(f"  {'ResNet ours / Saliency':30s}: {cold['ours_resnet'] / max(cold['saliency_resnet'], 1e-9):8.2f}x"
+          f"       {mem_ratio:8.2f}x")
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    print("\n" + "=" * 78)
+    print(f"SUMMARY (batch {BATCH}, {threads} thread(s), {repeats} rounds, "
+          f"{time.perf_counter() - t_start:.0f} s)")
+    print(f"  (1) CNN speed-up over the reference, per sample : {speedup:8.1f}x   "
+          f"target >= {SPEEDUP_TARGET:.0f}x   {verdict(speedup >= SPEEDUP_TARGET)}")
+    print(f"  (2) ResNet-8 time / one Saliency pass           : {ratio:8.2f}x   "
+          f"target <= {SALIENCY_TARGET:.0f}x     {verdict(ratio <= SALIENCY_TARGET)}")
+    print(f"  (3) peak memory, ResNet-8 ours / Saliency       : {mem_ratio:8.2f}x   "
+          f"({warm['ours_resnet']:.1f} vs {warm['saliency_resnet']:.1f} MiB after a warm-up; first call "
+          f"{cold['ours_resnet']:.1f} vs {cold['saliency_resnet']:.1f})")
+    print(f"      CNN at batch {BATCH}: ours {warm['ours_cnn']:.1f} MiB after a warm-up ({cold['ours_cnn']:.1f} first "
+          f"call); reference {cold['reference_cnn']:.1f} MiB for its first one-sample call")
+    print("=" * 78)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help=f"timed side-by-side rounds per comparison (default {DEFAULT_REPEATS})")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every job (default 1)")
     parser.add_argument("--memory-of", choices=sorted(JOBS), help="internal: measure one job's memory and exit")
+    parser.add_argument("--warm-up", action="store_true", help="internal: with --memory-of, warm up first")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     if args.memory_of:
-        print(json.dumps({"peak_rss_growth_mib": measure_memory_here(args.memory_of)}))
+        print(json.dumps({"peak_rss_growth_mib": measure_memory_here(args.memory_of, args.warm_up)}))
     else:
-        main()
+        main(args.repeats)

@@ -508,6 +508,23 @@ def check_supported(graph: Graph) -> None:
             raise UnsupportedOperation(n.name, n.source, RULES, f"op kind {n.kind!r} has no registered rule")
 
 
+def _layout_free_views(gm: fx.GraphModule) -> None:
+    """Turn ``x.view(shape)`` / ``x.view_as(y)`` into ``reshape`` / ``reshape_as`` in the traced copy.
+
+    The same values, but they also work on channels-last tensors, which the engine runs 4-D
+    inputs in (faster convolutions and pooling on CPU). A dtype view (``x.view(torch.half)``)
+    is left alone.
+    """
+    renamed = {"view": "reshape", "view_as": "reshape_as"}
+    changed = False
+    for n in gm.graph.nodes:
+        if n.op == "call_method" and n.target in renamed and not any(isinstance(a, torch.dtype) for a in n.args):
+            n.target = renamed[n.target]
+            changed = True
+    if changed:
+        gm.recompile()
+
+
 def trace(model: nn.Module, fold: bool = True) -> tuple[Graph, fx.GraphModule]:
     """Trace ``model`` (which the caller owns: parameters are cloned, nothing is modified)."""
     try:
@@ -516,6 +533,7 @@ def trace(model: nn.Module, fold: bool = True) -> tuple[Graph, fx.GraphModule]:
         raise UnsupportedOperation("<trace>", f"model {type(model).__name__}", RULES,
                                    f"torch.fx could not trace it: {exc}".replace("\n", " ")) from exc
     graph = _Builder(gm).build()
+    _layout_free_views(gm)
     if fold:
         graph = fold_batchnorm(graph)
     mark_activations(graph)

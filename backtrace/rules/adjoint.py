@@ -8,16 +8,26 @@ from torch import Tensor
 
 
 def adjoint(fn: Callable[[Tensor], Tensor], like: Tensor, cotangent: Tensor) -> Tensor:
-    """``J^T v`` for a linear, batch-wise op ``fn`` evaluated at inputs shaped like ``like``.
+    """``J^T v`` for a linear op ``fn`` evaluated at inputs shaped like ``like``.
 
-    ``cotangent`` may stack several maps along the batch dimension (``k * B`` rows): the op is
-    re-run on zeros of the matching batch size, so one backward pass serves them all.
+    The op is re-run on zeros shaped like ``like``, so ops that move the batch dimension
+    (``transpose(0, 1)``, a permute of dim 0) pull back correctly. ``cotangent`` may also stack
+    ``k`` maps along its first dimension (``k`` times the op's output rows) for a batch-wise
+    op: the op is then re-run on ``k`` stacked copies of the input so one backward pass serves
+    them all.
     """
-    batch = cotangent.shape[0]
-    shape = (batch,) + tuple(like.shape[1:]) if like.dim() > 0 else tuple(like.shape)
     with torch.enable_grad():
-        z = torch.zeros(shape, dtype=cotangent.dtype, device=cotangent.device, requires_grad=True)
+        z = torch.zeros(like.shape, dtype=cotangent.dtype, device=cotangent.device, requires_grad=True)
         y = fn(z)
+        if y.shape != cotangent.shape:
+            k = cotangent.shape[0] // y.shape[0] if y.dim() > 0 and y.shape[0] > 0 else 0
+            if (like.dim() == 0 or k < 2 or cotangent.shape[0] != k * y.shape[0]
+                    or cotangent.shape[1:] != y.shape[1:]):
+                raise ValueError(f"relevance of shape {tuple(cotangent.shape)} does not match the op's output "
+                                 f"shape {tuple(y.shape)} (nor k stacked copies of it)")
+            z = torch.zeros((k * like.shape[0],) + tuple(like.shape[1:]), dtype=cotangent.dtype,
+                            device=cotangent.device, requires_grad=True)
+            y = fn(z)
         (g,) = torch.autograd.grad(y, z, grad_outputs=cotangent.to(y.dtype), allow_unused=True)
     return torch.zeros_like(z) if g is None else g
 

@@ -12,6 +12,8 @@ Conventions every rule can rely on (the engine guarantees them):
   rule as ``relevance`` (contrastive mode: a pair ``(structure_pos, structure_neg)``). A rule
   whose *input* is a structure returns a mirroring structure for it (see :func:`tree_zeros_like`).
 - A rule may return ``None`` for an input that takes no relevance (constants, indices).
+- A rule that never reads its input values or its output value sets ``reads_inputs`` /
+  ``reads_output`` to False; it is then handed ``None`` in their place by :func:`explain`.
 - The activation that follows a linear/conv-like node (its sole consumer, possibly through
   Dropout/Identity, after BatchNorm folding) is in ``node.meta["activation"]`` (an op kind
   such as ``"relu"``, ``"tanh"``; absent when none); :func:`saturation_bounds` turns it into
@@ -52,6 +54,10 @@ class Rule:
     """
 
     kinds: tuple[str, ...] = ()
+    # Which recorded values the rule reads: :func:`backtrace.explain` records only those (the
+    # others are freed during the forward pass). Rules that ignore them say so.
+    reads_inputs: bool = True
+    reads_output: bool = True
 
     def default(self, node: Node, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor,
                 opts: EvalOptions) -> list[Relevance]:
@@ -110,6 +116,12 @@ def safe_div(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` where ``den != 0``, else 0: a unit with nothing to share gives nothing."""
     # one division and one in-place clean-up: x/0 gives inf or nan, both become 0 here
     return torch.div(num, den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def safe_div_into(num: Tensor, den: Tensor) -> Tensor:
+    """:func:`safe_div` written into ``den`` (a temporary the caller no longer needs): two
+    passes and no new allocation. ``den`` must have the broadcast shape of both operands."""
+    return torch.div(num, den, out=den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def tree_map(fn: Callable[[Tensor], Any], tree: Any) -> Any:

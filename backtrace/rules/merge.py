@@ -9,13 +9,13 @@ from torch import Tensor
 from backtrace.ir import Node
 from backtrace.rules.adjoint import sum_to_shape
 from backtrace.rules.base import (EvalOptions, LinearInRelevanceRule, PairRelevance, Relevance, Rule,
-                                  register, safe_div)
+                                  register, safe_div, safe_div_into)
 from backtrace.rules.linear import contrast_coefficients
 
 
 def _terms(node: Node, inputs: Sequence[Tensor]) -> list[Tensor]:
     signs = node.params.get("signs") or (1,) * len(inputs)
-    return [s * t for s, t in zip(signs, inputs)]
+    return [t if s == 1 else s * t for s, t in zip(signs, inputs)]
 
 
 @register("add")
@@ -26,12 +26,19 @@ class AddRule(Rule):
     is an add of the negated operand (``params["signs"]``). Broadcast operands get the sum
     over the broadcast dimensions."""
 
+    reads_output = False
+
     def default(self, node: Node, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor,
                 opts: EvalOptions) -> list[Relevance]:
-        mags = [t.abs() for t in _terms(node, inputs)]
-        den = sum(torch.broadcast_tensors(*mags, relevance)[:-1]) + abs(node.params.get("constant", 0.0))
-        c = safe_div(relevance, den)
-        return [sum_to_shape(m * c, t.shape) for m, t in zip(mags, inputs)]
+        mags = [t.abs() for t in inputs]                       # |s a| = |a|: the signs do not matter here
+        const = abs(node.params.get("constant", 0.0))
+        den = mags[0] + mags[1] if len(mags) > 1 else mags[0] + const      # a new tensor of the output's shape
+        for m in mags[2:]:
+            den = den.add_(m) if torch.broadcast_shapes(den.shape, m.shape) == den.shape else den + m
+        if const and len(mags) > 1:
+            den.add_(const)
+        c = safe_div_into(relevance, den)
+        return [sum_to_shape(m.mul_(c) if m.shape == c.shape else m * c, t.shape) for m, t in zip(mags, inputs)]
 
     def contrastive(self, node: Node, inputs: Sequence[Tensor], output: Tensor,
                     relevance: tuple[Tensor, Tensor], opts: EvalOptions) -> list[PairRelevance]:

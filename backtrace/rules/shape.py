@@ -79,6 +79,9 @@ class PassThroughRule(LinearInRelevanceRule):
     """Activations, Dropout and identities hand the relevance on unchanged (an activation's
     effect is taken into account by the layer before it, through its saturation bounds)."""
 
+    reads_inputs = False
+    reads_output = False
+
     def default(self, node: Node, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor,
                 opts: EvalOptions) -> list[Relevance]:
         return [relevance] + [None] * (len(inputs) - 1)

@@ -120,3 +120,38 @@ def test_bad_options_name_the_value_and_the_choices() -> None:
     with pytest.raises(ValueError, match=r"^unknown task 'regression'; choose one of: binary-classification, "
                                          r"multi-class classification, bbox-regression, binary-segmentation$"):
         bt.eval(outs, task="regression")
+    with pytest.raises(ValueError, match=r"^unknown node name\(s\) in keep: 'inptu'; choose from: input, "):
+        bt.eval(outs, keep=["inptu"])
+    with pytest.raises(TypeError, match=r"^unknown option\(s\) 'multiplyer'; choose from: task, multiplier, "):
+        explain(mlp(), torch.randn(1, 6), multiplyer=3.0)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(4 * 3 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(torch.relu(self.conv(x)))
+        return torch.softmax(self.fc(h.view(h.size(0), -1)), dim=1)   # a view that needs contiguous memory
+
+
+@pytest.mark.parametrize("mode", ["default", "contrastive"])
+def test_keep_returns_the_same_relevance_for_fewer_nodes(mode: str) -> None:
+    model, x = SmallCNN().eval(), torch.randn(3, 3, 6, 9)
+    bt = Backtrace(model)
+    outs = bt.predict(x)
+    torch.testing.assert_close(outs[bt.graph.output], model(x), rtol=1e-5, atol=1e-6)
+    full = bt.eval(outs, mode=mode)
+    first = bt.graph.inputs[0]
+    some = bt.eval(outs, mode=mode, keep=[first, "conv"])
+    assert list(some) == [first, "conv"]
+    for name in some:
+        for a, b in (zip(some[name], full[name]) if mode == "contrastive" else [(some[name], full[name])]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            assert a.is_contiguous()                    # whatever layout the rules worked in
+    one = explain(model, x, mode=mode)
+    for a, b in (zip(one, full[first]) if mode == "contrastive" else [(one, full[first])]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

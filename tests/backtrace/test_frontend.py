@@ -121,3 +121,45 @@ def test_same_padding_with_even_kernel_conserves_without_bias() -> None:
     outs = bt.predict(torch.randn(2, 2, 5, 6))
     R = bt.eval(outs)[bt.graph.inputs[0]]
     torch.testing.assert_close(R.sum((1, 2, 3)), outs[bt.graph.output].max(1).values * 100, rtol=1e-5, atol=1e-4)
+
+
+class TimeFirst(nn.Module):
+    """A sequence model that works time-first in the middle: the batch dimension moves away
+    from dimension 0 (``transpose(0, 1)`` / ``permute(1, 0, 2)``) and back."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.proj = nn.Linear(4, 5)
+        self.head = nn.Linear(6 * 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:       # x: (batch, time, features)
+        t = x.transpose(0, 1) if self.spelling == "transpose" else x.permute(1, 0, 2)
+        h = torch.relu(self.proj(t))                             # (time, batch, 5)
+        h = h.transpose(0, 1) if self.spelling == "transpose" else h.permute(1, 0, 2)
+        return torch.softmax(self.head(h.flatten(1)), dim=1)
+
+
+class BatchFirst(TimeFirst):
+    """The same model with the batch kept first throughout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.proj(x))
+        return torch.softmax(self.head(h.flatten(1)), dim=1)
+
+
+@pytest.mark.parametrize("spelling", ["transpose", "permute"])
+@pytest.mark.parametrize("mode", ["default", "contrastive"])
+def test_ops_that_move_the_batch_dimension_pull_back_exactly(spelling: str, mode: str) -> None:
+    moved = TimeFirst(spelling).eval()
+    plain = BatchFirst(spelling).eval()
+    plain.load_state_dict(moved.state_dict())
+    x = torch.randn(7, 6, 4)                         # batch 7 != time 6: a wrong pull-back cannot fit
+    a, b = explain(moved, x, mode=mode), explain(plain, x, mode=mode)
+    for u, v in (zip(a, b) if mode == "contrastive" else [(a, b)]):
+        assert u.shape == x.shape
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+        assert u.abs().sum() > 0
+    single = explain(moved, x[2:3], mode=mode)       # batch invariance through the moved batch
+    for u, v in (zip(a, single) if mode == "contrastive" else [(a, single)]):
+        torch.testing.assert_close(u[2:3], v, rtol=1e-5, atol=1e-6)

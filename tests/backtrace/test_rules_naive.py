@@ -261,6 +261,49 @@ def test_maxpool_overlapping_windows_split_ties() -> None:
     torch.testing.assert_close(ours, naive)
 
 
+def _naive_max_pool_2d(x: torch.Tensor, rel: torch.Tensor, k: tuple, s: tuple, p: tuple, d: tuple) -> torch.Tensor:
+    """Each output's relevance to the maxima of its window (ties split equally), one window at a time."""
+    naive = torch.zeros_like(x)
+    H, W = x.shape[-2:]
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            for a in range(rel.shape[2]):
+                for b in range(rel.shape[3]):
+                    cells = [(a * s[0] - p[0] + u * d[0], b * s[1] - p[1] + v * d[1])
+                             for u in range(k[0]) for v in range(k[1])]
+                    cells = [(i, j) for i, j in cells if 0 <= i < H and 0 <= j < W]
+                    m = max(x[n, c, i, j].item() for i, j in cells)
+                    hits = [(i, j) for i, j in cells if x[n, c, i, j].item() == m]
+                    for i, j in hits:
+                        naive[n, c, i, j] += rel[n, c, a, b] / len(hits)
+    return naive
+
+
+@pytest.mark.parametrize("pool", [
+    nn.MaxPool2d(2), nn.MaxPool2d((2, 3)), nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(3, stride=2, padding=1),
+    nn.MaxPool2d(2, stride=1, dilation=2), nn.MaxPool2d(3, stride=2, ceil_mode=True), nn.MaxPool1d(2),
+    nn.MaxPool1d(3, stride=2, padding=1),
+], ids=lambda m: repr(m))
+def test_maxpool_matches_window_loop_with_ties(pool: nn.Module) -> None:
+    # ReLU-like zeros make whole windows tie; odd sizes leave rows and columns no window covers
+    x = torch.randn(2, 3, 7, 9, dtype=DT).clamp(min=0)
+    if isinstance(pool, nn.MaxPool1d):
+        x = x[:, :, 0]
+    rel = torch.rand(pool(x).shape, dtype=DT)
+    ours = _pool_relevance(pool, x, rel)
+    if isinstance(pool, nn.MaxPool1d):
+        args = [(1, v if isinstance(v, int) else v[0]) for v in (pool.kernel_size, pool.stride, pool.dilation)]
+        pad = (0, pool.padding if isinstance(pool.padding, int) else pool.padding[0])
+        naive = _naive_max_pool_2d(x[:, :, None], rel[:, :, None], args[0], args[1], pad, args[2])[:, :, 0]
+    else:
+        k, st, pd, dl = (v if isinstance(v, tuple) else (v, v)
+                         for v in (pool.kernel_size, pool.stride, pool.padding, pool.dilation))
+        naive = _naive_max_pool_2d(x, rel, k, st, pd, dl)
+    assert ours.shape == x.shape
+    torch.testing.assert_close(ours, naive, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.sum(), rel.sum())   # every window's maximum is an element of x
+
+
 @pytest.mark.parametrize("pool", [nn.AvgPool2d(3, stride=2, padding=1), nn.AdaptiveAvgPool2d((2, 3)),
                                   nn.AvgPool1d(2)])
 def test_average_pools_share_in_proportion_to_abs_x(pool: nn.Module) -> None:
