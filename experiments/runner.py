@@ -29,14 +29,6 @@ class RunResult:
     skipped: bool
 
 
-def select_samples(n_available: int, n: int, how: str, seed: int) -> torch.Tensor:
-    n = min(n, n_available)
-    if how == "first":
-        return torch.arange(n)
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_available, generator=gen)[:n].sort().values
-
-
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(x), batch_size)])
@@ -89,7 +81,9 @@ def run(cfg: DictConfig) -> RunResult:
     prep = prepare(cfg)
     seconds = dict(prep.seconds)
     ds, model, device = prep.dataset, prep.model, prep.device
-    idx = select_samples(len(ds.x_test), int(cfg.n_samples), cfg.sample_selection, int(cfg.seed))
+    # n_samples is capped at what the test split holds (imagenet_samples has five images)
+    n = min(int(cfg.n_samples), len(ds.x_test))
+    idx = ds.test_indices(n, int(cfg.seed) if cfg.sample_selection == "random" else None)
     x, labels = ds.x_test[idx], ds.y_test[idx]
     preds = predict(model, x, int(cfg.batch_size), device)
     use_pred = (labels < 0) if cfg.target == "label" else torch.ones_like(labels, dtype=torch.bool)

@@ -7,6 +7,7 @@ training never leaves a file that looks complete.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -49,18 +50,14 @@ def model_cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, seed: int) -
 
 
 def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
-    """Instantiate the network, giving it the sizes the dataset determines."""
-    from hydra.utils import instantiate
+    """Instantiate the network, giving it the sizes the dataset determines that it accepts."""
+    from hydra.utils import get_method, instantiate
 
-    sizes: dict[str, Any] = {"num_classes": dataset.n_classes}
-    if dataset.modality == "tabular":
-        sizes["in_features"] = int(dataset.x_train.shape[1])
-    else:
-        sizes["in_channels"] = int(dataset.x_train.shape[1])
-        if model_cfg.name == "cnn":
-            sizes["input_size"] = tuple(int(s) for s in dataset.x_train.shape[2:])
-    if model_cfg.get("pretrained"):
-        sizes = {"num_classes": dataset.n_classes}
+    factory = get_method(model_cfg.net._target_)
+    params = inspect.signature(factory).parameters.values()
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    names = {p.name for p in params}
+    sizes = {k: v for k, v in dataset.model_kwargs().items() if takes_any or k in names}
     return instantiate(model_cfg.net, **sizes)
 
 

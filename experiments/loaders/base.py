@@ -84,14 +84,17 @@ class Dataset:
             return {"in_features": self.n_features, "num_classes": self.n_classes}
         return {"in_channels": self.channels, "num_classes": self.n_classes, "input_size": list(self.image_size or ())}
 
-    def test_samples(self, n: int, seed: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The first ``n`` test samples, or ``n`` drawn without replacement by ``seed``: (x, y, ground truth)."""
+    def test_indices(self, n: int, seed: int | None = None) -> Tensor:
+        """Indices of the first ``n`` test samples, or of ``n`` drawn without replacement by ``seed`` (sorted)."""
         if not 1 <= n <= len(self.x_test):
             raise ValueError(f"n_samples={n!r} is out of range for dataset {self.name}; choose 1..{len(self.x_test)}")
         if seed is None:
-            idx = torch.arange(n)
-        else:
-            idx = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(self.x_test), n, replace=False)))
+            return torch.arange(n)
+        return torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(self.x_test), n, replace=False)))
+
+    def test_samples(self, n: int, seed: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The first ``n`` test samples, or ``n`` drawn without replacement by ``seed``: (x, y, ground truth)."""
+        idx = self.test_indices(n, seed)
         gt = None if self.ground_truth is None else self.ground_truth[idx]
         return self.x_test[idx], self.y_test[idx], gt
 
