@@ -101,19 +101,24 @@ def test_no_records_is_a_clear_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tiny_paper_tabular_sweep_end_to_end(tmp_path):
-    env = {**os.environ, "BACKTRACE_BENCH_NO_PROGRESS": "1"}
-    runs, cache = tmp_path / "runs", tmp_path / "cache"
-    sweep = [sys.executable, str(ROOT / "run.py"), "-m", "+experiment=paper_tabular", "n_samples=6",
-             "model.train.epochs=5", f"results_dir={runs}", f"cache_dir={cache}"]
-    proc = subprocess.run(sweep, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1500)
+    env = {**os.environ, "BACKTRACE_BENCH_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
+    runs, cache, out = tmp_path / "runs", tmp_path / "cache", tmp_path / "results"
+    cmd = [sys.executable, "-m", "experiments.reproduce", "paper_tabular", "n_samples=6", "model.train.epochs=5",
+           f"results_dir={runs}", f"cache_dir={cache}", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep paper_tabular:" in proc.stdout
     records = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
     methods = {r["method"]["name"] for r in records}
     assert {"backtrace", "ig", "random"} <= methods
     assert all(r["config"]["table"] == "paper_tabular" for r in records)
-    out = tmp_path / "results"
-    tables = subprocess.run([sys.executable, "-m", "experiments.paper_tables", "--results-dir", str(runs),
-                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
-    assert tables.returncode == 0, tables.stderr
     md = (out / "tables" / "paper_tabular.md").read_text()
     assert all(f"| {m} |" in md for m in methods)
+
+
+def test_reproduce_refuses_an_unknown_table(capsys):
+    from experiments.reproduce import main as reproduce
+
+    assert reproduce(["nope"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: unknown table 'nope'; valid choices: paper_image, paper_localisation, paper_tabular")
