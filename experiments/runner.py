@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from baselines.base import ExplainContext, IncompatibleMethodError, reduce_channels
 from experiments.config import ConfigError, validate
 from experiments.pipeline import Prepared, prepare
+from experiments.training import predict
 from experiments.records import config_hash, package_versions, record_exists, record_path, write_record
 
 
@@ -27,11 +28,6 @@ class RunResult:
     path: Path
     record: Optional[dict[str, Any]]
     skipped: bool
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(x), batch_size)])
 
 
 def forward_backward_seconds(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, batch_size: int,
@@ -85,7 +81,7 @@ def run(cfg: DictConfig) -> RunResult:
     n = min(int(cfg.n_samples), len(ds.x_test))
     idx = ds.test_indices(n, int(cfg.seed) if cfg.sample_selection == "random" else None)
     x, labels = ds.x_test[idx], ds.y_test[idx]
-    preds = predict(model, x, int(cfg.batch_size), device)
+    preds = predict(model, x, int(cfg.batch_size))
     use_pred = (labels < 0) if cfg.target == "label" else torch.ones_like(labels, dtype=torch.bool)
     targets = torch.where(use_pred, preds, labels)
 

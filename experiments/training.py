@@ -62,14 +62,19 @@ def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
 
 
 @torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Predicted classes, in batches on the model's device, returned on the CPU."""
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i:i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(x), batch_size)])
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> Optional[float]:
     """Top-1 accuracy over the samples with a known label (label >= 0)."""
     known = y >= 0
     if not bool(known.any()):
         return None
     model.eval()
-    device = next(model.parameters()).device
-    preds = torch.cat([model(x[i:i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(x), batch_size)])
+    preds = predict(model, x, batch_size)
     return float((preds[known] == y[known]).float().mean())
 
 
