@@ -1,9 +1,14 @@
 """DLBacktrace (this project's engine, ``backtrace.explain``) behind the common interface.
 
-For classification the method explains the softmax of the model's logits, as the paper's
-classifiers end in a softmax: the engine sees ``nn.Sequential(model, nn.Softmax(dim=-1))``, and
-relevance starts at the target class (the harness's label or prediction, not the engine's own
-argmax). Both modes are signed.
+For classification the method explains the run's ``output``: with ``softmax`` (the paper's
+classifiers end in a softmax) the engine sees ``nn.Sequential(model, nn.Softmax(dim=-1))``; with
+``logits`` the model itself. Relevance starts at the target class (the harness's label or
+prediction, not the engine's own argmax).
+
+Default mode is not signed: the rule gives every contribution, positive or negative, relevance of
+the sign of the output it came from, so a sample's map has one sign throughout (that of its
+starting value) and says how much, not which way. Contrastive mode's positive map is unsigned for
+the same reason; its ``difference`` map (positive minus negative) is signed.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ class BacktraceMethod(Explainer):
     name = "backtrace"
     modalities = MODALITIES
     mode = "default"
+    signed = False
 
     def __init__(self, model: nn.Module, context: ExplainContext, output: str = "softmax",
                  options: Optional[dict[str, Any]] = None, **params: Any) -> None:
@@ -45,11 +51,14 @@ class BacktraceContrastiveMethod(BacktraceMethod):
 
     name = "backtrace_contrastive"
     mode = "contrastive"
+    outputs = ("softmax",)
+    output_note = "its negative map starts from the other classes' probability mass"
 
     def __init__(self, model: nn.Module, context: ExplainContext, contrastive_output: str = "positive",
                  output: str = "softmax", options: Optional[dict[str, Any]] = None) -> None:
         super().__init__(model, context, output=output, options=options, contrastive_output=contrastive_output)
         self.contrastive_output = check_choice("contrastive_output", contrastive_output, CONTRASTIVE_OUTPUTS)
+        self.signed = self.contrastive_output == "difference"
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
         positive, negative = self._run(inputs, targets)

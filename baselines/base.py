@@ -59,13 +59,18 @@ class Explainer:
     signed: ClassVar[bool] = True                       # attributions carry a sign
     modalities: ClassVar[tuple[str, ...]] = MODALITIES  # data it can explain
     model_kinds: ClassVar[tuple[str, ...]] = MODEL_KINDS  # models it can explain
+    outputs: ClassVar[tuple[str, ...]] = OUTPUTS  # functions of the model it can explain
     deterministic: ClassVar[bool] = True
     # True where image attributions are one map per pixel, (N, 1, H, W), instead of one per input
     # channel: every channel reduction leaves such a map unchanged (GradCAM, LIME's superpixels).
     pixel_map: ClassVar[bool] = False
+    # The parameters that set a method's cost and the value it treats as "absent" (a reference
+    # input, a background, a fill colour): recorded with every run and shown with every table.
+    budget_params: ClassVar[tuple[str, ...]] = ()
+    absent_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, context: ExplainContext, **params: Any) -> None:
-        self.check_compatible(context.modality, context.model_kind)
+        self.check_compatible(context.modality, context.model_kind, params.get("output"))
         # Explanations are always of the model as deployed: BatchNorm/Dropout in inference mode.
         self.model = model.eval()
         self.context = context
@@ -76,7 +81,7 @@ class Explainer:
         self._seeds = np.random.default_rng(context.seed)
 
     @classmethod
-    def check_compatible(cls, modality: str, model_kind: str) -> None:
+    def check_compatible(cls, modality: str, model_kind: str, output: Optional[str] = None) -> None:
         if modality not in cls.modalities:
             raise IncompatibleMethodError(
                 f"method {cls.name!r} does not support {modality!r} data; it supports: {', '.join(cls.modalities)}"
@@ -84,6 +89,11 @@ class Explainer:
         if model_kind not in cls.model_kinds:
             raise IncompatibleMethodError(
                 f"method {cls.name!r} does not support {model_kind!r} models; it supports: {', '.join(cls.model_kinds)}"
+            )
+        if output is not None and output not in cls.outputs:
+            why = f" ({cls.output_note})" if getattr(cls, "output_note", "") else ""
+            raise IncompatibleMethodError(
+                f"method {cls.name!r} cannot explain output {output!r}{why}; valid choices: {', '.join(cls.outputs)}"
             )
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
@@ -98,6 +108,12 @@ class Explainer:
         seconds = time.perf_counter() - start
         self._check_shape(inputs, values)
         return Attribution(values.detach(), seconds, dict(self.last_extras))
+
+    def declared(self) -> dict[str, dict[str, Any]]:
+        """What the method is told to spend and what it removes features to: ``{"budget": {...},
+        "absent": {...}}`` from its parameters, for records and table headings."""
+        return {"budget": {k: self.params.get(k) for k in self.budget_params},
+                "absent": {k: self.params.get(k) for k in self.absent_params}}
 
     # -- helpers shared by the methods ------------------------------------------------------
 
@@ -239,6 +255,30 @@ def leaf_calls(model: nn.Module, example: Tensor) -> list[tuple[str, nn.Module, 
         for h in handles:
             h.remove()
     return calls
+
+
+def for_scoring(attributions: Tensor, signed: bool, channel_reduction: str = "sum") -> Tensor:
+    """Attributions as every metric receives them, the same for the first explanation and for
+    each one a metric asks for again: channels reduced, and for a method that does not return
+    signed attributions, their magnitudes. An unsigned method's map carries no per-feature sign
+    (saliency, GradCAM, default-mode DLBacktrace, whose relevance has the sign of the output it
+    started from at every feature); its magnitude is what it claims."""
+    reduced = reduce_channels(attributions, channel_reduction)
+    return reduced if signed else reduced.abs()
+
+
+def sign_profile(attributions: Tensor) -> dict[str, float]:
+    """What a batch of attributions actually holds, sample by sample: the share of samples whose
+    map has both signs, only non-negative or only non-positive entries (all-zero maps count as
+    both one-signed kinds), and the share of negative entries overall. Recorded next to what the
+    method declares (``signed``) so a reader can check the declaration."""
+    flat = attributions.detach().reshape(len(attributions), -1).float()
+    has_pos, has_neg = (flat > 0).any(1), (flat < 0).any(1)
+    n = max(len(flat), 1)
+    return {"mixed_sign_samples": float((has_pos & has_neg).sum()) / n,
+            "non_negative_samples": float((~has_neg).sum()) / n,
+            "non_positive_samples": float((~has_pos).sum()) / n,
+            "negative_entries": float((flat < 0).float().mean()) if flat.numel() else 0.0}
 
 
 def reduce_channels(attributions: Tensor, how: str = "sum") -> Tensor:

@@ -1,8 +1,8 @@
 """Gradient-based baselines, computed by captum: saliency, gradient x input, Integrated Gradients
 and SmoothGrad.
 
-By default they explain the model's logits (the class score), as these methods are usually
-applied; ``output: softmax`` explains the probabilities instead.
+They explain the run's ``output``: the softmax probability of the target (the default, the same
+function every method of a table explains) or its logit.
 """
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ class IntegratedGradientsMethod(Explainer):
     training input) or a constant. Signed; sums to f(x) - f(baseline) up to the quadrature error."""
 
     name = "ig"
+    budget_params = ("n_steps",)
+    absent_params = ("baseline",)
 
     def __init__(self, model: nn.Module, context: ExplainContext, n_steps: int = 50,
                  baseline: Union[str, float] = "zero", method: str = "gausslegendre",
@@ -97,6 +99,7 @@ class SmoothGradMethod(Explainer):
     raw gradient is averaged, not its absolute value). Noise is seeded from the run seed."""
 
     name = "smoothgrad"
+    budget_params = ("nt_samples", "stdevs")
     deterministic = False
 
     def __init__(self, model: nn.Module, context: ExplainContext, nt_samples: int = 25,

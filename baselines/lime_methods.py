@@ -44,13 +44,27 @@ class LimeMethod(Explainer):
     Tabular: ``discretize`` (lime's default, quartile bins) explains bin membership; with
     ``discretize: false`` the surrogate is linear in the standardised features. Images:
     ``segmentation`` is quickshift, slic or felzenszwalb with ``segmentation_params``; hidden
-    superpixels take ``hide_color`` (null: each superpixel's mean colour, lime's default).
+    superpixels take ``hide_color``: a number (the configs use 0, the value the faithfulness metrics
+remove pixels to on these [0, 1] images), or null for lime's default, each superpixel's own mean
+colour, which on small grey images hides almost nothing and leaves the surrogate little to fit.
     Grayscale images are shown to lime as RGB copies and read back from one channel."""
 
     name = "lime"
     modalities = ("tabular", "image")
     deterministic = False
     pixel_map = True  # images only: one weight per superpixel, (N, 1, H, W)
+    budget_params = ("num_samples",)
+
+    def declared(self) -> dict[str, dict[str, Any]]:
+        """Images: hidden superpixels take ``hide_color``; rows: lime resamples hidden features from
+        the training data's distribution (binned by ``discretizer`` when ``discretize``)."""
+        out = super().declared()
+        if self.context.modality == "image":
+            out["absent"] = {"hide_color": "superpixel mean" if self.hide_color is None else self.hide_color}
+        else:
+            out["absent"] = {"training_distribution": self.params["discretizer"] if self.params["discretize"]
+                             else "normal(mean, std)"}
+        return out
 
     def __init__(self, model: nn.Module, context: ExplainContext, num_samples: int = 1000,
                  discretize: bool = True, discretizer: str = "quartile",

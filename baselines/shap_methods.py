@@ -13,7 +13,7 @@ sees), the torch ones the logits; ``output`` in the config chooses.
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import shap
@@ -65,6 +65,8 @@ class ShapKernelMethod(Explainer):
     scores every feature."""
 
     name = "shap_kernel"
+    budget_params = ("nsamples",)
+    absent_params = ("background", "background_size")
     modalities = ("tabular",)
     deterministic = False
 
@@ -103,7 +105,15 @@ class ShapPartitionMethod(Explainer):
     ``background_size`` seeded training rows, grouped by correlation clustering. Deterministic."""
 
     name = "shap_partition"
+    budget_params = ("max_evals",)
     modalities = ("tabular", "image")
+
+    def declared(self) -> dict[str, dict[str, Any]]:
+        """Images are hidden by the masker; rows take the values of background training rows."""
+        out = super().declared()
+        key = "masker" if self.context.modality == "image" else "background_size"
+        out["absent"] = {key: self.params.get(key)}
+        return out
 
     def __init__(self, model: nn.Module, context: ExplainContext, max_evals: int = 500,
                  masker: Union[str, float] = "blur(8,8)", background_size: int = 100,
@@ -155,6 +165,8 @@ class ShapGradientMethod(Explainer):
     ``local_smoothing``. Stochastic, seeded from the run seed."""
 
     name = "shap_gradient"
+    budget_params = ("nsamples",)
+    absent_params = ("background_size",)
     modalities = ("tabular", "image")
     deterministic = False
 
@@ -216,6 +228,9 @@ class ShapDeepMethod(Explainer):
     of modules nested in custom blocks (removed after each call)."""
 
     name = "shap_deep"
+    outputs = ("logits",)
+    output_note = "shap's DeepExplainer has no correct softmax rule"
+    absent_params = ("background_size",)
     modalities = ("tabular", "image")
     model_kinds = ("mlp", "conv")
 
@@ -223,10 +238,6 @@ class ShapDeepMethod(Explainer):
                  check_additivity: bool = True, output: str = "logits") -> None:
         super().__init__(model, context, background_size=background_size,
                          check_additivity=check_additivity, output=output)
-        if output != "logits":
-            raise ValueError(
-                f"shap_deep explains logits only (shap's DeepExplainer has no correct softmax rule); got output {output!r}"
-            )
         unsupported = _unsupported_activations(model)
         if unsupported:
             raise ValueError(f"shap_deep has no DeepLIFT rule for {', '.join(unsupported)}; use shap_gradient instead")

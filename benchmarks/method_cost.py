@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import METHODS, ExplainContext  # noqa: E402
+from experiments.config import method_config  # noqa: E402
 
 METHOD_DIR = ROOT / "configs" / "method"
 # What "small" changes, per method; every other parameter keeps its config value.
@@ -93,7 +94,7 @@ def forward_backward_seconds(model: nn.Module, x: torch.Tensor, targets: torch.T
 
 
 def method_config(name: str, budget: str) -> Any:
-    cfg = OmegaConf.load(METHOD_DIR / f"{name}.yaml")
+    cfg = method_config(name, "logits" if name == "shap_deep" else "softmax")
     if budget == "small":
         cfg = OmegaConf.merge(cfg, SMALL_BUDGETS.get(name, {}))
     return cfg

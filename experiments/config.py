@@ -14,11 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
 GROUPS = ("model", "dataset", "method", "metrics", "metric", "experiment")
 RUN_SETTINGS = (
-    "n_samples", "sample_selection", "batch_size", "seed", "target", "device",
-    "channel_reduction", "results_dir", "cache_dir", "force", "table",
+    "n_samples", "sample_selection", "batch_size", "seed", "target", "output", "device",
+    "channel_reduction", "results_dir", "cache_dir", "force", "table", "threads",
 )
 CHOICES = {
     "target": ("label", "prediction"),
+    "output": ("softmax", "logits"),
     "device": ("cpu", "cuda", "auto"),
     "sample_selection": ("first", "random"),
     "channel_reduction": ("sum", "mean", "abs_sum", "max_abs", "none"),
@@ -51,6 +52,16 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=False)
 
 
+def method_config(name: str, output: str = "softmax", **overrides: Any) -> DictConfig:
+    """``configs/method/<name>.yaml`` on its own, resolved with the run settings it reads (the
+    ``output`` every method explains), plus ``overrides``: what scripts and tests instantiate."""
+    check_choice("method", name, group_options("method"))
+    check_choice("output", output, CHOICES["output"])
+    root = OmegaConf.create({"output": output, "method": OmegaConf.load(CONFIG_DIR / "method" / f"{name}.yaml")})
+    resolved = OmegaConf.create(OmegaConf.to_container(root, resolve=True)["method"])
+    return OmegaConf.merge(resolved, overrides) if overrides else resolved
+
+
 def _positive_int(cfg: DictConfig, key: str) -> int:
     value = cfg.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -67,6 +78,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     for key, choices in CHOICES.items():
         check_choice(key, cfg.get(key), choices)
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
+        raise ConfigError(f"threads must be a positive integer or null, got {threads!r}")
     if not isinstance(cfg.get("force"), bool):
         raise ConfigError(f"force must be true or false, got {cfg.get('force')!r}")
     for key in ("results_dir", "cache_dir"):

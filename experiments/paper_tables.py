@@ -1,15 +1,28 @@
-"""Turn run records into the paper's tables: methods as rows, metrics as columns.
+"""Turn run records into tables: methods as rows, metrics as columns, with intervals and tests.
 
-``python -m experiments.paper_tables`` reads every record under ``--results-dir`` that belongs to a
-table (``table=`` set by ``configs/experiment/``), and writes per (table, model, dataset)
-``results/tables/<name>.{md,csv,tex}`` and, for image tables, ``results/figures/<name>_heatmaps.png``.
-Markdown and TeX show the mean with the best value in bold and an arrow for each metric's direction;
-the CSV carries the bootstrap CI, ``n``, ``n_nan`` and ranks; the Markdown adds the Friedman test
-and the Holm-corrected Wilcoxon tests of backtrace against every other method.
+``python -m experiments.paper_tables`` reads every record under ``--results-dir`` and writes one
+table per (table, model, dataset): ``results/tables/<name>.{md,csv,tex}`` and, for images,
+``results/figures/<name>_heatmaps.png``. Records of the paper's experiments carry their table's
+name (``table=`` set by ``configs/experiment/``); any other sweep becomes a table named after its
+model and dataset, so ``--results-dir DIR`` turns any sweep into a table.
+
+Rows are method *variants*: the method's name plus the parameters that differ from its config
+file (``ig (n_steps=4)``), so a sweep over a method's parameters gives one row each. Every cell of
+a table must have explained the same samples of the same data with the same model, output
+function, target and metric settings; a table whose cells differ is refused with one line naming
+the difference, and nothing is written.
+
+Every number is computed on the samples every method scored (``metrics.statistics.common_samples``):
+the mean with its bootstrap 95% interval, ranks, the Friedman test, and Wilcoxon signed-rank tests
+of the reference method (``--reference``, default ``backtrace`` when present) against every other,
+Holm-corrected, with the rank-biserial effect size. A metric's best mean is bold, and so is every
+method whose interval overlaps it. Under the table: what each method explains, its budget, the
+value it treats as absent, what sign its maps actually had, and the metrics' own settings.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -21,93 +34,202 @@ import numpy as np
 import pandas as pd
 
 from experiments.records import iter_records
-from metrics.statistics import table_statistics
+from metrics.statistics import MARKS, best_methods, table_statistics
 
 REFERENCE = "backtrace"
 CONTROLS = ("random", "sobel")
 ARROW = {"higher": "↑", "lower": "↓"}
 TEX_ARROW = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
+# What every cell of one table must share (read from the record's resolved config).
+SHARED_SETTINGS = ("dataset", "model", "output", "target", "seed", "n_samples", "sample_selection",
+                   "channel_reduction", "metrics")
+# Metric parameters that say what a metric removes features to, shown under the table.
+METRIC_ABSENT_PARAMS = ("perturb_baseline", "baseline")
+
+
+class TableError(ValueError):
+    """A set of records that cannot make an honest table; the message is one line."""
 
 
 @dataclass
 class TableData:
-    """Everything one table is made of: the per-sample scores of each method and their context."""
+    """Everything one table is made of: the per-sample scores of each method variant and their
+    context."""
 
     name: str
     table: str
     model: str
     dataset: str
     modality: str
-    scores: pd.DataFrame                       # long: method, metric, sample, score
+    scores: pd.DataFrame                       # long: method (variant), metric, sample, score
     directions: dict[str, str]
     runtime: dict[str, dict[str, Optional[float]]]
     accuracy: Optional[float]
     folders: dict[str, Path] = field(default_factory=dict)
     signed: dict[str, bool] = field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)    # variant -> what it declared/returned
+    metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)              # output, target, samples, ...
 
 
 def method_order(methods: list[str]) -> list[str]:
-    """backtrace first, then the other methods alphabetically, the controls last."""
+    """backtrace variants first, then the other methods alphabetically, the controls last."""
     def key(m: str) -> tuple[int, str]:
-        return (0 if m.startswith(REFERENCE) else 2 if m in CONTROLS else 1, m)
+        base = m.split(" ", 1)[0]
+        return (0 if base.startswith(REFERENCE) else 2 if base in CONTROLS else 1, m)
     return sorted(methods, key=key)
 
 
-def collect(results_dir: str | Path) -> list[TableData]:
-    """Group the table records by (table, model, dataset); the newest record of a method wins."""
+# -- variants ------------------------------------------------------------------------------------
+
+def _method_defaults(target: str, output: str) -> Optional[dict[str, Any]]:
+    """The parameters of the ``configs/method`` file whose ``_target_`` is ``target`` (None for a
+    method that has no config file here)."""
+    from omegaconf import OmegaConf
+
+    from experiments.config import CONFIG_DIR, method_config
+
+    for path in sorted((CONFIG_DIR / "method").glob("*.yaml")):
+        if OmegaConf.load(path).get("_target_") == target:
+            resolved = method_config(path.stem, output if output in ("softmax", "logits") else "softmax")
+            return OmegaConf.to_container(resolved, resolve=True)  # type: ignore[return-value]
+    return None
+
+
+def variant_label(record: dict[str, Any]) -> str:
+    """The method's name plus every parameter that differs from its config file, e.g.
+    ``ig (n_steps=4)``; the name alone for a method run as configured. Parameters that follow a
+    run setting (``output``) are the same for a whole table and never make a variant."""
+    name = record["method"]["name"]
+    params = dict(record["method"].get("params") or {})
+    defaults = _method_defaults(str(params.get("_target_")), str(record.get("output", "softmax")))
+    if defaults is None:
+        return name
+    diff = [f"{k}={_short(v)}" for k, v in sorted(params.items())
+            if k not in ("_target_", "output") and defaults.get(k, object()) != v]
+    return f"{name} ({', '.join(diff)})" if diff else name
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+# -- collecting ----------------------------------------------------------------------------------
+
+def _table_key(record: dict[str, Any]) -> tuple[str, str, str]:
+    table = record["config"].get("table") or f"{record['model']['name']}_{record['dataset']['name']}"
+    return table, record["model"]["name"], record["dataset"]["name"]
+
+
+def _shared(record: dict[str, Any], samples: list[int]) -> dict[str, Any]:
+    cfg = record["config"]
+    out = {k: cfg.get(k) for k in SHARED_SETTINGS}
+    out["model"] = record["model"].get("cache_key") or cfg.get("model")
+    out["samples"] = samples
+    return out
+
+
+def _check_alike(name: str, cells: dict[str, tuple[dict, pd.DataFrame, Path]]) -> None:
+    """Refuse a table whose cells differ in samples, data, model, output or metric settings."""
+    shared = {variant: _shared(rec, scores["sample"].tolist()) for variant, (rec, scores, _) in cells.items()}
+    first_variant, first = next(iter(shared.items()))
+    for variant, s in shared.items():
+        for key in first:
+            if s[key] != first[key]:
+                what = "samples" if key == "samples" else key
+                detail = (f"{len(first[key])} vs {len(s[key])} samples" if key == "samples" and len(first[key]) != len(s[key])
+                          else "different values")
+                raise TableError(
+                    f"table {name!r} mixes runs that differ in {what} ({first_variant!r} and {variant!r}: {detail}); "
+                    f"rerun them with the same settings, or point --results-dir at one sweep")
+
+
+def collect(results_dir: str | Path, tables: Optional[set[str]] = None) -> list[TableData]:
+    """Group the records by (table, model, dataset) and method variant (the newest record of a
+    variant wins), check that each table's cells are alike, and gather their scores."""
     groups: dict[tuple[str, str, str], dict[str, tuple[dict, pd.DataFrame, Path]]] = {}
     for record, scores, folder in iter_records(results_dir):
-        table = record["config"].get("table")
-        if not table:
+        key = _table_key(record)
+        if tables and key[0] not in tables:
             continue
-        key = (table, record["model"]["name"], record["dataset"]["name"])
-        method = record["method"]["name"]
-        current = groups.setdefault(key, {}).get(method)
+        variant = variant_label(record)
+        current = groups.setdefault(key, {}).get(variant)
         if current is None or record["created"] > current[0]["created"]:
-            groups[key][method] = (record, scores, folder)
+            groups[key][variant] = (record, scores, folder)
     per_table: dict[str, int] = {}
     for table, _, _ in groups:
         per_table[table] = per_table.get(table, 0) + 1
     out = []
-    for (table, model, dataset), methods in sorted(groups.items()):
+    for (table, model, dataset), cells in sorted(groups.items()):
         name = table if per_table[table] == 1 else f"{table}_{model}_{dataset}"
-        frames, directions, runtime, signed, folders, accuracy, modality = [], {}, {}, {}, {}, None, ""
-        for method, (record, scores, folder) in methods.items():
-            for metric, info in record["metrics"].items():
-                directions[metric] = info["direction"]
-                frames.append(pd.DataFrame({"method": method, "metric": metric, "sample": scores["sample"],
-                                            "score": scores[metric].astype(float)}))
-            runtime[method] = record["runtime"]
-            signed[method] = record["method"]["signed"]
-            folders[method] = folder
-            accuracy = record["model"]["test_accuracy"]
-            modality = record["dataset"]["modality"]
-        long = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["method", "metric", "sample", "score"])
-        out.append(TableData(name, table, model, dataset, modality, long, directions, runtime, accuracy, folders, signed))
+        _check_alike(name, cells)
+        out.append(_table_data(name, table, model, dataset, cells))
     return out
 
 
-def _fmt(value: float) -> str:
+def _table_data(name: str, table: str, model: str, dataset: str,
+                cells: dict[str, tuple[dict, pd.DataFrame, Path]]) -> TableData:
+    frames, directions, runtime, signed, folders, methods, metric_settings = [], {}, {}, {}, {}, {}, {}
+    accuracy, modality, settings = None, "", {}
+    for variant, (record, scores, folder) in cells.items():
+        for metric, info in record["metrics"].items():
+            directions[metric] = info["direction"]
+            k = int(info.get("n", len(scores)))  # a metric may score only the first k samples
+            part = scores.iloc[:k]
+            frames.append(pd.DataFrame({"method": variant, "metric": metric, "sample": part["sample"],
+                                        "score": part[metric].astype(float)}))
+            metric_settings[metric] = {"n": k, "params": info.get("params", {})}
+        runtime[variant] = record["runtime"]
+        signed[variant] = bool(record["method"]["signed"])
+        folders[variant] = folder
+        methods[variant] = {key: record["method"].get(key) for key in ("signed", "returns", "budget", "absent")}
+        accuracy = record["model"]["test_accuracy"]
+        modality = record["dataset"]["modality"]
+        cfg = record["config"]
+        settings = {"output": record.get("output", cfg.get("output")), "target": cfg.get("target"),
+                    "n_samples": int(record.get("n_samples", len(scores))),
+                    "saturated": record.get("saturated_samples")}
+    long = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["method", "metric", "sample", "score"])
+    return TableData(name, table, model, dataset, modality, long, directions, runtime, accuracy, folders, signed,
+                     methods, metric_settings, settings)
+
+
+# -- statistics and layout ---------------------------------------------------------------------
+
+def _fmt(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "nan"
-    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+    value = float(value)
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 10 ** -(digits - 1)):
         return f"{value:.2e}"
-    return f"{value:.4f}"
+    return f"{value:.{digits}f}"
 
 
-def build(data: TableData) -> dict[str, pd.DataFrame]:
-    """The statistics of one table and its wide layout (methods x metrics)."""
-    stats = table_statistics(data.scores, data.directions, reference=REFERENCE)
-    summary = stats["summary"]
-    ranks = stats["ranks"]
+def reference_of(data: TableData, reference: Optional[str]) -> Optional[str]:
+    """The method the tests compare every other against: ``reference`` if given (it must be in
+    the table), else ``backtrace`` when present, else none."""
+    methods = set(data.scores["method"])
+    if reference is not None:
+        if reference not in methods:
+            raise TableError(f"unknown reference method {reference!r} for table {data.name!r}; "
+                             f"valid choices: {', '.join(method_order(sorted(methods)))}")
+        return reference
+    return REFERENCE if REFERENCE in methods else None
+
+
+def build(data: TableData, reference: Optional[str] = None) -> dict[str, Any]:
+    """The statistics of one table, its wide layout (methods x metrics) and the bold sets."""
+    ref = reference_of(data, reference)
+    stats: dict[str, Any] = table_statistics(data.scores, data.directions, reference=ref)
+    summary, ranks = stats["summary"], stats["ranks"]
     rows = []
     for method in method_order(list(summary["method"].unique())):
         part = summary[summary["method"] == method].set_index("metric")
         row: dict[str, Any] = {"method": method}
-        for metric in list(data.directions):
+        for metric in data.directions:
             if metric in part.index:
                 r = part.loc[metric]
-                row.update({f"{metric}": r["mean"], f"{metric}_ci_low": r["ci_low"], f"{metric}_ci_high": r["ci_high"],
+                row.update({metric: r["mean"], f"{metric}_ci_low": r["ci_low"], f"{metric}_ci_high": r["ci_high"],
                             f"{metric}_n": int(r["n"]), f"{metric}_n_nan": int(r["n_nan"]),
                             f"{metric}_rank": ranks.loc[method, metric] if metric in ranks.columns else np.nan})
         row["mean_rank"] = ranks.loc[method, "mean_rank"] if method in ranks.index else np.nan
@@ -116,50 +238,94 @@ def build(data: TableData) -> dict[str, pd.DataFrame]:
         row["forward_backward_units"] = rt.get("forward_backward_units")
         rows.append(row)
     stats["wide"] = pd.DataFrame(rows)
+    stats["best"] = {m: set(best_methods(summary, m, d)) for m, d in data.directions.items()}
+    stats["reference"] = ref
     return stats
 
 
-def _best(wide: pd.DataFrame, metric: str, direction: str) -> set[str]:
-    col = wide[metric].astype(float)
-    if col.notna().sum() == 0:
-        return set()
-    best = col.max() if direction == "higher" else col.min()
-    return set(wide.loc[np.isclose(col, best, rtol=0, atol=0), "method"])
+def _interval(row: pd.Series, metric: str, digits: int = 4) -> str:
+    low, high = row.get(f"{metric}_ci_low", np.nan), row.get(f"{metric}_ci_high", np.nan)
+    return f"{_fmt(row.get(metric, np.nan), digits)} [{_fmt(low, 3)}, {_fmt(high, 3)}]"
 
 
-def to_markdown(data: TableData, stats: dict[str, pd.DataFrame]) -> str:
+def _declared(entry: Optional[dict[str, Any]]) -> str:
+    if not entry:
+        return "-"
+    return ", ".join(f"{k}={_short(v)}" for k, v in entry.items())
+
+
+def heading(data: TableData, stats: dict[str, Any]) -> str:
+    s = data.settings
+    counts = sorted({int(c) for c in stats["summary"]["n"]}) if len(stats["summary"]) else []
+    n_text = f"{s.get('n_samples')} test samples"
+    acc = f" (test accuracy {data.accuracy:.3f})" if data.accuracy is not None else ""
+    out = (f"**{data.name}**: model `{data.model}` on `{data.dataset}`{acc}, {n_text}; every method explains "
+           f"the **{s.get('output')}** output for the {s.get('target')} class, and every metric reads it. "
+           f"Cells: mean [bootstrap 95% interval] over the samples every method scored; **bold**: the best mean "
+           f"and every method whose interval overlaps it; ↑/↓: higher/lower is better; (k NaN): samples on "
+           f"which that method's score is undefined (left out of every method's mean for that metric).")
+    subsets = {m: v["n"] for m, v in data.metric_settings.items() if v["n"] < int(s.get("n_samples") or 0)}
+    if subsets:
+        by_n: dict[int, list[str]] = {}
+        for m, k in subsets.items():
+            by_n.setdefault(k, []).append(m)
+        out += " " + "; ".join(f"{', '.join(ms)}: on the first {k} samples only (a declared budget)"
+                               for k, ms in sorted(by_n.items())) + "."
+    if s.get("saturated") is not None:
+        out += f" Samples with a saturated target probability: {s['saturated']}."
+    if counts and (len(counts) > 1 or counts[0] != int(s.get("n_samples") or 0)):
+        out += f" Samples per metric after leaving out undefined scores: {', '.join(map(str, counts))}."
+    return out
+
+
+def method_notes(data: TableData) -> list[str]:
+    """What each method was told (budget, absent value) and what its maps held."""
+    lines = ["| method | explains | signed (declared) | samples with mixed-sign maps | budget | absent value |",
+             "|---|---|---|---|---|---|"]
+    for method in method_order(list(data.methods)):
+        info = data.methods[method]
+        returns = info.get("returns") or {}
+        mixed = returns.get("mixed_sign_samples")
+        lines.append(f"| {method} | {data.settings.get('output')} | {'yes' if info.get('signed') else 'no (scored as magnitude)'} | "
+                     f"{'-' if mixed is None else f'{100 * mixed:.0f}%'} | {_declared(info.get('budget'))} | "
+                     f"{_declared(info.get('absent'))} |")
+    absent = sorted({f"{m}: {k}={_short(v['params'][k])}" for m, v in data.metric_settings.items()
+                     for k in METRIC_ABSENT_PARAMS if k in v.get("params", {})})
+    if absent:
+        lines += ["", "Metrics remove features to: " + "; ".join(absent)
+                  + " (`black`: the sample's minimum; `zero`: 0, the training mean of standardised columns)."]
+    return lines
+
+
+def to_markdown(data: TableData, stats: dict[str, Any]) -> str:
     wide = stats["wide"]
     metrics = list(data.directions)
     head = ["method"] + [f"{m} {ARROW[data.directions[m]]}" for m in metrics] + ["mean rank ↓", "s/sample", "fwd+bwd units"]
-    lines = [f"**{data.table}**: model `{data.model}` on `{data.dataset}`"
-             + (f" (test accuracy {data.accuracy:.3f})" if data.accuracy is not None else "")
-             + f", {int(data.scores['sample'].nunique())} samples. Mean over samples; best in bold; "
-             "↑/↓: higher/lower is better; (k NaN): samples with an undefined score.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    best = {m: _best(wide, m, data.directions[m]) for m in metrics}
+    lines = [heading(data, stats), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in wide.iterrows():
         cells = [row["method"]]
         for m in metrics:
-            v = row.get(m, np.nan)
-            cell = _fmt(float(v))
-            if row["method"] in best[m]:
+            cell = _interval(row, m)
+            if row["method"] in stats["best"][m]:
                 cell = f"**{cell}**"
             n_nan = row.get(f"{m}_n_nan", 0)
-            if isinstance(n_nan, (int, np.integer, float)) and not pd.isna(n_nan) and n_nan > 0:
+            if not pd.isna(n_nan) and n_nan > 0:
                 cell += f" ({int(n_nan)} NaN)"
             cells.append(cell)
-        cells += [_fmt(float(row["mean_rank"])), _fmt(float(row["seconds_per_sample"] or np.nan)),
-                  _fmt(float(row["forward_backward_units"] or np.nan))]
+        cells += [_fmt(row["mean_rank"]), _fmt(row["seconds_per_sample"] or np.nan),
+                  _fmt(row["forward_backward_units"] or np.nan)]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + method_notes(data)
     fr = stats["friedman"]
     if len(fr):
         lines += ["", "Friedman test across methods (samples as blocks): " + "; ".join(
             f"{r.metric} p={_fmt(r.pvalue)}" + (f" ({r.note})" if r.note else "") for r in fr.itertuples())]
-    wx = stats["wilcoxon"]
-    if len(wx):
-        lines += ["", f"Wilcoxon signed-rank, `{REFERENCE}` vs each method, Holm-corrected per metric "
-                  "(+: backtrace better, -: worse, =: no difference at 0.05):", "",
-                  "| method | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+    wx, ref = stats["wilcoxon"], stats["reference"]
+    if ref is not None and len(wx):
+        lines += ["", f"Wilcoxon signed-rank, `{ref}` vs each method, Holm-corrected per metric; each cell: "
+                  f"outcome, Holm p, rank-biserial r (positive: `{ref}` better). +: `{ref}` better, -: worse, "
+                  "=: no difference at 0.05, ~: significant but the mean difference and r disagree in direction.",
+                  "", "| method | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
         for method in method_order(list(wx["method"].unique())):
             cells = [method]
             for m in metrics:
@@ -167,40 +333,47 @@ def to_markdown(data: TableData, stats: dict[str, pd.DataFrame]) -> str:
                 if not len(r) or pd.isna(r["pvalue_holm"].iloc[0]):
                     cells.append("n/a")
                     continue
-                p = float(r["pvalue_holm"].iloc[0])
-                mark = "=" if p >= 0.05 else ("+" if bool(r["reference_better"].iloc[0]) else "-")
-                cells.append(f"{mark} p={_fmt(p)}")
+                r = r.iloc[0]
+                cells.append(f"{MARKS[r['outcome']]} p={_fmt(float(r['pvalue_holm']))} r={float(r['effect_size']):+.2f}")
             lines.append("| " + " | ".join(cells) + " |")
+    elif ref is None:
+        lines += ["", "No reference method in this table (pass --reference METHOD for the paired tests)."]
     return "\n".join(lines) + "\n"
 
 
 def _tex_escape(s: str) -> str:
-    return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+    return s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&") \
+        .replace("#", r"\#").replace("$", r"\$").replace("{", r"\{").replace("}", r"\}")
 
 
-def to_latex(data: TableData, stats: dict[str, pd.DataFrame]) -> str:
+def to_latex(data: TableData, stats: dict[str, Any]) -> str:
+    """A booktabs table in a ``table`` float with a caption and label; intervals under each mean."""
     wide = stats["wide"]
     metrics = list(data.directions)
-    best = {m: _best(wide, m, data.directions[m]) for m in metrics}
     cols = "l" + "r" * (len(metrics) + 2)
-    out = [r"\begin{tabular}{" + cols + "}", r"\toprule",
+    out = [r"\begin{table}[t]", r"\centering", r"\scriptsize",
+           r"\caption{" + _tex_escape(re.sub(r"\*\*|`", "", heading(data, stats))) + "}",
+           r"\label{tab:" + data.name + "}", r"\begin{tabular}{" + cols + "}", r"\toprule",
            " & ".join(["Method"] + [f"{_tex_escape(m)} {TEX_ARROW[data.directions[m]]}" for m in metrics]
                       + [r"Mean rank $\downarrow$", "s/sample"]) + r" \\", r"\midrule"]
     for _, row in wide.iterrows():
         cells = [_tex_escape(row["method"])]
         for m in metrics:
-            cell = _fmt(float(row.get(m, np.nan)))
-            cells.append(rf"\textbf{{{cell}}}" if row["method"] in best[m] else cell)
-        cells += [_fmt(float(row["mean_rank"])), _fmt(float(row["seconds_per_sample"] or np.nan))]
+            mean = _fmt(row.get(m, np.nan), 3)
+            if row["method"] in stats["best"][m]:
+                mean = rf"\textbf{{{mean}}}"
+            low, high = _fmt(row.get(f"{m}_ci_low", np.nan), 3), _fmt(row.get(f"{m}_ci_high", np.nan), 3)
+            cells.append(rf"{mean} {{\tiny [{low}, {high}]}}")
+        cells += [_fmt(row["mean_rank"], 2), _fmt(row["seconds_per_sample"] or np.nan, 3)]
         out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    caption = f"% {data.table}: model {data.model} on {data.dataset}; mean over samples, best in bold."
-    return caption + "\n" + "\n".join(out) + "\n"
+    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(out) + "\n"
 
 
 def heatmap_grid(data: TableData, path: Path, n_rows: int = 6) -> Optional[Path]:
-    """Samples as rows, the input then each method as columns; signed maps on a diverging scale
-    centred at zero, unsigned ones on a sequential scale; each cell scaled to its own max |value|."""
+    """Samples as rows, the input then each method as columns. Maps that had both signs in some
+    sample are drawn on a diverging scale centred at zero, one-signed maps on a sequential scale;
+    each cell is scaled to its own max |value|."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,16 +395,18 @@ def heatmap_grid(data: TableData, path: Path, n_rows: int = 6) -> Optional[Path]
             a = arrays[m]["attributions"][i]
             a = a.reshape(a.shape[-2:]) if a.ndim == 3 else a
             scale = float(np.abs(a).max()) or 1.0
-            if data.signed.get(m, True):
+            returns = data.methods.get(m, {}).get("returns") or {}
+            if returns.get("mixed_sign_samples", 1.0 if data.signed.get(m, True) else 0.0) > 0:
                 axes[i, j].imshow(a, cmap="bwr", vmin=-scale, vmax=scale)
             else:
-                axes[i, j].imshow(a, cmap="Reds", vmin=0, vmax=scale)
+                axes[i, j].imshow(np.abs(a), cmap="Reds", vmin=0, vmax=scale)
     for j, title in enumerate(["input"] + methods):
-        axes[0, j].set_title(title, fontsize=8)
+        axes[0, j].set_title(title, fontsize=7)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{data.table}: {data.model} on {data.dataset}", fontsize=9)
+    fig.suptitle(f"{data.name}: {data.model} on {data.dataset} (red-blue: signed maps; reds: one-signed maps)",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -239,13 +414,13 @@ def heatmap_grid(data: TableData, path: Path, n_rows: int = 6) -> Optional[Path]
     return path
 
 
-def write_tables(results_dir: str | Path, out_dir: str | Path, only: Optional[str] = None) -> list[Path]:
-    written = []
+def write_tables(results_dir: str | Path, out_dir: str | Path, only: Optional[str] = None,
+                 reference: Optional[str] = None) -> list[Path]:
+    """Build every table first (refusing the lot if one cannot be made), then write them."""
     out = Path(out_dir)
-    for data in collect(results_dir):
-        if only and data.table != only:
-            continue
-        stats = build(data)
+    built = [(data, build(data, reference)) for data in collect(results_dir, {only} if only else None)]
+    written = []
+    for data, stats in built:
         tables = out / "tables"
         tables.mkdir(parents=True, exist_ok=True)
         md = to_markdown(data, stats)
@@ -275,15 +450,22 @@ def update_readme(readme: Path, tables_dir: Path) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", default="results/runs")
+    parser.add_argument("--results-dir", default="results/runs", help="records to tabulate (any sweep's results_dir)")
     parser.add_argument("--out", default="results")
     parser.add_argument("--table", default=None, help="only this table (e.g. paper_tabular)")
+    parser.add_argument("--reference", default=None,
+                        help="the method the paired tests compare every other against (default: backtrace when present)")
     parser.add_argument("--readme", default=None, help="also refresh the table blocks of this README")
     args = parser.parse_args(argv)
-    written = write_tables(args.results_dir, args.out, args.table)
+    try:
+        written = write_tables(args.results_dir, args.out, args.table, args.reference)
+    except TableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not written:
-        print(f"error: no table records under {args.results_dir}; run e.g. "
-              "`python run.py -m +experiment=paper_tabular` first", file=sys.stderr)
+        print(f"error: no records under {args.results_dir}"
+              + (f" for table {args.table!r}" if args.table else "")
+              + "; run e.g. `python run.py -m +experiment=paper_tabular` first", file=sys.stderr)
         return 2
     if args.readme:
         update_readme(Path(args.readme), Path(args.out) / "tables")

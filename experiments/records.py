@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.training import stable_hash
 
 # Settings that change where or how fast a run happens, not what it computes.
-NON_SEMANTIC = ("results_dir", "cache_dir", "force", "device", "batch_size")
+NON_SEMANTIC = ("results_dir", "cache_dir", "force", "device", "batch_size", "threads")
 PACKAGES = ("torch", "numpy", "captum", "quantus", "shap", "lime", "hydra-core", "pandas",
             "scikit-learn", "scipy", "backtrace-bench")
 

@@ -15,6 +15,20 @@ from typing import Optional
 from experiments.config import ROOT, ConfigError, check_choice, group_options
 
 
+def warm_up_model(table: str, overrides: list[str]) -> None:
+    """Train (or load) the table's model once before the sweep, so that parallel cells read it
+    from the cache instead of each training it. Overrides that sweep (``a,b``) are left to the
+    sweep itself."""
+    if any("," in o for o in overrides):
+        return
+    from experiments.config import compose
+    from experiments.pipeline import prepare
+
+    start = time.perf_counter()
+    prepare(compose([f"+experiment={table}", *overrides]))
+    print(f"model for {table}: ready in {time.perf_counter() - start:.0f} s")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table", help=f"one of: {', '.join(group_options('experiment'))}")
@@ -28,6 +42,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("results_dir=")), "results/runs")
+    warm_up_model(args.table, args.overrides)
     start = time.perf_counter()
     sweep = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", f"+experiment={args.table}", *args.overrides])
     seconds = time.perf_counter() - start

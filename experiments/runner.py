@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from baselines.base import ExplainContext, IncompatibleMethodError, reduce_channels
+from baselines.base import ExplainContext, IncompatibleMethodError, for_scoring, reduce_channels, sign_profile, with_output
 from experiments.config import ConfigError, validate
 from experiments.pipeline import Prepared, prepare
 from experiments.training import predict
@@ -51,15 +51,42 @@ def check_method(cfg: DictConfig) -> type:
     except Exception as exc:  # a config pointing at a missing class is a config error
         raise ConfigError(f"method config names an unknown class {cfg.method._target_!r}") from exc
     try:
-        cls.check_compatible(cfg.model.modality, cfg.model.kind)
+        cls.check_compatible(cfg.model.modality, cfg.model.kind, cfg.get("output"))
     except IncompatibleMethodError as exc:
         raise ConfigError(f"{exc} (model {cfg.model.name!r})") from exc
     return cls
 
 
 def build_metrics(cfg: DictConfig) -> dict[str, Any]:
+    """Every metric of the run, reading the run's ``output`` (the function the methods explain)
+    and reducing re-run explanations' channels as the run does."""
     metrics_cfg = cfg.get("metrics") or {}
-    return {name: instantiate(mcfg, channel_reduction=cfg.channel_reduction) for name, mcfg in metrics_cfg.items()}
+    return {name: instantiate(mcfg, channel_reduction=cfg.channel_reduction, output=cfg.output)
+            for name, mcfg in metrics_cfg.items()}
+
+
+# A target probability this close to 1 is saturated in float32: its gradient is 0 and removing a
+# feature does not move it, so gradient maps and drop-one scores of that sample are undefined.
+SATURATION = 1e-6
+
+
+@torch.no_grad()
+def target_probabilities(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, batch_size: int,
+                         device: torch.device) -> torch.Tensor:
+    fn = with_output(model, "softmax")
+    out = [fn(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out).gather(1, targets[:, None]).flatten()
+
+
+def evaluated_count(metric: Any, n: int) -> int:
+    """How many of the ``n`` explained samples a metric scores: the first ``max_samples`` of them
+    when the metric declares that (expensive robustness and randomisation metrics), else all."""
+    k = metric.params.get("max_samples")
+    if k is None:
+        return n
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ConfigError(f"metric {metric.info.name!r}: max_samples must be a positive integer or null, got {k!r}")
+    return min(k, n)
 
 
 def run(cfg: DictConfig) -> RunResult:
@@ -72,6 +99,8 @@ def run(cfg: DictConfig) -> RunResult:
         return RunResult(path, None, True)
     method_cls = check_method(cfg)
     metrics = build_metrics(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
 
     wall = time.perf_counter()
     prep = prepare(cfg)
@@ -84,6 +113,11 @@ def run(cfg: DictConfig) -> RunResult:
     preds = predict(model, x, int(cfg.batch_size))
     use_pred = (labels < 0) if cfg.target == "label" else torch.ones_like(labels, dtype=torch.bool)
     targets = torch.where(use_pred, preds, labels)
+    p_target = target_probabilities(model, x, targets, int(cfg.batch_size), device)
+    saturated = int(((p_target >= 1 - SATURATION) | (p_target <= SATURATION)).sum())
+    if saturated > 0.05 * len(x):
+        print(f"warning: {saturated} of {len(x)} samples have a saturated target probability (within "
+              f"{SATURATION:g} of 0 or 1): their gradients and drop-one scores are undefined", file=sys.stderr)
 
     torch.manual_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed))
@@ -94,6 +128,7 @@ def run(cfg: DictConfig) -> RunResult:
     start = time.perf_counter()
     explainer = instantiate(cfg.method, model=model, context=context)
     seconds["build_explainer"] = time.perf_counter() - start
+    explainer.memo = {}  # identical re-explanations inside the metrics are computed once (explain_adapter)
     # One untimed call first, so one-off costs (tracing, compilation, caches) stay out of the
     # runtime column for every method alike.
     start = time.perf_counter()
@@ -109,7 +144,8 @@ def run(cfg: DictConfig) -> RunResult:
             extras.setdefault(k, []).append(v.float().cpu())
     raw = torch.cat(parts)
     seconds["explain"] = explain_s
-    attributions = reduce_channels(raw, cfg.channel_reduction)
+    returned = sign_profile(reduce_channels(raw, cfg.channel_reduction))
+    attributions = for_scoring(raw, explainer.signed, cfg.channel_reduction)
     fb = forward_backward_seconds(model, x, targets, bs, device)
     seconds["forward_backward"] = fb
 
@@ -118,20 +154,24 @@ def run(cfg: DictConfig) -> RunResult:
                            "target": targets.numpy()})
     summary: dict[str, Any] = {}
     for name, metric in metrics.items():
+        k = evaluated_count(metric, len(x))
         start = time.perf_counter()
-        values = np.asarray(metric(model, x, targets, attributions, explainer=explainer, ground_truth=gt), dtype=float)
+        part = np.asarray(metric(model, x[:k], targets[:k], attributions[:k], explainer=explainer,
+                                 ground_truth=None if gt is None else gt[:k]), dtype=float)
         seconds[f"metric/{name}"] = time.perf_counter() - start
-        if values.shape != (len(x),):
-            raise RuntimeError(f"metric {name!r} returned shape {values.shape}, expected ({len(x)},)")
-        values[~np.isfinite(values)] = np.nan
+        if part.shape != (k,):
+            raise RuntimeError(f"metric {name!r} returned shape {part.shape}, expected ({k},)")
+        values = np.full(len(x), np.nan)
+        values[:k] = np.where(np.isfinite(part), part, np.nan)
         scores[name] = values
-        finite = values[~np.isnan(values)]
+        finite = part[np.isfinite(part)]
         summary[name] = {
             **metric.describe(),
             "mean": float(finite.mean()) if finite.size else float("nan"),
-            "n": int(values.size),
-            "n_nan": int(np.isnan(values).sum()),
+            "n": int(k),                      # samples scored: the first n rows of scores.csv
+            "n_nan": int(k - finite.size),    # of those, scores that are undefined
         }
+    explainer.memo = {}
     seconds["total"] = time.perf_counter() - wall
 
     n = len(x)
@@ -145,9 +185,12 @@ def run(cfg: DictConfig) -> RunResult:
                   "train_seconds": prep.trained.train_seconds},
         "dataset": {"name": ds.name, "modality": ds.modality, "n_test": int(len(ds.x_test)),
                     "n_classes": ds.n_classes},
-        "method": {"name": getattr(method_cls, "name", cfg.method._target_), "signed": bool(method_cls.signed),
+        "method": {"name": getattr(method_cls, "name", cfg.method._target_), "signed": bool(explainer.signed),
+                   "returns": returned, **explainer.declared(),
                    "params": OmegaConf.to_container(cfg.method, resolve=True)},
+        "output": cfg.output,
         "n_samples": n,
+        "saturated_samples": saturated,
         "targets_from_prediction": int(use_pred.sum()),
         "seconds": seconds,
         "runtime": {"seconds_per_sample": explain_s / n, "forward_backward_units": explain_s / fb if fb > 0 else None},
@@ -156,8 +199,8 @@ def run(cfg: DictConfig) -> RunResult:
     arrays = {"attributions": attributions.numpy(), "targets": targets.numpy(), "sample": idx.numpy()}
     if ds.modality == "image":
         arrays["inputs"] = x.numpy()
-    for k, v in extras.items():
-        arrays[f"extra_{k}"] = reduce_channels(torch.cat(v), cfg.channel_reduction).numpy()
+    for key, v in extras.items():
+        arrays[f"extra_{key}"] = reduce_channels(torch.cat(v), cfg.channel_reduction).numpy()
     path = write_record(cfg.results_dir, chash, record, scores, arrays)
     print_summary(record, path)
     return RunResult(path, record, False)

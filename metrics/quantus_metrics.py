@@ -24,12 +24,14 @@ import warnings
 from typing import Any, ClassVar, Iterator, Optional
 
 import numpy as np
-import quantus
 import torch
-from quantus.functions import similarity_func
 from torch import Tensor, nn
 
 from metrics.base import Metric, MetricInfo
+from metrics.quantus_import import import_quantus
+
+quantus = import_quantus()
+from quantus.functions import similarity_func  # noqa: E402  (after the TensorFlow-free import)
 from metrics.explain_adapter import ExplainFunc, normalise_per_sample
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,12 @@ SIMILARITIES = {
     "cosine": similarity_func.cosine,
 }
 # Parameters of the call (not of the Quantus constructor) every wrapper accepts.
-CALL_PARAMS = {"softmax": False, "batch_size": 64, "seed": 0, "channel_reduction": "sum", "device": None}
+# ``output`` is the run's setting (softmax | logits: what every method explains); when given it
+# decides ``softmax``, so a metric reads the function the methods explain. ``max_samples`` (None:
+# all) is read by the runner, which scores only the first that many samples with this metric.
+CALL_PARAMS = {"softmax": False, "output": None, "batch_size": 64, "seed": 0, "channel_reduction": "sum",
+               "device": None, "max_samples": None}
+OUTPUTS = ("softmax", "logits")
 
 
 @contextlib.contextmanager
@@ -123,6 +130,11 @@ class QuantusMetric(Metric):
             raise ValueError(f"unknown parameter(s) {unknown} for metric {self.info.name!r}; "
                              f"valid: {', '.join(sorted(defaults))}")
         merged = {**defaults, **params}
+        if merged["output"] is not None:
+            if merged["output"] not in OUTPUTS:
+                raise ValueError(f"unknown output {merged['output']!r} for metric {self.info.name!r}; "
+                                 f"choose one of: {', '.join(OUTPUTS)}")
+            merged["softmax"] = merged["output"] == "softmax"
         if "similarity" in merged and merged["similarity"] not in SIMILARITIES:
             raise ValueError(f"unknown similarity {merged['similarity']!r} for metric {self.info.name!r}; "
                              f"choose one of: {', '.join(SIMILARITIES)}")
@@ -335,10 +347,16 @@ class AvgSensitivity(QuantusMetric):
 class RandomLogit(QuantusMetric):
     """Sixt et al. (2020): similarity (SSIM) between the explanation of the label and of a random
     other class; an explanation that ignores the class scores high, so lower is better.
-    ``num_classes`` defaults to the explainer context's ``n_classes``. SSIM needs at least 7
-    features: use ``similarity: pearson`` on narrow tabular rows."""
+    ``num_classes`` defaults to the explainer context's ``n_classes``.
 
-    info = MetricInfo("random_logit", "randomisation", "lower", "signed", True)
+    Both maps are compared as magnitudes (``attributions: absolute``): the question is whether the
+    explanation points at other features for another class, not whether its sign convention flips.
+    On signed maps, a method whose two class maps are negations of each other (gradient x input on
+    a two-class model) would score -1, the "best" possible, while pointing at the same features.
+    SSIM needs at least 7 features per side: the tabular table uses ``similarity: pearson`` (the
+    correlation of the absolute attributions)."""
+
+    info = MetricInfo("random_logit", "randomisation", "lower", "absolute", True)
     quantus_class = quantus.RandomLogit
     needs_explainer = True
     init_defaults = {"num_classes": None, "similarity": "ssim"}

@@ -10,7 +10,11 @@ better), e.g. ``{name: cls.info.direction}``.
 - :func:`rank_methods`: rank of each method per metric (1 = best, ties averaged) and mean rank.
 - :func:`friedman`: per metric, a Friedman test across methods with samples as blocks.
 - :func:`wilcoxon_vs_reference`: per metric, paired Wilcoxon signed-rank tests of a reference
-  method against every other, Holm-corrected within each metric.
+  method against every other, Holm-corrected within each metric, with the mean paired difference
+  and the matched-pairs rank-biserial correlation (the effect size) giving the direction.
+- :func:`common_samples`: per metric, only the samples every method scored, so that means, ranks
+  and tests of one table are computed on the same samples for all methods.
+- :func:`best_methods`: the best method of a metric and every method whose interval overlaps it.
 - :func:`table_statistics`: all of the above for one table.
 """
 from __future__ import annotations
@@ -85,9 +89,11 @@ def rank_methods(summary: pd.DataFrame, directions: Mapping[str, str]) -> pd.Dat
 
 
 def _paired(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Samples x methods for one metric, complete rows only (a NaN score drops its sample)."""
+    """Samples x methods for one metric, complete rows only (a NaN score drops its sample); a
+    method with no finite score on the metric is left out rather than emptying the table."""
     part = scores[scores["metric"] == metric]
-    return part.pivot_table(index="sample", columns="method", values="score", aggfunc="first").dropna()
+    wide = part.pivot_table(index="sample", columns="method", values="score", aggfunc="first", dropna=False)
+    return wide.dropna(axis=1, how="all").dropna()
 
 
 def friedman(scores: pd.DataFrame) -> pd.DataFrame:
@@ -127,12 +133,49 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
+def rank_biserial(diff: np.ndarray) -> float:
+    """Matched-pairs rank-biserial correlation of paired differences: (W+ - W-) / (W+ + W-), with
+    W+/W- the rank sums of the positive/negative differences (ranks of |d|, zeros dropped as in
+    the default Wilcoxon test, ties averaged). In [-1, 1]; its sign is the direction of the
+    Wilcoxon signed-rank test, and 0 when every difference is 0."""
+    d = np.asarray(diff, dtype=np.float64)
+    d = d[np.isfinite(d) & (d != 0)]
+    if d.size == 0:
+        return 0.0
+    ranks = stats.rankdata(np.abs(d))
+    total = ranks.sum()
+    return float((ranks[d > 0].sum() - ranks[d < 0].sum()) / total)
+
+
+# How a reference-vs-method comparison is printed: "+" reference better, "-" worse, "=" no
+# significant difference, "~" significant but the mean difference and the rank-biserial
+# correlation point in opposite directions (so neither direction is claimed).
+MARKS = {"better": "+", "worse": "-", "no difference": "=", "ambiguous": "~"}
+
+
+def comparison_outcome(pvalue: float, mean_advantage: float, effect_size: float, alpha: float = 0.05) -> str:
+    """The outcome of one comparison from its (corrected) p-value and two direction statistics,
+    both oriented so that positive means the reference is better. A significant result is a win
+    or a loss only when the mean difference (what the table's means show) and the rank-biserial
+    correlation (what the signed-rank test ranks) agree; the median is never used, as with ties
+    (0/1 scores) it is 0 whatever the data say."""
+    if not np.isfinite(pvalue) or pvalue >= alpha:
+        return "no difference"
+    if mean_advantage > 0 and effect_size > 0:
+        return "better"
+    if mean_advantage < 0 and effect_size < 0:
+        return "worse"
+    return "ambiguous"
+
+
 def wilcoxon_vs_reference(scores: pd.DataFrame, directions: Mapping[str, str],
-                          reference: str = "backtrace") -> pd.DataFrame:
+                          reference: str = "backtrace", alpha: float = 0.05) -> pd.DataFrame:
     """Per metric and other method: a two-sided Wilcoxon signed-rank test on the per-sample
     differences reference - other (paired by ``sample``, pairs with a NaN dropped), Holm-corrected
-    over the comparisons of that metric. ``median_advantage`` is the median difference oriented so
-    that positive means the reference is better; ``reference_better`` is its sign."""
+    over the comparisons of that metric. ``mean_advantage`` is the mean difference and
+    ``effect_size`` the matched-pairs rank-biserial correlation, both oriented so that positive
+    means the reference is better; ``outcome`` (better / worse / no difference / ambiguous, see
+    :func:`comparison_outcome`) and ``reference_better`` follow from them and the Holm p-value."""
     _check(scores, directions)
     if reference not in set(scores["method"]):
         raise ValueError(f"reference method {reference!r} has no scores; methods: "
@@ -140,14 +183,15 @@ def wilcoxon_vs_reference(scores: pd.DataFrame, directions: Mapping[str, str],
     rows = []
     for metric in sorted(scores["metric"].unique()):
         part = scores[scores["metric"] == metric]
-        wide = part.pivot_table(index="sample", columns="method", values="score", aggfunc="first")
+        wide = part.pivot_table(index="sample", columns="method", values="score", aggfunc="first", dropna=False)
         sign = 1.0 if directions[metric] == "higher" else -1.0
         block = []
         for other in sorted(c for c in wide.columns if c != reference):
             pair = wide[[reference, other]].dropna() if reference in wide else wide[[other]].iloc[:0]
-            diff = (pair[reference] - pair[other]).to_numpy() if len(pair) else np.array([])
+            diff = (pair[reference] - pair[other]).to_numpy(dtype=np.float64) if len(pair) else np.array([])
             row = {"metric": metric, "reference": reference, "method": other, "n_pairs": int(diff.size),
-                   "median_advantage": float(sign * np.median(diff)) if diff.size else float("nan"),
+                   "mean_advantage": float(sign * diff.mean()) if diff.size else float("nan"),
+                   "effect_size": sign * rank_biserial(diff) if diff.size else float("nan"),
                    "statistic": float("nan"), "pvalue": float("nan"), "note": ""}
             if diff.size == 0:
                 row["note"] = "no complete pairs"
@@ -156,27 +200,69 @@ def wilcoxon_vs_reference(scores: pd.DataFrame, directions: Mapping[str, str],
             else:
                 res = stats.wilcoxon(diff)
                 row.update(statistic=float(res.statistic), pvalue=float(res.pvalue))
-            row["reference_better"] = bool(row["median_advantage"] > 0)
             block.append(row)
         for row, adj in zip(block, holm([r["pvalue"] for r in block])):
             row["pvalue_holm"] = float(adj)
+            row["outcome"] = comparison_outcome(row["pvalue_holm"], row["mean_advantage"], row["effect_size"], alpha)
+            row["reference_better"] = row["outcome"] == "better"
         rows.extend(block)
-    cols = ["metric", "reference", "method", "n_pairs", "median_advantage", "reference_better",
-            "statistic", "pvalue", "pvalue_holm", "note"]
+    cols = ["metric", "reference", "method", "n_pairs", "mean_advantage", "effect_size", "outcome",
+            "reference_better", "statistic", "pvalue", "pvalue_holm", "note"]
     return pd.DataFrame(rows, columns=cols)
 
 
-def table_statistics(scores: pd.DataFrame, directions: Mapping[str, str], reference: str = "backtrace",
+def common_samples(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per metric, keep only the samples that every method scored (finite score). A method with
+    no finite score at all on a metric (the metric does not apply to it) does not shrink the
+    others' samples; its rows are kept, all NaN. The result is what a table's means, ranks and
+    tests are computed on, so that every method of a metric is averaged over the same samples."""
+    _check(scores)
+    parts = []
+    for metric, part in scores.groupby("metric", sort=False):
+        finite = part.assign(ok=np.isfinite(part["score"].to_numpy(dtype=np.float64)))
+        scored = finite.groupby("method")["ok"].any()
+        methods = scored[scored].index
+        ok = finite[finite["method"].isin(methods)].pivot_table(index="sample", columns="method", values="ok",
+                                                                aggfunc="all")
+        keep = ok.index[ok.all(axis=1)] if len(methods) else ok.index[:0]
+        parts.append(part[part["sample"].isin(keep) | ~part["method"].isin(methods)])
+    return pd.concat(parts, ignore_index=True) if parts else scores.iloc[:0]
+
+
+def best_methods(summary: pd.DataFrame, metric: str, direction: str) -> list[str]:
+    """The best method of ``metric`` by mean, and every method whose confidence interval overlaps
+    the best one's: the methods the data cannot tell apart from the best. ``summary`` has one row
+    per (method, metric) with ``mean``, ``ci_low`` and ``ci_high``; NaN means are never best."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction of metric {metric!r} is {direction!r}; choose one of: {', '.join(DIRECTIONS)}")
+    part = summary[(summary["metric"] == metric) & np.isfinite(summary["mean"].to_numpy(dtype=np.float64))]
+    if part.empty:
+        return []
+    best = part.loc[part["mean"].idxmax() if direction == "higher" else part["mean"].idxmin()]
+    low, high = float(best["ci_low"]), float(best["ci_high"])
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return [str(best["method"])]
+    overlap = (part["ci_low"] <= high) & (part["ci_high"] >= low)
+    return [str(m) for m in part.loc[overlap | (part["method"] == best["method"]), "method"]]
+
+
+def table_statistics(scores: pd.DataFrame, directions: Mapping[str, str], reference: Optional[str] = "backtrace",
                      n_boot: int = 2000, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """Everything one results table needs, for the scores of one (model, dataset):
-    ``summary``, ``ranks``, ``friedman`` and ``wilcoxon`` (the last empty if ``reference`` has no
-    scores)."""
-    summary = summarise(scores, n_boot=n_boot, seed=seed)
-    has_reference = reference in set(scores["method"])
+    """Everything one results table needs, for the scores of one (model, dataset), all computed on
+    the samples every method scored (:func:`common_samples`): ``summary`` (with ``n_nan``, the
+    samples a method left undefined, counted on all the scores), ``ranks``, ``friedman`` and
+    ``wilcoxon`` (empty if ``reference`` is None or has no scores)."""
+    _check(scores, directions)
+    common = common_samples(scores)
+    summary = summarise(common, n_boot=n_boot, seed=seed)
+    undefined = (scores.assign(nan=~np.isfinite(scores["score"].to_numpy(dtype=np.float64)))
+                 .groupby(["method", "metric"])["nan"].sum())
+    summary["n_nan"] = [int(undefined.get((m, k), 0)) for m, k in zip(summary["method"], summary["metric"])]
+    has_reference = reference is not None and reference in set(scores["method"])
     return {
         "summary": summary,
         "ranks": rank_methods(summary, directions),
-        "friedman": friedman(scores),
-        "wilcoxon": wilcoxon_vs_reference(scores, directions, reference) if has_reference
-        else pd.DataFrame(columns=["metric", "reference", "method"]),
+        "friedman": friedman(common),
+        "wilcoxon": wilcoxon_vs_reference(common, directions, reference) if has_reference
+        else pd.DataFrame(columns=["metric", "reference", "method", "outcome", "pvalue_holm", "effect_size"]),
     }

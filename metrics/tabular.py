@@ -17,12 +17,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from baselines.base import for_scoring
 from metrics.base import Metric, MetricInfo
 
 OUTPUTS = ("probability", "logit")
+# The run's ``output`` setting (what every method explains) names the same two functions.
+OUTPUT_ALIASES = {"softmax": "probability", "logits": "logit"}
 # channel_reduction is accepted so the harness can build every metric alike; rows have no channels.
 COMMON_PARAMS: dict[str, Any] = {"output": "probability", "baseline": "zero", "chunk_size": 4096,
-                                 "channel_reduction": "sum"}
+                                 "channel_reduction": "sum", "max_samples": None}
 
 
 def _as_tensor(t: Any) -> Tensor:
@@ -50,6 +53,7 @@ class TabularMetric(Metric):
             raise ValueError(f"unknown parameter(s) {unknown} for metric {self.info.name!r}; "
                              f"valid: {', '.join(sorted(allowed))}")
         merged = {**allowed, **params}
+        merged["output"] = OUTPUT_ALIASES.get(merged["output"], merged["output"])
         if merged["output"] not in OUTPUTS:
             raise ValueError(f"unknown output {merged['output']!r}; choose one of: {', '.join(OUTPUTS)}")
         baseline = merged["baseline"]
@@ -201,7 +205,7 @@ class TabularSensitivity(TabularMetric):
         rows = (x[:, None, :] + u).reshape(-1, f)
         with torch.enable_grad():
             e = explainer(rows.to(explainer.context.device), y.repeat_interleave(s).to(explainer.context.device))
-        e = e.values.detach().cpu().double().numpy().reshape(n, s, f)
+        e = for_scoring(e.values, explainer.signed).detach().cpu().double().numpy().reshape(n, s, f)
         norm = np.linalg.norm(a, axis=1)
         change = np.linalg.norm(e - a[:, None, :], axis=2).max(axis=1)
         return np.where(norm > 0, change / np.where(norm > 0, norm, 1.0), np.nan)

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from baselines import METHODS, ExplainContext, Explainer, IncompatibleMethodError, reduce_channels
+from experiments.config import method_config
 from baselines.base import CHANNEL_REDUCTIONS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "method"
@@ -77,9 +78,9 @@ def context(modality: str, seed: int = 0) -> ExplainContext:
 
 def build(name: str, modality: str, seed: int = 0, model: nn.Module | None = None, **over: Any) -> Explainer:
     """The method as the harness builds it: from its yaml, through hydra.utils.instantiate."""
-    cfg = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
     params = {**SMALL.get(name, {}), **(LIME_IMAGE if (name == "lime" and modality == "image") else {}), **over}
-    cfg = OmegaConf.merge(cfg, params)
+    output = params.pop("output", "logits" if name == "shap_deep" else "softmax")
+    cfg = method_config(name, output, **params)
     model = model if model is not None else SETUPS[modality][1]()
     return instantiate(cfg, model=model, context=context(modality, seed))
 
@@ -115,8 +116,7 @@ def test_every_method_has_a_config_and_back():
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_config_instantiates_its_class(name):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name=name)
+    cfg = method_config(name, "logits" if name == "shap_deep" else "softmax")
     cls = get_class(cfg._target_)
     assert cls is METHODS[name] and cls.name == name
     modality = "image" if "image" in cls.modalities else "tabular"
@@ -137,13 +137,50 @@ def test_shape_finite_and_sign(name, modality):
     assert torch.isfinite(result.values).all()
     assert result.values.abs().sum() > 0
     assert result.seconds > 0
-    if not method.signed:
+    if not method.signed:  # one sign per sample (non-negative here: the softmax is positive)
         assert (result.values >= 0).all()
 
 
 def test_signs_are_declared_honestly():
     unsigned = {name for name, cls in METHODS.items() if not cls.signed}
-    assert unsigned == {"saliency", "gradcam", "sobel"}
+    assert unsigned == {"saliency", "gradcam", "sobel", "backtrace", "backtrace_contrastive"}
+    assert build("backtrace_contrastive", "image", contrastive_output="difference").signed
+
+
+@pytest.mark.parametrize("modality", ["tabular", "image"])
+def test_default_backtrace_on_logits_has_one_sign_per_sample_and_is_scored_as_magnitude(modality):
+    """On logits a sample's default-mode map takes the sign of its starting logit at every
+    feature: per sample one sign, not a signed explanation, so metrics receive |map|."""
+    from baselines.base import for_scoring, sign_profile
+
+    method = build("backtrace", modality, output="logits")
+    x = data(modality, 6)
+    values = method(x, torch.tensor([0, 1, 2, 0, 1, 2])).values
+    profile = sign_profile(values)
+    assert profile["mixed_sign_samples"] == 0.0
+    logits = method.model(x).gather(1, torch.tensor([0, 1, 2, 0, 1, 2])[:, None]).flatten()
+    flat = values.reshape(6, -1)
+    for i in range(6):  # the map's sign is the starting logit's sign
+        assert torch.all(flat[i] * torch.sign(logits[i]) >= 0)
+    assert torch.equal(for_scoring(values, method.signed, "sum"), reduce_channels(values, "sum").abs())
+
+
+def test_sign_profile_counts_samples_by_sign():
+    from baselines.base import sign_profile
+
+    a = torch.tensor([[1.0, -1.0], [2.0, 0.0], [-1.0, -3.0], [0.0, 0.0]])
+    assert sign_profile(a) == {"mixed_sign_samples": 0.25, "non_negative_samples": 0.5,
+                               "non_positive_samples": 0.5, "negative_entries": 0.375}
+
+
+def test_logit_only_and_softmax_only_methods_refuse_the_other_output():
+    with pytest.raises(IncompatibleMethodError, match="'backtrace_contrastive' cannot explain output 'logits'"):
+        METHODS["backtrace_contrastive"].check_compatible("tabular", "mlp", "logits")
+    with pytest.raises(IncompatibleMethodError, match="'shap_deep' cannot explain output 'softmax'.*valid choices: logits"):
+        METHODS["shap_deep"].check_compatible("image", "conv", "softmax")
+    with pytest.raises(InstantiationException) as info:
+        build("backtrace_contrastive", "tabular", output="logits")
+    assert isinstance(info.value.__cause__, IncompatibleMethodError)
 
 
 @pytest.mark.parametrize("how", CHANNEL_REDUCTIONS)
@@ -249,12 +286,13 @@ def test_unsupported_pairs_are_refused_before_running(name, modality, kind, mess
 
 @pytest.mark.parametrize("name,over,message", [
     ("ig", {"baseline": "noise"}, "unknown ig baseline 'noise'; choose one of: zero, mean"),
-    ("saliency", {"output": "probs"}, "unknown output 'probs'; choose one of: logits, softmax"),
+    ("saliency", {"output": "probs"}, "method 'saliency' cannot explain output 'probs'; valid choices: logits, softmax"),
     ("lime", {"segmentation": "watershed"},
      "unknown lime segmentation 'watershed'; choose one of: quickshift, slic, felzenszwalb"),
     ("shap_kernel", {"background": "median"}, "unknown shap_kernel background 'median'; choose one of: kmeans, sample, full"),
     ("shap_deep", {"output": "softmax"},
-     "shap_deep explains logits only (shap's DeepExplainer has no correct softmax rule); got output 'softmax'"),
+     "method 'shap_deep' cannot explain output 'softmax' (shap's DeepExplainer has no correct softmax rule); "
+     "valid choices: logits"),
     ("backtrace_contrastive", {"contrastive_output": "negative"},
      "unknown contrastive_output 'negative'; choose one of: positive, difference"),
     ("gradcam", {"layer": "head"}, "gradcam layer 'head' is not a module of the model; conv layers: 0, 3"),

@@ -112,14 +112,49 @@ def test_sensitivity_is_zero_for_an_input_independent_explainer(setup, cls):
     assert mean(metric, setup, perfect) > 0.01
 
 
+class HalfImage(nn.Module):
+    """Two classes that read different pixels: class 0 the left half, class 1 the right half."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(SIDE * SIDE, 2, bias=False)
+        left = torch.zeros(SIDE, SIDE)
+        left[:, : SIDE // 2] = 1.0
+        with torch.no_grad():
+            self.fc.weight[0] = (w * left).reshape(-1)
+            self.fc.weight[1] = (w * (1 - left)).reshape(-1)
+
+    def forward(self, x):
+        return self.fc(self.flatten(x))
+
+
 def test_random_logit_is_highest_for_a_class_blind_explainer(setup):
     model, x, y, explainer, perfect, _ = setup
     blind = InputAsMap(model, explainer.context)
     metric = qm.RandomLogit()
     blind_scores = metric(model, x, y, x, explainer=blind)
     np.testing.assert_allclose(blind_scores, 1.0, atol=1e-6)
-    assert mean(metric, setup, perfect) < 0.9  # the other class's map is the negative
     assert metric.params["num_classes"] == 2  # taken from the explainer's context
+
+
+@pytest.mark.parametrize("similarity", ["ssim", "pearson"])
+def test_random_logit_counts_a_sign_flipped_pair_as_the_same_explanation(setup, similarity):
+    """LinearImage's class maps are exact negations (w x and -w x): they point at the same
+    pixels, so the explanation did not change with the class. On signed maps Pearson would
+    give -1, the best possible score; on magnitudes it is 1, the worst."""
+    model, x, y, explainer, perfect, _ = setup
+    flipped = explainer(x, 1 - y).values
+    np.testing.assert_allclose(flipped.numpy(), -perfect.numpy())
+    scores = qm.RandomLogit(similarity=similarity)(model, x, y, perfect, explainer=explainer)
+    np.testing.assert_allclose(scores, 1.0, atol=1e-6)
+    # a model whose classes read different pixels gets different maps: a low similarity
+    gen = torch.Generator().manual_seed(3)
+    halves = HalfImage(torch.rand(SIDE, SIDE, generator=gen) + 0.5).eval()
+    sensitive = GradInput(halves, explainer.context)
+    a = sensitive(x, y).values
+    low = qm.RandomLogit(similarity=similarity)(halves, x, y, a, explainer=sensitive)
+    assert np.all(low < 0.5), low
 
 
 def test_mprt_is_highest_for_a_model_blind_explainer(setup):

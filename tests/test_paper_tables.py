@@ -17,11 +17,12 @@ from experiments.records import write_record
 DIRECTIONS = {"faith": "higher", "complexity": "lower"}
 
 
-def _record(method: str, table: str = "toy_table", created: str = "2026-01-01T00:00:00") -> dict:
+def _record(method: str, table: str = "toy_table", created: str = "2026-01-01T00:00:00",
+            params: dict | None = None) -> dict:
     return {
         "config_hash": method, "config": {"table": table}, "created": created,
         "model": {"name": "mlp", "test_accuracy": 0.9}, "dataset": {"name": "toy", "modality": "image"},
-        "method": {"name": method, "signed": method != "saliency"},
+        "method": {"name": method, "signed": method != "saliency", "params": params or {}},
         "runtime": {"seconds_per_sample": 0.01, "forward_backward_units": 2.0},
         "metrics": {m: {"direction": d, "mean": 0.0, "n": 20, "n_nan": 0} for m, d in DIRECTIONS.items()},
     }
@@ -32,7 +33,8 @@ def _write(root, method: str, faith: np.ndarray, complexity: np.ndarray, **kw) -
     scores = pd.DataFrame({"sample": np.arange(n), "label": 0, "prediction": 0, "target": 0,
                            "faith": faith, "complexity": complexity})
     arrays = {"attributions": np.random.default_rng(0).normal(size=(n, 1, 4, 4)), "inputs": np.zeros((n, 1, 4, 4))}
-    write_record(root, f"{method}-{kw.get('created', 'a')[-2:]}", _record(method, **kw), scores, arrays)
+    tag = f"{kw.get('created', 'a')[-2:]}-{abs(hash(str(kw.get('params')))) % 10**6}"
+    write_record(root, f"{method}-{tag}", _record(method, **kw), scores, arrays)
 
 
 @pytest.fixture
@@ -47,14 +49,15 @@ def records(tmp_path):
     _write(root, "random", faith_random, np.full(20, 3.0))
     # an older record of the same method is ignored in favour of the newest
     _write(root, "saliency", base + 5.0, np.full(20, 0.0), created="2025-01-01T00:00:00")
-    # a run that belongs to no table is ignored
-    write_record(root, "loose", {**_record("ig"), "config": {"table": None}},
+    # a run that belongs to no table makes a table of its own, named after its model and data
+    write_record(root, "loose", {**_record("ig"), "config": {"table": None}, "dataset": {"name": "other", "modality": "tabular"}},
                  pd.DataFrame({"sample": [0], "faith": [1.0], "complexity": [1.0]}), {"attributions": np.zeros((1, 1))})
     return root
 
 
 def test_collect_groups_by_table_and_keeps_the_newest(records):
-    (data,) = collect(records)
+    loose, data = collect(records)
+    assert loose.name == "mlp_other" and list(loose.folders) == ["ig"]
     assert data.name == "toy_table" and sorted(data.folders) == ["backtrace", "random", "saliency"]
     sal = data.scores[(data.scores.method == "saliency") & (data.scores.metric == "complexity")]
     assert (sal.score == 2.0).all()
@@ -63,24 +66,28 @@ def test_collect_groups_by_table_and_keeps_the_newest(records):
 
 def test_written_tables_mark_best_direction_nan_and_statistics(records, tmp_path):
     out = tmp_path / "results"
-    assert main(["--results-dir", str(records), "--out", str(out)]) == 0
+    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table"]) == 0
     md = (out / "tables" / "toy_table.md").read_text()
     lines = [line for line in md.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| method | faith ↑ | complexity ↓ | mean rank ↓")
     rows = {line.split(" | ")[0][2:]: line for line in lines[1:4]}
     assert list(rows) == ["backtrace", "saliency", "random"]       # reference first, controls last
-    assert "**1.0000**" in rows["backtrace"] and "(1 NaN)" in rows["random"]
+    assert "**1.0000 [1.000, 1.000]**" in rows["backtrace"] and "(1 NaN)" in rows["random"]
     assert "**" not in rows["random"]
-    assert "Friedman" in md and "Holm" in md
+    assert "Friedman" in md and "Holm" in md and "rank-biserial" in md
     wilcoxon_random = next(line for line in md.splitlines() if line.startswith("| random") and "p=" in line)
     assert wilcoxon_random.count("+ p=") == 2                          # backtrace significantly better on both
+    assert "r=+1.00" in wilcoxon_random
     csv = pd.read_csv(out / "tables" / "toy_table.csv")
     row = csv.set_index("method").loc["random"]
     assert row["faith_n"] == 19 and row["faith_n_nan"] == 1
     assert row["faith_ci_low"] <= row["faith"] <= row["faith_ci_high"]
+    # every method is averaged over the same 19 samples (sample 3 is undefined for random)
+    assert csv.set_index("method").loc["backtrace", "faith_n"] == 19
     assert csv.set_index("method").loc["backtrace", "mean_rank"] == 1.0
     tex = (out / "tables" / "toy_table.tex").read_text()
-    assert r"\textbf{1.0000}" in tex and r"$\downarrow$" in tex
+    assert r"\textbf{1.000}" in tex and r"$\downarrow$" in tex
+    assert r"\begin{table}" in tex and r"\caption{toy\_table: model mlp on toy" in tex
     assert (out / "figures" / "toy_table_heatmaps.png").stat().st_size > 0
 
 
@@ -96,7 +103,47 @@ def test_readme_blocks_are_refreshed(records, tmp_path):
 
 def test_no_records_is_a_clear_error(tmp_path, capsys):
     assert main(["--results-dir", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
-    assert "no table records" in capsys.readouterr().err
+    assert "error: no records under" in capsys.readouterr().err
+
+
+def test_two_variants_of_one_method_are_two_rows(tmp_path):
+    root = tmp_path / "runs"
+    base = np.linspace(0, 1, 12)
+    ig = "baselines.IntegratedGradientsMethod"
+    _write(root, "backtrace", base + 1, base)
+    _write(root, "ig", base, base, params={"_target_": ig, "n_steps": 4, "baseline": "zero", "method": "gausslegendre",
+                                          "internal_batch_size": 64, "output": "softmax"})
+    _write(root, "ig", base + 0.5, base, params={"_target_": ig, "n_steps": 50, "baseline": "zero",
+                                                "method": "gausslegendre", "internal_batch_size": 64,
+                                                "output": "softmax"})
+    (data,) = collect(root)
+    assert sorted(data.folders) == ["backtrace", "ig", "ig (n_steps=4)"]
+    out = tmp_path / "results"
+    assert main(["--results-dir", str(root), "--out", str(out)]) == 0
+    md = (out / "tables" / "toy_table.md").read_text()
+    assert "| ig (n_steps=4) | " in md and "| ig | " in md
+
+
+def test_a_table_whose_cells_differ_in_samples_is_refused_and_nothing_written(tmp_path, capsys):
+    root = tmp_path / "runs"
+    _write(root, "backtrace", np.arange(8.0), np.arange(8.0))
+    _write(root, "saliency", np.arange(16.0), np.arange(16.0))
+    out = tmp_path / "results"
+    assert main(["--results-dir", str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: table 'toy_table' mixes runs that differ in samples ('backtrace' and 'saliency': "
+                   "8 vs 16 samples); rerun them with the same settings, or point --results-dir at one sweep")
+    assert not out.exists()
+
+
+def test_any_reference_method_and_a_clear_error_for_an_unknown_one(records, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table",
+                 "--reference", "saliency"]) == 0
+    md = (out / "tables" / "toy_table.md").read_text()
+    assert "Wilcoxon signed-rank, `saliency` vs each method" in md
+    assert main(["--results-dir", str(records), "--out", str(out), "--reference", "nope"]) == 2
+    assert "unknown reference method 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from metrics.statistics import (
-    bootstrap_ci, friedman, holm, rank_methods, summarise, table_statistics, wilcoxon_vs_reference,
+    best_methods, bootstrap_ci, common_samples, comparison_outcome, friedman, holm, rank_biserial, rank_methods,
+    summarise, table_statistics, wilcoxon_vs_reference,
 )
 
 
@@ -123,3 +124,83 @@ def test_table_statistics_bundles_everything():
     assert set(out) == {"summary", "ranks", "friedman", "wilcoxon"}
     assert out["ranks"].loc["backtrace", "faith"] == 1 and out["ranks"].loc["backtrace", "sens"] == 3
     assert len(out["wilcoxon"]) == 4
+
+
+def test_wilcoxon_direction_on_tied_zero_one_scores():
+    """A pointing game: the reference hits on all 32 samples, the other on 23. The median paired
+    difference is 0 (most pairs tie), yet the reference is the better one, and significantly so."""
+    hits = np.ones(32)
+    other = np.ones(32)
+    other[:9] = 0.0
+    scores = long_scores({"pointing": {"backtrace": hits, "smoothgrad": other},
+                          "loss": {"backtrace": 1 - hits, "smoothgrad": 1 - other}})
+    result = wilcoxon_vs_reference(scores, {"pointing": "higher", "loss": "lower"}).set_index("metric")
+    assert np.median(hits - other) == 0.0
+    for metric in ("pointing", "loss"):
+        row = result.loc[metric]
+        assert row.pvalue_holm < 0.05
+        assert row.outcome == "better" and row.reference_better
+        assert row.mean_advantage == pytest.approx(9 / 32)
+        assert row.effect_size == pytest.approx(1.0)  # every non-tied pair favours the reference
+
+
+def test_rank_biserial_by_hand():
+    # |d| ranks of (3, -1, 2, 0): zero dropped; |3| -> 3, |-1| -> 1, |2| -> 2: (5 - 1) / 6
+    assert rank_biserial(np.array([3.0, -1.0, 2.0, 0.0])) == pytest.approx(4 / 6)
+    assert rank_biserial(np.array([0.0, 0.0])) == 0.0
+    assert rank_biserial(np.array([-1.0, -1.0, 2.0])) == pytest.approx((3 - 3) / 6)
+
+
+def test_a_significant_result_with_disagreeing_directions_claims_neither():
+    assert comparison_outcome(0.01, 0.2, 0.5) == "better"
+    assert comparison_outcome(0.01, -0.2, -0.5) == "worse"
+    assert comparison_outcome(0.01, 0.2, -0.5) == "ambiguous"
+    assert comparison_outcome(0.2, 0.2, 0.5) == "no difference"
+    assert comparison_outcome(float("nan"), 0.2, 0.5) == "no difference"
+
+
+def test_a_few_large_differences_against_many_small_ones_are_ambiguous():
+    """Mean and ranks disagree: 12 small wins of the reference, 3 huge losses."""
+    other = np.zeros(15)
+    ref = np.concatenate([np.full(12, 0.1), np.full(3, -5.0)])
+    row = wilcoxon_vs_reference(long_scores({"faith": {"backtrace": ref, "ig": other}}), {"faith": "higher"}).iloc[0]
+    assert row.mean_advantage < 0 < row.effect_size
+    assert row.outcome in ("ambiguous", "no difference") and not row.reference_better
+
+
+def _summary(rows):
+    return pd.DataFrame(rows, columns=["method", "metric", "mean", "ci_low", "ci_high"])
+
+
+def test_bold_is_the_best_and_every_interval_that_overlaps_it():
+    summary = _summary([
+        ("a", "m", 0.50, 0.40, 0.60),   # best
+        ("b", "m", 0.45, 0.35, 0.55),   # overlaps a
+        ("c", "m", 0.30, 0.20, 0.40),   # touches a's lower end: overlaps
+        ("d", "m", 0.10, 0.05, 0.39),   # below a's interval
+        ("e", "m", float("nan"), float("nan"), float("nan")),
+    ])
+    assert sorted(best_methods(summary, "m", "higher")) == ["a", "b", "c"]
+    # lower is better: d is best; b [0.35, 0.55] and c [0.20, 0.40] reach into [0.05, 0.39], a does not
+    assert sorted(best_methods(summary, "m", "lower")) == ["b", "c", "d"]
+    near_tie = _summary([(m, "infidelity", 0.002 + i * 1e-4, 0.0, 0.006) for i, m in enumerate("pqrs")])
+    assert sorted(best_methods(near_tie, "infidelity", "lower")) == ["p", "q", "r", "s"]
+    with pytest.raises(ValueError, match="direction of metric 'm' is 'up'"):
+        best_methods(summary, "m", "up")
+
+
+def test_common_samples_puts_every_method_on_the_same_samples():
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    b = np.array([1.0, np.nan, 3.0, 4.0])
+    never = np.full(4, np.nan)                           # the metric does not apply to this one
+    scores = long_scores({"m": {"a": a, "b": b, "never": never}, "k": {"a": a, "b": a, "never": a}})
+    common = common_samples(scores)
+    kept = common[(common.metric == "m") & (common.method == "a")]
+    assert kept["sample"].tolist() == [0, 2, 3]            # sample 1 dropped for a too
+    assert len(common[(common.metric == "m") & (common.method == "never")]) == 4
+    assert len(common[common.metric == "k"]) == 12
+    stats_ = table_statistics(scores, {"m": "higher", "k": "higher"}, reference="a")
+    summary = stats_["summary"].set_index(["method", "metric"])
+    assert summary.loc[("a", "m"), "mean"] == pytest.approx(8 / 3)  # not 10 / 4
+    assert summary.loc[("a", "m"), "n"] == 3 and summary.loc[("b", "m"), "n_nan"] == 1
+    assert summary.loc[("a", "m"), "n_nan"] == 0
