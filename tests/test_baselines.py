@@ -309,3 +309,23 @@ def test_background_methods_need_training_inputs():
     ctx = ExplainContext(modality="tabular", model_kind="mlp", n_classes=N_CLASSES, x_train=None)
     with pytest.raises(ValueError, match=r"^method 'shap_kernel' needs training inputs for its background"):
         METHODS["shap_kernel"](tiny_mlp(), ctx)
+
+
+@pytest.mark.parametrize("hide_color", [0.0, 0.25, None])
+def test_lime_hide_value_reaches_the_perturbed_images(hide_color):
+    """Every image lime sends to the model has its hidden superpixels at ``hide_color`` (the
+    configured absent value); ``null`` is lime's default, each superpixel's own mean colour."""
+    method = build("lime", "image", num_samples=40, hide_color=hide_color)
+    assert method.declared()["absent"] == {"hide_color": "superpixel mean" if hide_color is None else hide_color}
+    x = 0.5 + 0.5 * torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # no pixel below 0.5
+    seen: list[np.ndarray] = []
+    predict = method.predict_images
+    method.predict_images = lambda images: (seen.append(np.asarray(images)), predict(images))[1]
+    method(x, torch.tensor([1]))
+    images = np.concatenate(seen)[..., 0]                       # lime's (n, H, W, 3) grey copies
+    changed = images != x[0, 0].numpy()[None].astype(images.dtype)
+    assert changed.any()
+    if hide_color is None:
+        assert images.min() >= 0.5                             # means of pixels in [0.5, 1]
+    else:
+        np.testing.assert_allclose(images[changed], hide_color)

@@ -310,3 +310,32 @@ def test_normalise_per_sample_leaves_zero_maps_alone():
 
 def test_curve_auc_is_the_mean_height():
     np.testing.assert_allclose(qm.curve_auc(np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])), [1.0, 0.25])
+
+
+class CountingGradInput(GradInput):
+    """GradInput that counts the samples it is asked to explain."""
+
+    name = "counting"
+
+    def explain(self, inputs, targets):
+        self.calls = getattr(self, "calls", 0) + len(inputs)
+        return super().explain(inputs, targets)
+
+
+def test_avg_sensitivity_reuses_the_explanations_max_sensitivity_computed(setup):
+    """Both draw the same seeded perturbations: with the runner's memo the second metric re-runs
+    nothing and scores exactly what it scores without the memo."""
+    model, x, y, explainer, perfect, _ = setup
+    plain = CountingGradInput(model, explainer.context)
+    expected = qm.AvgSensitivity(nr_samples=3)(model, x, y, perfect, explainer=plain)
+    assert plain.calls == 3 * N
+    shared = CountingGradInput(model, explainer.context)
+    shared.memo = {}
+    qm.MaxSensitivity(nr_samples=3)(model, x, y, perfect, explainer=shared)
+    assert shared.calls == 3 * N
+    got = qm.AvgSensitivity(nr_samples=3)(model, x, y, perfect, explainer=shared)
+    assert shared.calls == 3 * N                                   # nothing re-explained
+    np.testing.assert_array_equal(got, expected)
+    # a randomised copy of the model (MPRT) is never served from the memo
+    qm.MPRT()(model, x, y, perfect, explainer=shared)
+    assert shared.calls > 3 * N

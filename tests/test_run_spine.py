@@ -45,6 +45,20 @@ def test_end_to_end_run_writes_a_record_with_finite_scores(overrides, run_dirs, 
     assert arrays["attributions"].shape[0] == 6 and np.isfinite(arrays["attributions"]).all()
 
 
+def test_a_metric_on_a_declared_subset_scores_only_the_first_samples(run_dirs):
+    cfg = compose(TINY_MLP + run_dirs + ["metrics.sparseness.max_samples=4"])
+    result = run(cfg)
+    rec = json.loads((result.path / "record.json").read_text())
+    assert rec["metrics"]["sparseness"]["n"] == 4 and rec["metrics"]["faithfulness_correlation"]["n"] == 6
+    assert rec["metrics"]["sparseness"]["params"]["max_samples"] == 4
+    scores = pd.read_csv(result.path / "scores.csv")
+    assert scores["sparseness"][:4].notna().all() and scores["sparseness"][4:].isna().all()
+    # the run records what it explained, and what the method returned
+    assert rec["output"] == "softmax" and rec["saturated_samples"] == 0
+    assert rec["method"]["returns"]["non_negative_samples"] == 1.0       # saliency: magnitudes
+    assert rec["method"]["signed"] is False
+
+
 def test_rerun_is_skipped_and_force_reruns(run_dirs, tmp_path):
     cfg = compose(TINY_MLP + run_dirs)
     first = run(cfg)
@@ -103,6 +117,10 @@ BAD_INPUTS = [
     (["model=mlp", "device=tpu"], "unknown device 'tpu'; valid choices: cpu, cuda, auto"),
     (["model=resnet", "dataset=breast_cancer"], "model 'resnet' takes image data but dataset 'breast_cancer' is tabular"),
     (["model=mlp", "method=gradcam"], "method 'gradcam' does not support 'tabular' data; it supports: image"),
+    (["model=mlp", "output=probs"], "unknown output 'probs'; valid choices: softmax, logits"),
+    (["model=mlp", "method=backtrace_contrastive", "output=logits"],
+     "method 'backtrace_contrastive' cannot explain output 'logits'"),
+    (["model=mlp", "threads=0"], "threads must be a positive integer or null, got 0"),
 ]
 
 
