@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 # quantus imports TensorFlow whenever it is installed; its start-up log lines on stderr would
 # bury the one-line errors below. The harness itself never runs TensorFlow models.
@@ -16,7 +17,8 @@ from omegaconf import DictConfig  # noqa: E402
 from experiments.config import ConfigError, check_command_line, check_overrides  # noqa: E402
 
 
-@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+# An absolute config path, so that run.main() also works when run.py is imported (tests).
+@hydra.main(config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from experiments.runner import run_cli
 

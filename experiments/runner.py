@@ -98,8 +98,7 @@ def run(cfg: DictConfig) -> RunResult:
     requested = int(cfg.n_samples)
     n = min(requested, len(ds.x_test))
     if n < requested:
-        print(f"note: n_samples={requested} but the test split of {ds.name} holds {n} samples; explaining all {n}",
-              file=sys.stderr)
+        print(f"note: n_samples={requested} but the test split of {ds.name} holds {n} samples; explaining all {n}")
     idx = ds.test_indices(n, int(cfg.seed) if cfg.sample_selection == "random" else None)
     x, labels = ds.x_test[idx], ds.y_test[idx]
     check_finite_inputs(x, idx, what=f"test inputs of {ds.name}")

@@ -19,7 +19,7 @@ DIRECTIONS = {"faith": "higher", "complexity": "lower"}
 
 def _record(method: str, table: str = "toy_table", created: str = "2026-01-01T00:00:00") -> dict:
     return {
-        "config_hash": method, "config": {"table": table}, "created": created,
+        "config_hash": method, "config": {"table": table}, "created": created, "n_samples": 20,
         "model": {"name": "mlp", "test_accuracy": 0.9}, "dataset": {"name": "toy", "modality": "image"},
         "method": {"name": method, "signed": method != "saliency"},
         "runtime": {"seconds_per_sample": 0.01, "forward_backward_units": 2.0},
@@ -48,7 +48,7 @@ def records(tmp_path):
     # an older record of the same method is ignored in favour of the newest
     _write(root, "saliency", base + 5.0, np.full(20, 0.0), created="2025-01-01T00:00:00")
     # a run that belongs to no table is ignored
-    write_record(root, "loose", {**_record("ig"), "config": {"table": None}},
+    write_record(root, "loose", {**_record("ig"), "config": {"table": None}, "n_samples": 1},
                  pd.DataFrame({"sample": [0], "faith": [1.0], "complexity": [1.0]}), {"attributions": np.zeros((1, 1))})
     return root
 
