@@ -197,6 +197,8 @@ def check_command_line(argv: Sequence[str]) -> list[DictConfig]:
         try:
             parsed += parser.parse_overrides([text])
         except OverrideParseException as exc:
+            if "=" not in text.lstrip("~"):
+                raise ConfigError(f"malformed override {text!r}: expected key=value (or ~key to delete a key)") from None
             raise ConfigError(f"malformed override {text!r}: {_first_line(exc)} "
                               f"(syntax: key=value, lists [a,b], quote values with special characters)") from None
     ours = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
