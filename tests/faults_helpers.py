@@ -26,7 +26,11 @@ def cli(args: Sequence[str]) -> tuple[int, str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     argv = sys.argv
-    sys.argv = [str(ROOT / "run.py"), *args]
+    # Hydra's "disabled" job logging reconfigures logging, which closes every existing handler;
+    # absl's (TensorFlow, imported by quantus) then closes the stream it took at import, which in
+    # a test session is pytest's capture file, not the real stderr. Leaving logging alone here
+    # changes nothing in what run.py prints.
+    sys.argv = [str(ROOT / "run.py"), *args, "hydra/job_logging=none", "hydra/hydra_logging=none"]
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
