@@ -2,15 +2,23 @@
 """Run one benchmark cell (or a multirun sweep with -m): ``python run.py model=resnet method=backtrace``."""
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+# quantus imports TensorFlow whenever it is installed; its start-up log lines on stderr would
+# bury the one-line errors below. The harness itself never runs TensorFlow models.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from experiments.config import ConfigError, check_overrides
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from experiments.config import ConfigError, check_command_line, check_overrides  # noqa: E402
 
 
-@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+# An absolute config path, so that run.main() also works when run.py is imported (tests).
+@hydra.main(config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from experiments.runner import run_cli
 
@@ -18,9 +26,14 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    """Check the command line first (names, syntax, composition, output folders): a bad one is
+    one ``error:`` line and exit code 2, before Hydra starts or anything is loaded."""
     try:
         check_overrides(sys.argv[1:])
+        check_command_line(sys.argv[1:])
     except ConfigError as exc:
+        if os.environ.get("BACKTRACE_BENCH_DEBUG") == "1":
+            raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     _main()

@@ -27,6 +27,27 @@ class IncompatibleMethodError(ValueError):
     """A method was paired with a modality or model kind it does not support."""
 
 
+class NonFiniteInputError(ValueError):
+    """Inputs holding NaN or infinity: explaining them would give NaN attributions, so they are refused."""
+
+
+def check_finite_inputs(inputs: Tensor, sample_ids: Optional[Tensor] = None, what: str = "inputs") -> None:
+    """Refuse non-finite inputs, naming the first bad sample (its index in the batch, or
+    ``sample_ids[i]`` where the caller knows the samples' own indices) and how many there are."""
+    if not inputs.dtype.is_floating_point or inputs.ndim == 0 or inputs.numel() == 0:
+        return  # integer inputs (token ids) are always finite
+    bad = ~torch.isfinite(inputs.reshape(len(inputs), -1)).all(1)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()
+        first = int(rows[0])
+        value = inputs[first][~torch.isfinite(inputs[first])].flatten()[0].item()
+        name = f"sample {int(sample_ids[first])}" if sample_ids is not None else f"sample {first} of the batch"
+        raise NonFiniteInputError(
+            f"{what} hold a non-finite value ({value}) in {name} ({len(rows)} sample(s) affected); "
+            f"non-finite inputs are refused, since explaining them gives NaN attributions"
+        )
+
+
 @dataclass
 class ExplainContext:
     """What a method may need besides the model: the data it may draw a background from, the
@@ -101,6 +122,7 @@ class Explainer:
         raise NotImplementedError
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> Attribution:
+        check_finite_inputs(inputs)
         targets = self._check_targets(inputs, targets)
         self.last_extras = {}
         start = time.perf_counter()

@@ -6,13 +6,13 @@ statistics; labels are int64. The synthetic tasks also carry ground-truth releva
 """
 from __future__ import annotations
 
-from experiments.loaders.base import UNKNOWN_LABEL, Dataset
+from experiments.loaders.base import UNKNOWN_LABEL, DataError, Dataset
 from experiments.loaders.image import cifar10, digits, fashion_mnist, imagenet_samples, mnist
 from experiments.loaders.synthetic import synthetic_image, synthetic_tabular
 from experiments.loaders.tabular import breast_cancer, lending_club
 
 __all__ = [
-    "Dataset", "UNKNOWN_LABEL",
+    "DataError", "Dataset", "UNKNOWN_LABEL",
     "breast_cancer", "lending_club",
     "digits", "mnist", "fashion_mnist", "cifar10", "imagenet_samples",
     "synthetic_tabular", "synthetic_image",

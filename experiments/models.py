@@ -11,12 +11,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from experiments.config import ConfigError  # a bad model argument is a config error: one line, exit 2
+
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
 def _activation(name: str) -> nn.Module:
     if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of: {', '.join(sorted(_ACTIVATIONS))}")
+        raise ConfigError(f"unknown activation {name!r}; choose one of: {', '.join(sorted(_ACTIVATIONS))}")
     return _ACTIVATIONS[name]()
 
 
@@ -26,6 +28,9 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (64, 32),
                  activation: str = "relu", dropout: float = 0.0) -> None:
         super().__init__()
+        if isinstance(hidden, (str, int)) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0
+                                                     for h in hidden):
+            raise ConfigError(f"MLP hidden={hidden!r} is invalid; choose a list of positive layer widths, e.g. [64, 32]")
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -96,13 +101,13 @@ class ResNet(nn.Module):
         super().__init__()
         if blocks is None:
             if depth is None or depth < 8 or (depth - 2) % 6:
-                raise ValueError(f"ResNet depth must be 6n+2 (8, 14, 20, ...), got {depth!r}")
+                raise ConfigError(f"ResNet depth={depth!r} is invalid; choose 6n+2 with n >= 1: 8, 14, 20, 26, ...")
             n = (depth - 2) // 6
             blocks = (n, n, n)
         if widths is None:
             widths = tuple(width * 2 ** i for i in range(len(blocks)))
         if len(widths) != len(blocks):
-            raise ValueError("ResNet needs one width per stage")
+            raise ConfigError(f"ResNet needs one width per stage: {len(blocks)} stages, widths {list(widths)}")
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
@@ -137,7 +142,7 @@ def efficientnet_lite0(num_classes: int = 1000, in_channels: int = 3, **_: objec
     from efficientnet_lite_pytorch import EfficientNet
 
     if num_classes != 1000 or in_channels != 3:
-        raise ValueError("efficientnet_lite0 ships with ImageNet weights: 3 input channels, 1000 classes")
+        raise ConfigError("efficientnet_lite0 ships with ImageNet weights: 3 input channels, 1000 classes")
     model = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
     )

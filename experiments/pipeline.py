@@ -35,7 +35,22 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
-    return instantiate(cfg.dataset)
+    """The dataset a config names; a value of the wrong kind in ``dataset.*`` is one config line."""
+    from hydra.errors import InstantiationException
+
+    from experiments.config import ConfigError
+    from experiments.datasets import DataError
+
+    try:
+        return instantiate(cfg.dataset)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, (DataError, ConfigError, FileNotFoundError)):
+            raise cause from None
+        if isinstance(cause, (TypeError, ValueError)):
+            raise ConfigError(f"dataset: cannot load {cfg.dataset._target_} with these settings "
+                              f"({type(cause).__name__}: {cause})".replace("\n", " ")) from None
+        raise
 
 
 def prepare(cfg: DictConfig) -> Prepared:

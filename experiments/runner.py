@@ -16,11 +16,18 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from baselines.base import ExplainContext, IncompatibleMethodError, for_scoring, reduce_channels, sign_profile, with_output
-from experiments.config import ConfigError, validate
+from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteInputError, check_finite_inputs,
+                            for_scoring, reduce_channels, sign_profile, with_output)
+from experiments.config import ConfigError, check_output_dirs, validate
+from experiments.datasets import DataError
 from experiments.pipeline import Prepared, prepare
 from experiments.training import predict
-from experiments.records import config_hash, package_versions, record_exists, record_path, write_record
+from experiments.records import (config_hash, package_versions, record_path, record_problem, recover,
+                                 write_record)
+
+
+class NonFiniteResultError(RuntimeError):
+    """A method returned NaN or infinite attributions: no record is written for them."""
 
 
 @dataclass
@@ -90,13 +97,22 @@ def evaluated_count(metric: Any, n: int) -> int:
 
 
 def run(cfg: DictConfig) -> RunResult:
-    """Run one cell, or skip it when its record exists (``force=true`` reruns)."""
+    """Run one cell, or skip it when a valid record of it exists (``force=true`` reruns).
+
+    Output folders are checked for writability first, so a run that could not save its result
+    fails before loading data or training; an invalid record is reported and recomputed.
+    """
     validate(cfg)
+    check_output_dirs(cfg)
     chash = config_hash(cfg)
-    if record_exists(cfg.results_dir, chash) and not cfg.force:
-        path = record_path(cfg.results_dir, chash)
+    recover(cfg.results_dir)  # what killed writers left behind: restore or remove
+    path = record_path(cfg.results_dir, chash)
+    problem = record_problem(path)
+    if problem is None and not cfg.force:
         print(f"record exists, skipping: {path} (force=true reruns)")
         return RunResult(path, None, True)
+    if problem is not None and path.exists():
+        print(f"record {path} is invalid ({problem}); recomputing it")
     method_cls = check_method(cfg)
     metrics = build_metrics(cfg)
     if cfg.get("threads"):
@@ -106,10 +122,15 @@ def run(cfg: DictConfig) -> RunResult:
     prep = prepare(cfg)
     seconds = dict(prep.seconds)
     ds, model, device = prep.dataset, prep.model, prep.device
-    # n_samples is capped at what the test split holds (imagenet_samples has five images)
-    n = min(int(cfg.n_samples), len(ds.x_test))
+    # n_samples is capped at what the test split holds (imagenet_samples has five images); the
+    # record keeps both the number asked for and the number explained
+    requested = int(cfg.n_samples)
+    n = min(requested, len(ds.x_test))
+    if n < requested:
+        print(f"note: n_samples={requested} but the test split of {ds.name} holds {n} samples; explaining all {n}")
     idx = ds.test_indices(n, int(cfg.seed) if cfg.sample_selection == "random" else None)
     x, labels = ds.x_test[idx], ds.y_test[idx]
+    check_finite_inputs(x, idx, what=f"test inputs of {ds.name}")
     preds = predict(model, x, int(cfg.batch_size))
     use_pred = (labels < 0) if cfg.target == "label" else torch.ones_like(labels, dtype=torch.bool)
     targets = torch.where(use_pred, preds, labels)
@@ -143,6 +164,11 @@ def run(cfg: DictConfig) -> RunResult:
         for k, v in att.extras.items():
             extras.setdefault(k, []).append(v.float().cpu())
     raw = torch.cat(parts)
+    bad = ~torch.isfinite(raw.reshape(len(raw), -1)).all(1)
+    if bool(bad.any()):
+        raise NonFiniteResultError(
+            f"method {cfg.method._target_.rsplit('.', 1)[-1]} returned non-finite attributions for sample "
+            f"{int(idx[bad][0])} ({int(bad.sum())} of {len(raw)}); no record written")
     seconds["explain"] = explain_s
     returned = sign_profile(reduce_channels(raw, cfg.channel_reduction))
     attributions = for_scoring(raw, explainer.signed, cfg.channel_reduction)
@@ -189,7 +215,8 @@ def run(cfg: DictConfig) -> RunResult:
                    "returns": returned, **explainer.declared(),
                    "params": OmegaConf.to_container(cfg.method, resolve=True)},
         "output": cfg.output,
-        "n_samples": n,
+        "n_samples": n,                      # explained (what scores.csv and arrays.npz hold)
+        "n_samples_requested": requested,    # asked for (config.n_samples); larger when capped
         "saturated_samples": saturated,
         "targets_from_prediction": int(use_pred.sum()),
         "seconds": seconds,
@@ -233,7 +260,8 @@ def print_summary(record: dict[str, Any], path: Path) -> None:
         print(footer)
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, IncompatibleMethodError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, IncompatibleMethodError, FileNotFoundError, DataError,
+                                                 NonFiniteInputError, NonFiniteResultError)
 
 
 def run_cli(cfg: DictConfig) -> Optional[RunResult]:

@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from experiments.config import ConfigError
 from experiments.datasets import Dataset
 
 
@@ -51,6 +53,7 @@ def model_cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, seed: int) -
 
 def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
     """Instantiate the network, giving it the sizes the dataset determines that it accepts."""
+    from hydra.errors import InstantiationException
     from hydra.utils import get_method, instantiate
 
     factory = get_method(model_cfg.net._target_)
@@ -58,7 +61,33 @@ def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     names = {p.name for p in params}
     sizes = {k: v for k, v in dataset.model_kwargs().items() if takes_any or k in names}
-    return instantiate(model_cfg.net, **sizes)
+    try:
+        return instantiate(model_cfg.net, **sizes)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, (TypeError, ValueError)):  # a value of the wrong kind in model.net
+            raise ConfigError(f"model {model_cfg.name}: cannot build {model_cfg.net._target_} from model.net "
+                              f"({type(cause).__name__}: {cause})".replace("\n", " ")) from None
+        raise
+
+
+def check_train_config(model_cfg: DictConfig) -> None:
+    """Refuse training settings that cannot train, before any step is taken."""
+    train_cfg = model_cfg.train
+    def number(key: str) -> Any:
+        value = train_cfg.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    for key, ok, valid in (
+        ("epochs", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+        ("batch_size", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+        ("lr", lambda v: math.isfinite(v) and v > 0, "a positive number"),
+        ("weight_decay", lambda v: math.isfinite(v) and v >= 0, "a non-negative number"),
+    ):
+        value = number(key)
+        if value is None or not ok(value):
+            raise ConfigError(f"model.train.{key}={train_cfg.get(key)!r} is invalid; choose {valid}")
 
 
 @torch.no_grad()
@@ -165,9 +194,14 @@ def load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Datas
     if path.exists():
         print(f"model {model_cfg.name}: cache file {path} is corrupt; retraining")
 
+    check_train_config(model_cfg)
     start = time.perf_counter()
     train(net, dataset, model_cfg.train, seed, device)
     seconds = time.perf_counter() - start
+    broken = [name for name, p in net.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if broken:  # never cache or explain a model whose weights went to NaN/inf
+        raise ConfigError(f"model {model_cfg.name}: training diverged (non-finite weights in {broken[0]}); "
+                          f"lower model.train.lr (now {model_cfg.train.lr})")
     acc = accuracy(net, dataset.x_test, dataset.y_test)
     print(f"model {model_cfg.name}: trained in {seconds:.1f} s, test accuracy {acc:.4f}")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}

@@ -18,13 +18,13 @@ DIRECTIONS = {"faith": "higher", "complexity": "lower"}
 
 
 def _record(method: str, table: str = "toy_table", created: str = "2026-01-01T00:00:00",
-            params: dict | None = None) -> dict:
+            params: dict | None = None, n: int = 20) -> dict:
     return {
-        "config_hash": method, "config": {"table": table}, "created": created,
+        "config_hash": method, "config": {"table": table}, "created": created, "n_samples": n,
         "model": {"name": "mlp", "test_accuracy": 0.9}, "dataset": {"name": "toy", "modality": "image"},
         "method": {"name": method, "signed": method != "saliency", "params": params or {}},
         "runtime": {"seconds_per_sample": 0.01, "forward_backward_units": 2.0},
-        "metrics": {m: {"direction": d, "mean": 0.0, "n": 20, "n_nan": 0} for m, d in DIRECTIONS.items()},
+        "metrics": {m: {"direction": d, "mean": 0.0, "n": n, "n_nan": 0} for m, d in DIRECTIONS.items()},
     }
 
 
@@ -34,7 +34,7 @@ def _write(root, method: str, faith: np.ndarray, complexity: np.ndarray, **kw) -
                            "faith": faith, "complexity": complexity})
     arrays = {"attributions": np.random.default_rng(0).normal(size=(n, 1, 4, 4)), "inputs": np.zeros((n, 1, 4, 4))}
     tag = f"{kw.get('created', 'a')[-2:]}-{abs(hash(str(kw.get('params')))) % 10**6}"
-    write_record(root, f"{method}-{tag}", _record(method, **kw), scores, arrays)
+    write_record(root, f"{method}-{tag}", _record(method, n=n, **kw), scores, arrays)
 
 
 @pytest.fixture
@@ -50,7 +50,8 @@ def records(tmp_path):
     # an older record of the same method is ignored in favour of the newest
     _write(root, "saliency", base + 5.0, np.full(20, 0.0), created="2025-01-01T00:00:00")
     # a run that belongs to no table makes a table of its own, named after its model and data
-    write_record(root, "loose", {**_record("ig"), "config": {"table": None}, "dataset": {"name": "other", "modality": "tabular"}},
+    write_record(root, "loose", {**_record("ig", n=1), "config": {"table": None},
+                                 "dataset": {"name": "other", "modality": "tabular"}},
                  pd.DataFrame({"sample": [0], "faith": [1.0], "complexity": [1.0]}), {"attributions": np.zeros((1, 1))})
     return root
 

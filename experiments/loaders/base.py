@@ -17,6 +17,10 @@ MODALITIES = ("tabular", "image")
 UNKNOWN_LABEL = -1  # a test label with no class in the label set (explain the prediction instead)
 
 
+class DataError(ValueError):
+    """Bad data or a bad loader argument; its message is the one line shown to the user."""
+
+
 @dataclass
 class Dataset:
     """Train and test splits of one task, with optional ground-truth relevance for the test split.
@@ -42,21 +46,35 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
-            raise ValueError(f"dataset {self.name}: unknown modality {self.modality!r}; choose one of: {', '.join(MODALITIES)}")
+            raise DataError(f"dataset {self.name}: unknown modality {self.modality!r}; choose one of: {', '.join(MODALITIES)}")
         rank = 2 if self.modality == "tabular" else 4
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if x.dtype != torch.float32 or x.dim() != rank:
-                raise ValueError(f"dataset {self.name}: x_{split} must be float32 of rank {rank}, got {x.dtype} {tuple(x.shape)}")
+                raise DataError(f"dataset {self.name}: x_{split} must be float32 of rank {rank}, got {x.dtype} {tuple(x.shape)}")
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
-                raise ValueError(f"dataset {self.name}: y_{split} must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+                raise DataError(f"dataset {self.name}: y_{split} must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
             if len(y) and (int(y.min()) < UNKNOWN_LABEL or int(y.max()) >= self.n_classes):
-                raise ValueError(f"dataset {self.name}: y_{split} outside [0, {self.n_classes}) (or -1 for unknown)")
+                raise DataError(f"dataset {self.name}: y_{split} outside [0, {self.n_classes}) (or -1 for unknown)")
+            self._check_finite(split, x)
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(f"dataset {self.name}: train and test inputs differ in shape")
+            raise DataError(f"dataset {self.name}: train and test inputs differ in shape")
         if self.ground_truth is not None:
             want = (len(self.x_test), 1, *self.x_test.shape[2:]) if self.modality == "image" else tuple(self.x_test.shape)
             if tuple(self.ground_truth.shape) != want:
-                raise ValueError(f"dataset {self.name}: ground_truth must have shape {want}, got {tuple(self.ground_truth.shape)}")
+                raise DataError(f"dataset {self.name}: ground_truth must have shape {want}, got {tuple(self.ground_truth.shape)}")
+
+    def _check_finite(self, split: str, x: Tensor) -> None:
+        """Every loader's output is checked here: a NaN or infinity in the inputs would train a
+        NaN model and explain into NaN attributions, silently."""
+        bad = ~torch.isfinite(x)
+        if not bool(bad.any()):
+            return
+        sample, *position = (int(i) for i in torch.nonzero(bad)[0])
+        where = f"feature {self.feature_names[position[0]]!r}" if self.feature_names and len(position) == 1 \
+            else f"position {tuple(position)}"
+        raise DataError(f"dataset {self.name}: x_{split} holds a non-finite value ({float(x[(sample, *position)])}) "
+                        f"at sample {sample}, {where} ({int(bad.sum())} non-finite value(s) in all); "
+                        f"fix the data or choose a loader option that imputes them")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -87,7 +105,7 @@ class Dataset:
     def test_indices(self, n: int, seed: int | None = None) -> Tensor:
         """Indices of the first ``n`` test samples, or of ``n`` drawn without replacement by ``seed`` (sorted)."""
         if not 1 <= n <= len(self.x_test):
-            raise ValueError(f"n_samples={n!r} is out of range for dataset {self.name}; choose 1..{len(self.x_test)}")
+            raise DataError(f"n_samples={n!r} is out of range for dataset {self.name}; choose 1..{len(self.x_test)}")
         if seed is None:
             return torch.arange(n)
         return torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(self.x_test), n, replace=False)))
@@ -116,7 +134,7 @@ def check_size(name: str, arg: str, n: int | None, available: int) -> None:
     if n is None:
         return
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= available:
-        raise ValueError(f"{arg}={n!r} is invalid for dataset {name}; choose an integer in 1..{available} or null for all")
+        raise DataError(f"{arg}={n!r} is invalid for dataset {name}; choose an integer in 1..{available} or null for all")
 
 
 def subset(name: str, arg: str, n: int | None, available: int, rng: np.random.Generator) -> np.ndarray:
@@ -131,7 +149,7 @@ def subset(name: str, arg: str, n: int | None, available: int, rng: np.random.Ge
 def stratified_split(name: str, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train/test indices of a class-stratified split (for data that ships without one)."""
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction={test_fraction!r} is invalid for dataset {name}; choose a value in (0, 1)")
+        raise DataError(f"test_fraction={test_fraction!r} is invalid for dataset {name}; choose a value in (0, 1)")
     idx = np.arange(len(y))
     train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y)
     return np.sort(train), np.sort(test)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .base import DataError
+
 # IDX type codes (the third byte of the magic number) and their big-endian numpy types.
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -31,14 +33,14 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
+        raise DataError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: IDX header says shape {shape} ({expected} bytes) but {len(raw) - header} bytes follow")
+        raise DataError(f"{path}: IDX header says shape {shape} ({expected} bytes) but {len(raw) - header} bytes follow")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -47,7 +49,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
     codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_TYPES.items()}
     dtype = np.dtype(array.dtype).newbyteorder("=")
     if dtype not in codes:
-        raise ValueError(f"IDX cannot hold dtype {array.dtype}; choose one of: uint8, int8, int16, int32, float32, float64")
+        raise DataError(f"IDX cannot hold dtype {array.dtype}; choose one of: uint8, int8, int16, int32, float32, float64")
     body = bytes([0, 0, codes[dtype], array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     body += np.ascontiguousarray(array).astype(_IDX_TYPES[codes[dtype]]).tobytes()
     opener = gzip.open if str(path).endswith(".gz") else open

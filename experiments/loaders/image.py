@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import formats
-from .base import UNKNOWN_LABEL, Dataset, as_inputs, as_labels, stratified_split, subset
+from .base import UNKNOWN_LABEL, DataError, Dataset, as_inputs, as_labels, stratified_split, subset
 
 DIGIT_NAMES = [str(i) for i in range(10)]
 
@@ -148,7 +148,7 @@ def fashion_mnist(data_dir: str = "data/fashion_mnist", n_train: int | None = 12
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(f"fashion_mnist: {files['x_' + split]} holds {x.shape} images but "
+            raise DataError(f"fashion_mnist: {files['x_' + split]} holds {x.shape} images but "
                              f"{files['y_' + split]} holds {y.shape} labels; expected (N, H, W) and (N,)")
     rng = np.random.default_rng(seed)
     tr = subset("fashion_mnist", "n_train", n_train, len(arrays["y_train"]), rng)
@@ -189,7 +189,7 @@ def _cifar_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = formats.read_cifar_batch(path)
     data, labels = np.asarray(batch.get(b"data")), np.asarray(batch.get(b"labels"))
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
-        raise ValueError(f"cifar10: {path} is not a CIFAR-10 batch (b'data' {data.dtype} {data.shape}, "
+        raise DataError(f"cifar10: {path} is not a CIFAR-10 batch (b'data' {data.dtype} {data.shape}, "
                          f"b'labels' {labels.shape}); expected uint8 (N, 3072) and N labels")
     return data, labels.astype(np.int64)
 
@@ -265,7 +265,7 @@ def imagenet_samples(names: Sequence[str] = ("chelsea", "coffee", "astronaut", "
 
     unknown = [n for n in names if n not in IMAGENET_PHOTOS]
     if unknown or not names:
-        raise ValueError(f"imagenet_samples: unknown photograph(s) {unknown or list(names)!r}; choose from: {', '.join(IMAGENET_PHOTOS)}")
+        raise DataError(f"imagenet_samples: unknown photograph(s) {unknown or list(names)!r}; choose from: {', '.join(IMAGENET_PHOTOS)}")
     images = [resize(_photo(n).astype(np.float32) / 255.0, (size, size), anti_aliasing=True) for n in names]
     x = (np.stack(images).transpose(0, 3, 1, 2) - 0.5) / 0.5
     y = np.array([IMAGENET_LABELS.get(n, UNKNOWN_LABEL) for n in names])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Dataset, as_inputs, as_labels, check_size, standardise
+from .base import DataError, Dataset, as_inputs, as_labels, check_size, standardise
 
 TABULAR_RULES = ("linear", "quadratic")
 IMAGE_PATTERNS = ("plus", "ring", "cross", "checker")  # class k gets pattern k
@@ -28,9 +28,9 @@ def synthetic_tabular(n_train: int = 2000, n_test: int = 500, n_features: int = 
     ``ground_truth`` is 1 on the informative features of every test sample.
     """
     if rule not in TABULAR_RULES:
-        raise ValueError(f"synthetic_tabular: unknown rule {rule!r}; choose one of: {', '.join(TABULAR_RULES)}")
+        raise DataError(f"synthetic_tabular: unknown rule {rule!r}; choose one of: {', '.join(TABULAR_RULES)}")
     if not 1 <= n_informative <= n_features:
-        raise ValueError(f"synthetic_tabular: n_informative={n_informative!r} must be in 1..n_features ({n_features})")
+        raise DataError(f"synthetic_tabular: n_informative={n_informative!r} must be in 1..n_features ({n_features})")
     for arg, n in (("n_train", n_train), ("n_test", n_test)):
         check_size("synthetic_tabular", arg, n, 10**7)
     rng = np.random.default_rng(seed)
@@ -80,15 +80,15 @@ def synthetic_image(n_train: int = 2000, n_test: int = 500, size: int = 32, chan
     pattern's mask (N, 1, size, size); ``info["positions"]`` holds each test sample's top-left corner.
     """
     if not 2 <= n_classes <= len(IMAGE_PATTERNS):
-        raise ValueError(f"synthetic_image: n_classes={n_classes!r} is invalid; choose 2..{len(IMAGE_PATTERNS)}")
+        raise DataError(f"synthetic_image: n_classes={n_classes!r} is invalid; choose 2..{len(IMAGE_PATTERNS)}")
     if location not in LOCATIONS:
-        raise ValueError(f"synthetic_image: unknown location {location!r}; choose one of: {', '.join(LOCATIONS)}")
+        raise DataError(f"synthetic_image: unknown location {location!r}; choose one of: {', '.join(LOCATIONS)}")
     if not 2 <= pattern_size <= size:
-        raise ValueError(f"synthetic_image: pattern_size={pattern_size!r} must be in 2..size ({size})")
+        raise DataError(f"synthetic_image: pattern_size={pattern_size!r} must be in 2..size ({size})")
     if not 0.0 < noise < 1.0:
-        raise ValueError(f"synthetic_image: noise={noise!r} must be in (0, 1) so patterns (1.0) stand out")
+        raise DataError(f"synthetic_image: noise={noise!r} must be in (0, 1) so patterns (1.0) stand out")
     if channels not in (1, 3):
-        raise ValueError(f"synthetic_image: channels={channels!r} is invalid; choose 1 or 3")
+        raise DataError(f"synthetic_image: channels={channels!r} is invalid; choose 1 or 3")
     for arg, n in (("n_train", n_train), ("n_test", n_test)):
         check_size("synthetic_image", arg, n, 10**6)
     rng = np.random.default_rng(seed)

@@ -4,6 +4,7 @@ Both are returned as (N, F) float32, z-scored with the training split's statisti
 """
 from __future__ import annotations
 
+import csv
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -11,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .base import Dataset, as_inputs, as_labels, standardise, stratified_split, subset
+from .base import DataError, Dataset, as_inputs, as_labels, standardise, stratified_split, subset
 
 
 def breast_cancer(n_train: int | None = None, n_test: int | None = None, seed: int = 0,
@@ -54,22 +55,61 @@ LENDING_CLUB_PREPROCESSING = (
     "target: loan_status Fully Paid -> 0, Charged Off/Default -> 1 (both incl. 'Does not meet the credit "
     "policy' variants), other statuses dropped; numeric columns parsed from text ('36 months' -> 36, "
     "'10+ years' -> 10, '< 1 year' -> 0, 'n/a' -> missing, '13.5%' -> 13.5), missing values imputed with the "
-    "training-split median; categorical columns one-hot over the training split's levels (missing -> "
-    "'missing', unseen levels -> all zeros); every column z-scored with training-split mean/std"
+    "training-split median (an infinite value, or a row with more or fewer fields than the header, is "
+    "refused); categorical columns one-hot over the training split's levels (missing -> 'missing', unseen "
+    "levels -> all zeros); every column z-scored with training-split mean/std"
 )
 
 
 def parse_numeric(values: pd.Series) -> pd.Series:
-    """Numbers from Lending Club's text fields: '36 months', '10+ years', '< 1 year', '13.5%', 'n/a'."""
+    """Numbers from Lending Club's text fields: '36 months', '10+ years', '< 1 year', '13.5%', 'n/a'.
+
+    Empty and 'n/a' fields are missing (NaN, imputed later); 'inf' and numbers too large for a
+    float become infinite, which the loader refuses rather than imputes.
+    """
     if pd.api.types.is_numeric_dtype(values):
         return values.astype(float)
     text = values.astype("string").str.strip().str.lower()
     text = text.mask(text.str.match(r"^<\s*1\s*year").fillna(False), "0")  # "< 1 year": under one year
-    number = text.str.replace(",", "", regex=False).str.extract(r"([-+]?\d*\.?\d+)", expand=False)
+    number = text.str.replace(",", "", regex=False).str.extract(
+        r"([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)", expand=False)
+    infinite = text.str.fullmatch(r"[-+]?inf(inity)?").fillna(False)
+    number = number.mask(infinite, text.str.replace("inity", "", regex=False))
     return pd.to_numeric(number, errors="coerce").astype(float)
 
 
-def _read_lending_club(path: Path, columns: list[str]) -> pd.DataFrame:
+def check_field_counts(path: Path, skip: int, name: str) -> None:
+    """Refuse a CSV row whose number of fields differs from the header's.
+
+    pandas reading selected columns drops extra fields and fills missing ones with NaN, so an
+    unquoted comma inside a value would shift the rest of its row into the wrong columns without
+    a word; the csv module counts the fields of every row (quotes respected) first.
+    """
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        for _ in range(skip):
+            fh.readline()
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        for row in reader:
+            if row and len(row) != len(header):
+                raise DataError(f"{name}: {path} line {reader.line_num + skip} has {len(row)} fields but the header has "
+                                f"{len(header)}; quote values that contain commas, or fix the row")
+
+
+def check_finite_columns(path: Path, columns: list[str], values: np.ndarray, rows: np.ndarray, skip: int,
+                         name: str) -> None:
+    """Refuse an infinite number in a numeric column, naming file, column and row (NaN is a
+    missing value and is imputed; infinity is not missing, and imputing it would hide a fault)."""
+    bad = np.isinf(values)
+    if not bad.any():
+        return
+    r, c = (int(i[0]) for i in np.nonzero(bad))
+    row = int(rows[r])
+    raise DataError(f"{name}: {path} column {columns[c]!r} holds a non-finite value ({values[r, c]}) in data row "
+                    f"{row + 1} (line {row + 2 + skip}); {int(bad.sum())} such value(s) in all; fix or remove them")
+
+
+def _read_lending_club(path: Path, columns: list[str]) -> tuple[pd.DataFrame, int]:
     if not path.is_file():
         raise FileNotFoundError(f"lending_club: no CSV at {path}; download the Kaggle Lending Club loan data "
                                 f"(accepted_2007_to_2018Q4.csv or loan.csv) and pass its path as dataset.path")
@@ -79,9 +119,10 @@ def _read_lending_club(path: Path, columns: list[str]) -> pd.DataFrame:
         header = pd.read_csv(path, nrows=0, skiprows=1).columns
     missing = [c for c in columns if c not in header]
     if missing:
-        raise ValueError(f"lending_club: {path} lacks column(s) {', '.join(missing)}; "
-                         f"available: {', '.join(map(str, header[:40]))}{' ...' if len(header) > 40 else ''}")
-    return pd.read_csv(path, usecols=columns, skiprows=skip, low_memory=False)
+        raise DataError(f"lending_club: {path} lacks column(s) {', '.join(missing)}; "
+                        f"available: {', '.join(map(str, header[:40]))}{' ...' if len(header) > 40 else ''}")
+    check_field_counts(path, skip, "lending_club")
+    return pd.read_csv(path, usecols=columns, skiprows=skip, low_memory=False), skip
 
 
 def _one_hot(values: pd.Series, levels: list[str]) -> np.ndarray:
@@ -98,14 +139,15 @@ def lending_club(path: str = "data/lending_club/loans.csv", n_train: int | None 
     and recorded in ``info``. ``n_train``/``n_test`` draw seeded subsets after the stratified split.
     """
     numeric, categorical = list(numeric_columns), list(categorical_columns)
-    frame = _read_lending_club(Path(path), ["loan_status", *numeric, *categorical])
+    frame, skip = _read_lending_club(Path(path), ["loan_status", *numeric, *categorical])
     status = frame["loan_status"].astype("string").str.strip()
     target = status.map(LENDING_CLUB_TARGET)
     keep = target.notna().to_numpy()
     dropped = status[~keep].fillna("<empty>").value_counts().to_dict()
+    rows = np.flatnonzero(keep)  # data row of the file for each kept loan, for error messages
     frame, y = frame[keep].reset_index(drop=True), target[keep].astype(np.int64).to_numpy()
     if np.bincount(y, minlength=2).min() < 2:
-        raise ValueError(f"lending_club: {path} needs at least two finished loans of each outcome "
+        raise DataError(f"lending_club: {path} needs at least two finished loans of each outcome "
                          f"(Fully Paid and Charged Off/Default), found {np.bincount(y, minlength=2).tolist()}")
 
     tr, te = stratified_split("lending_club", y, test_fraction, seed)
@@ -114,6 +156,7 @@ def lending_club(path: str = "data/lending_club/loans.csv", n_train: int | None 
     te = te[subset("lending_club", "n_test", n_test, len(te), rng)]
 
     num = np.column_stack([parse_numeric(frame[c]).to_numpy() for c in numeric]) if numeric else np.empty((len(frame), 0))
+    check_finite_columns(Path(path), numeric, num, rows, skip, "lending_club")
     with warnings.catch_warnings():  # a column empty in the training split: all-NaN median, imputed as 0
         warnings.simplefilter("ignore", RuntimeWarning)
         medians = np.nan_to_num(np.nanmedian(num[tr], axis=0), nan=0.0)
