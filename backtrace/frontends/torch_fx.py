@@ -539,3 +539,39 @@ def trace(model: nn.Module, fold: bool = True) -> tuple[Graph, fx.GraphModule]:
     mark_activations(graph)
     check_supported(graph)
     return graph, gm
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced module keeping the values the graph's nodes read (``wanted`` fx node
+    names); every other intermediate (e.g. a convolution's output before a folded BatchNorm)
+    is freed after its last use, as in a plain forward pass."""
+
+    def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+        self.wanted = wanted
+        self.kept: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        if n.name in self.wanted:
+            self.kept[n.name] = value
+        return value
+
+
+def lower(model: nn.Module, fold: bool = True) -> tuple[Graph, Callable[[Sequence[Any], set], dict], fx.GraphModule]:
+    """The front-end interface: ``(graph, runner, traced module)``; ``runner(inputs, wanted)``
+    runs the traced copy and returns ``{IR name: value}`` for the IR nodes in ``wanted``
+    (and any other node that shares a recorded value, e.g. a layer with its folded BatchNorm)."""
+    graph, gm = trace(model, fold=fold)
+
+    def run(inputs: Sequence[Any], wanted: set) -> dict:
+        fx_names = {n.meta["fx"] for n in graph.nodes if n.name in wanted and n.kind != "constant"}
+        rec = _Recorder(gm, fx_names)
+        rec.run(*inputs)
+        outs: dict[str, Any] = {}
+        for node in graph.nodes:
+            if node.kind != "constant" and node.meta["fx"] in rec.kept:
+                outs[node.name] = rec.kept[node.meta["fx"]]
+        return outs
+
+    return graph, run, gm
