@@ -26,8 +26,8 @@ from backtrace.rules.base import EvalOptions, safe_div, tree_add, tree_map, tree
 
 MODES = ("default", "contrastive")
 MODE_ALIASES = {"default": "default", "contrastive": "contrastive", "contrast": "contrastive"}
-TASKS = ("binary-classification", "multi-class classification", "bbox-regression", "binary-segmentation",
-         "generation")
+TASKS = ("binary-classification", "multi-class classification", "bbox-regression", "binary-segmentation")
+GENERATION = "generation"     # language models' next-token logits; see :func:`generation_relevance`
 FRONTENDS = ("auto", "fx", "export")
 
 Target = Union[None, int, Sequence[int], Tensor]
@@ -163,7 +163,7 @@ class Backtrace:
         recorded output is dropped once its own rule has run (its consumers ran before it)."""
         if mode not in MODE_ALIASES:
             raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)} (or 'contrast')")
-        if task not in TASKS:
+        if task not in TASKS and task != GENERATION:
             raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
         if embedding_reduction not in ("mean", "sum"):
             raise ValueError(f"unknown embedding_reduction {embedding_reduction!r}; choose one of: mean, sum")
@@ -181,7 +181,7 @@ class Backtrace:
                 values[node.name] = node.params["value"]
         out_value = values[self.graph.output]
         dtype = out_value.dtype
-        if opts.task == "generation":
+        if opts.task == GENERATION:
             seed = generation_relevance(out_value, opts, target, position)
         else:
             seed = start_relevance(out_value, opts, target)
@@ -390,7 +390,7 @@ def explain(model: nn.Module, x: Any, mode: str = "default", target: Target = No
         if n_given != len(bt.graph.inputs):
             bt.predict(*(x if isinstance(x, tuple) else (x,)))     # raises the one-line error
     names, values = bt._lower(x)
-    if settings["task"] == "generation" and position is None and "attention_mask" in names:
+    if settings["task"] == GENERATION and position is None and "attention_mask" in names:
         mask = values[names.index("attention_mask")]
         steps = torch.arange(mask.shape[1], device=mask.device)
         position = (mask.ne(0).long() * (steps + 1)).argmax(dim=1)     # the last real token
