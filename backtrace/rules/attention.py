@@ -89,7 +89,7 @@ def _repeat_heads(t: Tensor, groups: int) -> Tensor:
 
 
 def _sum_heads(r: Tensor, groups: int) -> Tensor:
-    return r if groups == 1 else r.unflatten(-3, (r.shape[-3] // groups, groups)).sum(dim=-2)
+    return r if groups == 1 else r.unflatten(-3, (r.shape[-3] // groups, groups)).sum(dim=-3)
 
 
 @register("attention")
