@@ -145,15 +145,16 @@ class Backtrace:
     def eval(self, outs: dict[str, Any], mode: str = "default", task: str = "multi-class classification",
              multiplier: float = 100.0, scaler: Optional[float] = None, thresholding: float = 0.5,
              target: Target = None, embedding_reduction: str = "mean",
-             keep: Optional[Iterable[str]] = None) -> dict[str, Any]:
+             keep: Optional[Iterable[str]] = None, position: Any = None) -> dict[str, Any]:
         """Relevance of every node's output: ``{name: R}`` (contrastive: ``{name: (R+, R-)}``).
 
         ``keep`` names the nodes whose relevance to return (default: all); the others' are
-        freed as soon as they have been handed on, which lowers the peak memory.
+        freed as soon as they have been handed on, which lowers the peak memory. ``position``:
+        with ``task="generation"``, the position(s) whose next-token logit is explained.
         """
         return self._relevance(dict(outs), mode=mode, task=task, multiplier=multiplier, scaler=scaler,
                                thresholding=thresholding, target=target, embedding_reduction=embedding_reduction,
-                               keep=keep, release_values=False)
+                               keep=keep, release_values=False, position=position)
 
     def _relevance(self, values: dict[str, Any], mode: str, task: str, multiplier: float,
                    scaler: Optional[float], thresholding: float, target: Target, embedding_reduction: str,
