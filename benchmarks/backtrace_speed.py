@@ -14,7 +14,8 @@ measured in this one run on this machine, then repeated in a summary block with 
    vocabulary) on 64-token prompts, batch 16 (next-token logit): our time and peak memory over
    one captum Saliency pass on the input embeddings (targets <= 3x time, <= 2x memory). The
    models are exported once (torch.export) in the warm-up round, and the memory subprocess
-   warms up on the same batch (an export is per input shape).
+   warms up on the same batch (an export is per input shape) with malloc set to hand freed
+   memory back (see ``_return_freed_memory``), so the peak is what the run holds at once.
 
 Jobs that are compared are timed side by side: each of ``--repeats`` rounds runs every job of
 the comparison once, after one warm-up round. Times printed are medians over the rounds; a
@@ -260,6 +261,8 @@ def _reset_peak_rss() -> bool:
 def measure_memory_here(name: str, warm_up: bool) -> float:
     """In this (fresh) process: peak RSS during one run of job ``name`` minus RSS before, MiB."""
     make, job = JOBS[name]
+    if name in TRANSFORMER_JOBS:
+        _return_freed_memory()
     model, x = make()
     if warm_up:
         # one-time costs: tracing, library and kernel set-up (torch.export traces per input shape)
@@ -284,6 +287,24 @@ def measure_memory_here(name: str, warm_up: bool) -> float:
     done.set()
     sampler.join()
     return max(peak[0], _status_mib("VmRSS")) - before
+
+
+TRANSFORMER_JOBS = ("ours_minilm", "saliency_minilm", "ours_gpt2", "saliency_gpt2")
+
+
+def _return_freed_memory() -> None:
+    """glibc malloc: serve every allocation over 64 KiB by mmap and trim freed heap at once, so
+    resident memory follows the live tensors. Otherwise memory freed by the warm-up stays
+    resident and is reused, and the measured growth depends on how each job's allocations
+    happened to fit into it (a few MiB for one job, a hundred for another of the same size)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 64 * 1024)      # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 64 * 1024)      # M_TRIM_THRESHOLD
 
 
 def measure_memory(name: str, threads: int, warm_up: bool) -> float:
