@@ -161,10 +161,10 @@ class _Builder:
         path = ""
         if stack:
             path, cls = list(stack.values())[-1]
-            path = str(path).split(".", 1)[1] if str(path).startswith("model.") else str(path)
-            path = path.removeprefix("model")
+            path = str(path)                      # the user's model sits at "model" in the wrapper
+            path = "" if path == "model" else path[len("model."):] if path.startswith("model.") else path
             cls = getattr(cls, "__name__", None) or str(cls).rsplit(".", 1)[-1].strip("'>")
-            path = f" in module {path.lstrip('.') or '<root>'} ({cls})"
+            path = f" in module {path or '<root>'} ({cls})"
         return f"op {_op_name(n.target)}{path}"
 
     def _emit(self, n: fx.Node, kind: str, inputs: Sequence[fx.Node], params: Optional[dict] = None) -> None:
@@ -353,6 +353,12 @@ class _Builder:
                 self._emit(n, "linear", [a], _dense(self._const(b).t(), None))
             else:
                 raise _Unmapped("a product of a live value with a computed (non-parameter) matrix")
+        elif op is aten.baddbmm:
+            # mask + a @ b (nn.MultiheadAttention's scores): the product by the matmul rule, the
+            # additive mask taking none, as for the eager path's add of the mask
+            if args[0] in self.live or not (args[1] in self.live and args[2] in self.live):
+                raise _Unmapped("baddbmm with a live summand or a constant factor")
+            self._emit(n, "matmul", [args[1], args[2]], {"recompute": True})
         elif op is aten.scaled_dot_product_attention:
             names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]
             a = dict(zip(names, args))

@@ -2,7 +2,8 @@
 
 The reference's BERT encoder rule, vectorised over the batch and the heads:
 
-- ``"matmul"`` (``a @ b``, both computed from the input; batched over leading dimensions):
+- ``"matmul"`` (``a @ b``, both computed from the input; batched over leading dimensions;
+  ``params["recompute"]`` when the op also added a mask, as ``baddbmm`` does):
   each contribution ``a_ik b_kj`` of ``O_ij`` takes ``R_ij a_ik b_kj / stabilize(2 O_ij)``, half
   of its share for each factor: ``S = R / stabilize(2 O)``, ``R_a = (S b^T) * a``,
   ``R_b = (a^T S) * b``. ``stabilize(v) = v + 1e-6 sign(v)`` as in the reference; ``O = 0``
@@ -59,7 +60,8 @@ class MatmulRule(LinearInRelevanceRule):
         if a.dim() < 2 or b.dim() < 2:
             raise ValueError(f"node {node.name!r}: matmul relevance needs matrices, got shapes "
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
-        return list(matmul_relevance(a, b, torch.matmul(a, b) if output is None else output, relevance))
+        recompute = output is None or node.params.get("recompute", False)    # the output holds more than a @ b
+        return list(matmul_relevance(a, b, torch.matmul(a, b) if recompute else output, relevance))
 
 
 def attention_weights(q: Tensor, k: Tensor, mask: Optional[Tensor], is_causal: bool,

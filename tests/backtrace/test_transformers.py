@@ -349,3 +349,32 @@ def test_pretrained_minilm_with_a_tokenizer_batch(minilm, mode: str) -> None:
             n = int(lengths[i])
             assert ((m[i, :n] - a[0]).abs().max() / a.abs().max()) < 1e-4
             assert n == m.shape[1] or m[i, n:].abs().max() == 0
+
+
+class AttentionPool(nn.Module):
+    """``nn.MultiheadAttention`` called directly (attention weights returned: the explicit
+    ``baddbmm`` / softmax / ``bmm`` path) over float features with a key padding mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        y, _ = self.mha(x, x, x, key_padding_mask=padding_mask)
+        return self.fc(y[:, 0])
+
+
+@pytest.mark.parametrize("mode", ["default", "contrastive"])
+def test_multihead_attention_module_with_key_padding(mode: str) -> None:
+    torch.manual_seed(0)
+    model = AttentionPool().eval()
+    x = torch.randn(2, 5, 8)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[1, 3:] = True
+    batch = explain(model, (x, pad), mode=mode)
+    alone = explain(model, (x[1:, :3], pad[1:, :3]), mode=mode)
+    for m, a in zip(batch if isinstance(batch, tuple) else (batch,), alone if isinstance(alone, tuple) else (alone,)):
+        assert m.shape == x.shape
+        assert ((m[1, :3] - a[0]).abs().max() / a.abs().max()) < 1e-4
+        assert m[1, 3:].abs().max() == 0
