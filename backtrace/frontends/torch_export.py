@@ -60,6 +60,8 @@ _INTERPOLATE = {aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_
 _NORMS = {aten.layer_norm: "layer_norm", aten.rms_norm: "rms_norm", aten.group_norm: "group_norm",
           aten.instance_norm: "instance_norm"}
 _REDUCTIONS = {aten.mean: "mean", aten.sum: "sum"}
+_POOLS = {aten.avg_pool1d: "avg_pool1d", aten.avg_pool2d: "avg_pool2d", aten.adaptive_avg_pool1d: "adaptive_avg_pool1d",
+          aten.adaptive_avg_pool2d: "adaptive_avg_pool2d"}
 _STATISTICS = {aten.mean, aten.sum, aten.var, aten.std, aten.var_mean, aten.linalg_vector_norm, aten.norm,
                aten.amax, aten.max}
 # elementwise functions of one tensor (and scalars): activations in the reference's sense
@@ -295,6 +297,13 @@ class _Builder:
             dims = 1 if op is aten.conv1d else 2
             self._emit(n, f"conv{dims}d", [x], _conv_params(self._const(a[1]), self._const(a[2]), dims, a[3], a[4],
                                                             a[5], a[6]))
+        elif op in (aten.max_pool1d, aten.max_pool2d):
+            from backtrace.frontends.torch_fx import _maxpool_params
+            a = list(args) + [None, None, 0, 1, False][len(args) - 1:]
+            dims = 1 if op is aten.max_pool1d else 2
+            self._emit(n, f"max_pool{dims}d", [x], _maxpool_params(dims, a[1], a[2] or None, a[3], a[4], a[5]))
+        elif op in _POOLS:
+            self._emit(n, _POOLS[op], [x], {"fn": self._closure(n)})
         elif op is aten.embedding:
             self._emit(n, "embedding", [args[1]], {})
         elif op in _NORMS:

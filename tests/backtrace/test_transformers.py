@@ -378,3 +378,41 @@ def test_multihead_attention_module_with_key_padding(mode: str) -> None:
         assert m.shape == x.shape
         assert ((m[1, :3] - a[0]).abs().max() / a.abs().max()) < 1e-4
         assert m[1, 3:].abs().max() == 0
+
+
+class NormUpsampleNet(nn.Module):
+    """Convolutions with GroupNorm, InstanceNorm, nearest and bilinear upsampling and pooling:
+    torch.fx traces it, so both front ends can be compared on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 8)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.inorm = nn.InstanceNorm2d(8, affine=True)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.gn(self.conv1(x)))
+        x = torch.relu(self.inorm(self.conv2(self.up(x))))
+        x = nn.functional.interpolate(self.pool(x), scale_factor=0.5, mode="nearest")
+        x = nn.functional.adaptive_avg_pool2d(x, 4)
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("mode", ["default", "contrastive"])
+def test_both_front_ends_agree_on_norms_and_upsampling(mode: str) -> None:
+    torch.manual_seed(0)
+    model = NormUpsampleNet().eval()
+    x = torch.randn(3, 3, 8, 8)
+    kinds = {n.kind for n in Backtrace(model).graph.nodes}
+    assert {"group_norm", "instance_norm", "interpolate"} <= kinds
+    fx = explain(model, x, mode=mode, frontend="fx")
+    exported = explain(model, x, mode=mode, frontend="export")
+    one = explain(model, x[2:], mode=mode, frontend="export")
+    for a, b, c in zip(*(r if isinstance(r, tuple) else (r,) for r in (fx, exported, one))):
+        assert a.shape == x.shape and a.abs().sum() > 0
+        assert ((a - b).abs().max() / a.abs().max()) < 1e-4
+        assert ((b[2:] - c).abs().max() / c.abs().max()) < 1e-4
