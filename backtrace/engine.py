@@ -59,13 +59,13 @@ class Backtrace:
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = dtype if dtype is not None else (first.dtype if first is not None and first.is_floating_point()
                                                       else torch.get_default_dtype())
-        self.frontend, lowered = choose_frontend(work, frontend, fold_batchnorm)
+        self._frontend = choose_frontend(work, frontend, fold_batchnorm)
+        self.frontend = self._frontend.name
+        self.module = self._frontend.module
         self._graph: Optional[Graph] = None
-        self._exports: "OrderedDict[tuple, tuple[Graph, Any]]" = OrderedDict()
-        self.module = None
-        if lowered is not None:
-            graph, self._runner, self.module = lowered
-            self._use(graph)
+        if self._frontend.graph is not None:
+            self._graph, self._runner = self._frontend.lower((), (), False)
+            self._use(self._graph)
 
     def _use(self, graph: Graph) -> None:
         self._graph = graph
@@ -94,32 +94,23 @@ class Backtrace:
             if not x.is_floating_point():
                 return x
             x = x.to(self.dtype)
-            return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and self.frontend == "fx" else x
+            if x.dim() == 4 and self._frontend.channels_last:
+                return x.contiguous(memory_format=torch.channels_last)
+            return x
         if isinstance(x, (tuple, list)):
             return type(x)(self._prepare(v) for v in x)
         return x
 
     def _lower(self, inputs: Any) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-        """The input names and values in the graph's order; with torch.export, the graph for
-        their signature is exported (once) and made current."""
-        names, values, keywords = normalise_inputs(self.model, inputs, self._graph if self.frontend == "fx" else None)
+        """The input names and values (checked, prepared) in the graph's order; the front end's
+        graph and runner for them made current (torch.export exports once per signature)."""
+        known = self._frontend.graph
+        names, values, keywords = normalise_inputs(self.model, inputs, known)
         values = tuple(self._prepare(v) for v in values)
-        check_inputs(names, values, self._graph if self.frontend == "fx" else None)
-        if self.frontend == "export":
-            from backtrace.frontends.torch_export import export
-
-            key = (names, keywords) + tuple((tuple(v.shape), v.dtype) if isinstance(v, Tensor) else repr(v)
-                                            for v in values)
-            hit = self._exports.get(key)
-            if hit is None:
-                hit = export(self.model, values, names, keywords)
-                self._exports[key] = hit
-                while len(self._exports) > _CACHE_SIZE * 2:
-                    self._exports.popitem(last=False)
-            self._exports.move_to_end(key)
-            graph, self._runner = hit
-            if graph is not self._graph:
-                self._use(graph)
+        check_inputs(names, values, known)
+        graph, self._runner = self._frontend.lower(names, values, keywords)
+        if graph is not self._graph:
+            self._use(graph)
         return names, values
 
     @torch.no_grad()
@@ -131,7 +122,7 @@ class Backtrace:
         with torch.fx (see :meth:`_prepare`): the model's values, in a memory layout where
         ``.reshape`` works and ``.view`` may not."""
         batch = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], Mapping) else inputs
-        if self.frontend == "fx" and not isinstance(batch, Mapping) and len(batch) != len(self.graph.inputs):
+        if self._frontend.graph is not None and not isinstance(batch, Mapping) and len(batch) != len(self.graph.inputs):
             raise ValueError(f"the model takes {len(self.graph.inputs)} input(s) "
                              f"({', '.join(self.graph.inputs)}); got {len(inputs)}")
         _, values = self._lower(batch)
@@ -386,7 +377,7 @@ def explain(model: nn.Module, x: Any, mode: str = "default", target: Target = No
     settings = {"task": "multi-class classification", "multiplier": 100.0, "scaler": None, "thresholding": 0.5,
                 "embedding_reduction": "mean", **options}
     bt = _backtrace_for(model, dtype, frontend)
-    if bt.frontend == "fx" and not isinstance(x, Mapping):
+    if bt._frontend.graph is not None and not isinstance(x, Mapping):
         n_given = len(x) if isinstance(x, tuple) else 1
         if n_given != len(bt.graph.inputs):
             bt.predict(*(x if isinstance(x, tuple) else (x,)))     # raises the one-line error
