@@ -265,6 +265,8 @@ def test_non_finite_and_integer_inputs_are_refused_by_name() -> None:
     x[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"^input 'input' sample 3 holds NaN/inf; "):
         explain(model, x)
+    with pytest.raises(ValueError, match=r"^input 'input' sample 3 holds NaN/inf; "):
+        Backtrace(model).predict(x)
     with pytest.raises(ValueError, match=r"^input 'input' is torch.int64 \(integer/bool\) but feeds node '0' "
                                          r"\(linear, module 0 \(Linear\)\), which needs floating-point values"):
         explain(model, torch.ones(2, 4, dtype=torch.long))
