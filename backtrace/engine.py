@@ -12,12 +12,14 @@ from __future__ import annotations
 import copy
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
-import torch.fx as fx
 from torch import Tensor, nn
 
+from backtrace.inputs import check_inputs, normalise_inputs, primary_name
 from backtrace.ir import Graph
 from backtrace.rules import RULES
 from backtrace.rules.base import EvalOptions, safe_div, tree_add, tree_map, tree_zeros_like
@@ -25,25 +27,10 @@ from backtrace.rules.base import EvalOptions, safe_div, tree_add, tree_map, tree
 MODES = ("default", "contrastive")
 MODE_ALIASES = {"default": "default", "contrastive": "contrastive", "contrast": "contrastive"}
 TASKS = ("binary-classification", "multi-class classification", "bbox-regression", "binary-segmentation")
+GENERATION = "generation"     # language models' next-token logits; see :func:`generation_relevance`
+FRONTENDS = ("auto", "fx", "export")
 
 Target = Union[None, int, Sequence[int], Tensor]
-
-
-class _Recorder(fx.Interpreter):
-    """Runs the traced module keeping the values the graph's nodes read (``wanted`` fx node
-    names); every other intermediate (e.g. a convolution's output before a folded BatchNorm)
-    is freed after its last use, as in a plain forward pass."""
-
-    def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
-        super().__init__(gm, garbage_collect_values=True)
-        self.wanted = wanted
-        self.kept: dict[str, Any] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        value = super().run_node(n)
-        if n.name in self.wanted:
-            self.kept[n.name] = value
-        return value
 
 
 class Backtrace:
@@ -51,85 +38,124 @@ class Backtrace:
 
     The model is deep-copied (then put in eval mode and, with ``dtype``, converted), so the
     caller's model is never changed. Tensors stay on the model's device.
+
+    ``frontend``: ``"fx"`` (torch.fx symbolic tracing, once), ``"export"`` (torch.export, once
+    per input signature: shapes, dtypes, names), or ``"auto"``: torch.fx unless it cannot trace
+    the model or the model holds modules only torch.export sees through (Hugging Face
+    transformers, ``nn.MultiheadAttention``).
     """
 
-    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype] = None, fold_batchnorm: bool = True) -> None:
-        from backtrace.frontends.torch_fx import trace
+    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype] = None, fold_batchnorm: bool = True,
+                 frontend: str = "auto") -> None:
+        from backtrace.frontends import choose_frontend
 
+        if frontend not in FRONTENDS:
+            raise ValueError(f"unknown frontend {frontend!r}; choose one of: {', '.join(FRONTENDS)}")
         work = copy.deepcopy(model).eval()
         if dtype is not None:
             work = work.to(dtype)
         self.model = work
-        self.graph: Graph
-        self.graph, self.module = trace(work, fold=fold_batchnorm)
         first = next(iter(work.parameters()), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = dtype if dtype is not None else (first.dtype if first is not None and first.is_floating_point()
                                                       else torch.get_default_dtype())
-        self._recorded = {n.meta["fx"] for n in self.graph.nodes if n.kind != "constant"}
-        self._read = _values_read(self.graph)
+        self._frontend = choose_frontend(work, frontend, fold_batchnorm)
+        self.frontend = self._frontend.name
+        self.module = self._frontend.module
+        self._graph: Optional[Graph] = None
+        if self._frontend.graph is not None:
+            self._graph, self._runner = self._frontend.lower((), (), False)
+            self._use(self._graph)
+
+    def _use(self, graph: Graph) -> None:
+        self._graph = graph
+        self._recorded = {n.name for n in graph.nodes if n.kind != "constant"}
+        self._read = _values_read(graph)
+
+    @property
+    def graph(self) -> Graph:
+        """The model's graph (with torch.export: the graph of the latest input signature)."""
+        if self._graph is None:
+            raise RuntimeError("this model is traced with torch.export, which needs example inputs: "
+                               "call predict(inputs) (or explain) first")
+        return self._graph
 
     @property
     def input_names(self) -> tuple[str, ...]:
         return self.graph.inputs
 
     def _prepare(self, x: Any) -> Any:
-        """Inputs on the model's device and dtype; 4-D float inputs (images) in channels-last
-        memory, which the traced copy runs in: the same values, but oneDNN's convolutions and
-        pooling are several times faster in that layout on CPU. The front end made the traced
-        copy's ``view`` calls layout-free for this."""
+        """Inputs on the model's device and dtype; with torch.fx, 4-D float inputs (images) in
+        channels-last memory, which the traced copy runs in: the same values, but oneDNN's
+        convolutions and pooling are several times faster in that layout on CPU. The front end
+        made the traced copy's ``view`` calls layout-free for this."""
         if isinstance(x, Tensor):
             x = x.to(self.device)
             if not x.is_floating_point():
                 return x
             x = x.to(self.dtype)
-            return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+            if x.dim() == 4 and self._frontend.channels_last:
+                return x.contiguous(memory_format=torch.channels_last)
+            return x
         if isinstance(x, (tuple, list)):
             return type(x)(self._prepare(v) for v in x)
         return x
+
+    def _lower(self, inputs: Any) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        """The input names and values (checked, prepared) in the graph's order; the front end's
+        graph and runner for them made current (torch.export exports once per signature)."""
+        known = self._frontend.graph
+        names, values, keywords = normalise_inputs(self.model, inputs, known)
+        values = tuple(self._prepare(v) for v in values)
+        check_inputs(names, values, known)
+        graph, self._runner = self._frontend.lower(names, values, keywords)
+        if graph is not self._graph:
+            self._use(graph)
+        return names, values
 
     @torch.no_grad()
     def predict(self, *inputs: Any) -> dict[str, Any]:
         """Every node's output on a batch: ``{node name: value}`` in graph order (inputs first).
 
-        Values computed from a 4-D input are channels-last tensors (see :meth:`_prepare`): the
-        model's values, in a memory layout where ``.reshape`` works and ``.view`` may not."""
-        if len(inputs) != len(self.graph.inputs):
+        ``inputs``: the model's positional inputs, or one mapping of keyword inputs (as a
+        tokenizer returns them). Values computed from a 4-D input are channels-last tensors
+        with torch.fx (see :meth:`_prepare`): the model's values, in a memory layout where
+        ``.reshape`` works and ``.view`` may not."""
+        batch = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], Mapping) else inputs
+        if self._frontend.graph is not None and not isinstance(batch, Mapping) and len(batch) != len(self.graph.inputs):
             raise ValueError(f"the model takes {len(self.graph.inputs)} input(s) "
                              f"({', '.join(self.graph.inputs)}); got {len(inputs)}")
-        return self._record(inputs, self._recorded)
+        _, values = self._lower(batch)
+        return self._runner(values, self._recorded)
 
     def _record(self, inputs: Sequence[Any], wanted: set[str]) -> dict[str, Any]:
-        """Run the traced copy keeping the outputs of the fx nodes in ``wanted``, by node name."""
-        rec = _Recorder(self.module, wanted)
-        rec.run(*[self._prepare(v) for v in inputs])
-        outs: dict[str, Any] = OrderedDict()
-        for node in self.graph.nodes:
-            if node.kind != "constant" and node.meta["fx"] in rec.kept:
-                outs[node.name] = rec.kept[node.meta["fx"]]
-        return outs
+        """Run the model keeping the values of the IR nodes in ``wanted`` (prepared inputs)."""
+        with torch.no_grad():
+            return self._runner(inputs, wanted)
 
     def eval(self, outs: dict[str, Any], mode: str = "default", task: str = "multi-class classification",
              multiplier: float = 100.0, scaler: Optional[float] = None, thresholding: float = 0.5,
              target: Target = None, embedding_reduction: str = "mean",
-             keep: Optional[Iterable[str]] = None) -> dict[str, Any]:
+             keep: Optional[Iterable[str]] = None, position: Any = None) -> dict[str, Any]:
         """Relevance of every node's output: ``{name: R}`` (contrastive: ``{name: (R+, R-)}``).
 
         ``keep`` names the nodes whose relevance to return (default: all); the others' are
-        freed as soon as they have been handed on, which lowers the peak memory.
+        freed as soon as they have been handed on, which lowers the peak memory. ``position``:
+        with ``task="generation"``, the position(s) whose next-token logit is explained.
         """
         return self._relevance(dict(outs), mode=mode, task=task, multiplier=multiplier, scaler=scaler,
                                thresholding=thresholding, target=target, embedding_reduction=embedding_reduction,
-                               keep=keep, release_values=False)
+                               keep=keep, release_values=False, position=position)
 
     def _relevance(self, values: dict[str, Any], mode: str, task: str, multiplier: float,
                    scaler: Optional[float], thresholding: float, target: Target, embedding_reduction: str,
-                   keep: Optional[Iterable[str]], release_values: bool) -> dict[str, Any]:
+                   keep: Optional[Iterable[str]], release_values: bool, position: Any = None,
+                   seed_totals: Optional[list] = None) -> dict[str, Any]:
         """The backward walk. ``values`` is owned by the walk: with ``release_values`` each node's
         recorded output is dropped once its own rule has run (its consumers ran before it)."""
         if mode not in MODE_ALIASES:
             raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)} (or 'contrast')")
-        if task not in TASKS:
+        if task not in TASKS and task != GENERATION:
             raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
         if embedding_reduction not in ("mean", "sum"):
             raise ValueError(f"unknown embedding_reduction {embedding_reduction!r}; choose one of: mean, sum")
@@ -147,8 +173,13 @@ class Backtrace:
                 values[node.name] = node.params["value"]
         out_value = values[self.graph.output]
         dtype = out_value.dtype
-        seed = start_relevance(out_value, opts, target)
+        if opts.task == GENERATION:
+            seed = generation_relevance(out_value, opts, target, position)
+        else:
+            seed = start_relevance(out_value, opts, target)
         del out_value
+        if seed_totals is not None:
+            seed_totals.append(tree_map(lambda t: t.reshape(t.shape[0], -1).sum(1), seed))
         rel: dict[str, Any] = {self.graph.output: seed}
         zeros: dict[str, Any] = {}
         with torch.no_grad():
@@ -188,7 +219,7 @@ class Backtrace:
 
 
 def _values_read(graph: Graph) -> set[str]:
-    """fx names of the values a backward walk reads: the inputs, the output (the seed), and
+    """IR names of the values a backward walk reads: the inputs, the output (the seed), and
     what each node's rule reads (see ``Rule.reads_inputs`` / ``reads_output``)."""
     by_name = {n.name: n for n in graph.nodes}
     names = set(graph.inputs) | {graph.output}
@@ -200,7 +231,7 @@ def _values_read(graph: Graph) -> set[str]:
             names.update(n.inputs)
         if rule.reads_output:
             names.add(n.name)
-    return {by_name[name].meta["fx"] for name in names if by_name[name].kind != "constant"}
+    return {name for name in names if by_name[name].kind != "constant"}
 
 
 def _contiguous(t: Any) -> Any:
@@ -265,6 +296,30 @@ def start_relevance(output: Tensor, opts: EvalOptions, target: Target = None) ->
     return (pos * mult).reshape(output.shape), (neg * mult).reshape(output.shape)
 
 
+def generation_relevance(output: Tensor, opts: EvalOptions, target: Target = None, position: Any = None) -> Any:
+    """Seed for a language model's logits ``(batch, positions, vocabulary)``: the multi-class
+    seed of the row at ``position`` (one index, or one per sample; default the last), target
+    default its argmax (the next token), every other position none."""
+    if output.dim() != 3:
+        raise ValueError(f"task 'generation' needs logits shaped (batch, positions, vocabulary); got "
+                         f"{tuple(output.shape)}")
+    B, T = output.shape[:2]
+    pos = torch.as_tensor(T - 1 if position is None else position, device=output.device).long().reshape(-1)
+    pos = pos.expand(B) if pos.numel() == 1 else pos
+    if pos.numel() != B or bool(((pos < -T) | (pos >= T)).any()):
+        raise ValueError(f"position must be one index or one per sample ({B}) in [-{T}, {T}); got {pos.tolist()}")
+    pos = pos % T
+    rows = torch.arange(B, device=output.device)
+    seed = start_relevance(output[rows, pos], replace(opts, task="multi-class classification"), target)
+
+    def place(r: Tensor) -> Tensor:
+        full = torch.zeros_like(output)
+        full[rows, pos] = r
+        return full
+
+    return tree_map(place, seed)
+
+
 def _rescale(neg: Tensor, scaler: Optional[float]) -> Tensor:
     if not scaler:
         return neg
@@ -283,14 +338,14 @@ def _fingerprint(model: nn.Module) -> tuple:
                                      + list(model.buffers()))
 
 
-def _backtrace_for(model: nn.Module, dtype: Optional[torch.dtype]) -> Backtrace:
-    key = (id(model), dtype)
+def _backtrace_for(model: nn.Module, dtype: Optional[torch.dtype], frontend: str = "auto") -> Backtrace:
+    key = (id(model), dtype, frontend)
     hit = _CACHE.get(key)
     fp = _fingerprint(model)
     if hit is not None and hit[0]() is model and hit[1] == fp:
         _CACHE.move_to_end(key)
         return hit[2]
-    bt = Backtrace(model, dtype=dtype)
+    bt = Backtrace(model, dtype=dtype, frontend=frontend)
     _CACHE[key] = (weakref.ref(model), fp, bt)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -298,22 +353,54 @@ def _backtrace_for(model: nn.Module, dtype: Optional[torch.dtype]) -> Backtrace:
 
 
 def explain(model: nn.Module, x: Any, mode: str = "default", target: Target = None,
-            dtype: Optional[torch.dtype] = None, **options: Any) -> Union[Tensor, tuple[Tensor, Tensor]]:
-    """Input relevance of ``model`` on the batch ``x`` (shape of ``x``); in contrastive mode
-    the pair ``(R+, R-)``. ``options``: ``task``, ``multiplier``, ``scaler``, ``thresholding``,
-    ``embedding_reduction`` (see :meth:`Backtrace.eval`)."""
-    bt = _backtrace_for(model, dtype)
-    inputs = x if isinstance(x, tuple) else (x,)
-    first = bt.graph.inputs[0]
+            dtype: Optional[torch.dtype] = None, *, frontend: str = "auto", return_all: bool = False,
+            return_conservation: bool = False, position: Any = None, **options: Any) -> Any:
+    """Input relevance of ``model`` on the batch ``x``; in contrastive mode the pair ``(R+, R-)``.
+
+    ``x``: a tensor, a tuple of tensors, or a mapping of keyword inputs (as a tokenizer returns
+    them). The relevance returned is that of the primary input (``input_ids``,
+    ``inputs_embeds`` or ``pixel_values`` of a mapping, else the first input): shaped like it
+    for float inputs, per token ``(batch, seq_len)`` for token ids. A Hugging Face output is
+    read at ``.logits``.
+
+    ``return_all``: a dict of every input's relevance by name instead. ``return_conservation``:
+    also each sample's total input relevance (all inputs) over its starting relevance, as
+    ``(result, ratio)`` (contrastive: a ratio per map). ``task="generation"``: the logit of
+    ``target`` (default: the argmax next token) at ``position`` (default: the last real token
+    by the ``attention_mask``, else the last position) of a language model's output.
+    ``options``: ``task``, ``multiplier``, ``scaler``, ``thresholding``, ``embedding_reduction``
+    (see :meth:`Backtrace.eval`). ``frontend``: see :class:`Backtrace`."""
     known = ("task", "multiplier", "scaler", "thresholding", "embedding_reduction")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
     settings = {"task": "multi-class classification", "multiplier": 100.0, "scaler": None, "thresholding": 0.5,
                 "embedding_reduction": "mean", **options}
+    bt = _backtrace_for(model, dtype, frontend)
+    if bt._frontend.graph is not None and not isinstance(x, Mapping):
+        n_given = len(x) if isinstance(x, tuple) else 1
+        if n_given != len(bt.graph.inputs):
+            bt.predict(*(x if isinstance(x, tuple) else (x,)))     # raises the one-line error
+    names, values = bt._lower(x)
+    if settings["task"] == GENERATION and position is None and "attention_mask" in names:
+        mask = values[names.index("attention_mask")]
+        steps = torch.arange(mask.shape[1], device=mask.device)
+        position = (mask.ne(0).long() * (steps + 1)).argmax(dim=1)     # the last real token
+    primary = primary_name(names)
+    keep = names if (return_all or return_conservation) else (primary,)
+    totals: list = []
     # only the values the rules read are recorded, and the walk frees each once it is used up
-    if len(inputs) != len(bt.graph.inputs):
-        bt.predict(*inputs)                                   # raises the one-line error
-    rel = bt._relevance(bt._record(inputs, bt._read), mode=mode, target=target, keep=(first,), release_values=True,
-                        **settings)
-    return rel[first]
+    rel = bt._relevance(bt._record(values, bt._read), mode=mode, target=target, keep=keep, release_values=True,
+                        position=position, seed_totals=totals, **settings)
+    result = {name: rel[name] for name in names} if return_all else rel[primary]
+    if not return_conservation:
+        return result
+    return result, _conservation([rel[name] for name in names], totals[0])
+
+
+def _conservation(relevances: Sequence[Any], seed_total: Any) -> Any:
+    """Per sample: the total relevance over all inputs, over the total put on the output."""
+    if isinstance(seed_total, tuple):
+        return tuple(_conservation([r[k] for r in relevances], seed_total[k]) for k in range(2))
+    kept = sum(r.reshape(r.shape[0], -1).sum(1) for r in relevances)
+    return safe_div(kept, seed_total)

@@ -7,7 +7,15 @@ measured in this one run on this machine, then repeated in a summary block with 
    and ours at batch 64 on the same 3x32x32 two-conv CNN, and the ratio (target >= 300x);
 2. our explanation time over one captum Saliency (forward + backward) pass on a CIFAR-style
    ResNet-8 at batch 64 (target <= 2x);
-3. peak memory of the jobs.
+3. peak memory of the jobs;
+4. transformers (``--cases transformers``, or all by default), one thread by default: a
+   MiniLM-L6-size BERT encoder (6 layers, hidden 384, 12 heads) with a classification head at
+   sequence length 64, batch 32, and a small GPT-2 decoder (4 layers, hidden 256, GPT-2's
+   vocabulary) on 64-token prompts, batch 16 (next-token logit): our time and peak memory over
+   one captum Saliency pass on the input embeddings (targets <= 3x time, <= 2x memory). The
+   models are exported once (torch.export) in the warm-up round, and the memory subprocess
+   warms up on the same batch (an export is per input shape) with malloc set to hand freed
+   memory back (see ``_return_freed_memory``), so the peak is what the run holds at once.
 
 Jobs that are compared are timed side by side: each of ``--repeats`` rounds runs every job of
 the comparison once, after one warm-up round. Times printed are medians over the rounds; a
@@ -60,6 +68,8 @@ BATCH = 64
 DEFAULT_REPEATS = 7
 SPEEDUP_TARGET = 300.0       # reference per-sample time / ours, at least
 SALIENCY_TARGET = 2.0        # ours / one Saliency pass, at most
+TRANSFORMER_TIME_TARGET = 3.0      # ours / one Saliency pass on the embeddings, at most
+TRANSFORMER_MEMORY_TARGET = 2.0    # peak memory, ours / that pass, at most
 
 
 class ReferenceStyleCNN(nn.Module):
@@ -145,7 +155,65 @@ def job_saliency_channels_last(model: nn.Module, x: torch.Tensor) -> Callable[[]
     return job_saliency(model, x.contiguous(memory_format=torch.channels_last))
 
 
+def _minilm_size() -> tuple[nn.Module, dict]:
+    """A randomly initialised BERT of all-MiniLM-L6-v2's size with a 2-class head; batch 32 of
+    64 tokens, a quarter of them padded to lengths 40-63."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                  intermediate_size=1536, max_position_embeddings=512, num_labels=2)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(1000, 30000, (32, 64))
+    mask = torch.ones_like(ids)
+    for b in range(0, 32, 4):
+        mask[b, 40 + b % 24:] = 0
+    return model, {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
+
+
+def _gpt2_small() -> tuple[nn.Module, dict]:
+    """A GPT-2 decoder with 4 layers of hidden size 256 (4 heads) and GPT-2's 50257-token
+    vocabulary; batch 16 of 64-token prompts."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=256, n_layer=4, n_head=4, n_positions=128)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 50257, (16, 64))
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def job_ours_text(model: nn.Module, inputs: dict) -> Callable[[], object]:
+    """Our explain() on the tokenizer-style mapping (a decoder: the next token at the end)."""
+    from backtrace import explain
+
+    options = {"task": "generation"} if "GPT2" in type(model).__name__ else {}
+    return lambda: explain(model, inputs, mode="default", **options)
+
+
+def job_saliency_text(model: nn.Module, inputs: dict) -> Callable[[], object]:
+    """captum Saliency on the input embeddings: one forward and one backward pass for the
+    predicted class (a decoder: the predicted next token)."""
+    from captum.attr import Saliency
+
+    decoder = "GPT2" in type(model).__name__
+    embeds = model.get_input_embeddings()(inputs["input_ids"]).detach()
+
+    def forward(e: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = model(inputs_embeds=e, attention_mask=mask).logits
+        return logits[:, -1] if decoder else logits
+
+    with torch.no_grad():
+        target = forward(embeds, inputs["attention_mask"]).argmax(dim=1)
+    sal = Saliency(forward)
+    return lambda: sal.attribute(embeds, target=target, abs=True, additional_forward_args=(inputs["attention_mask"],))
+
+
 JOBS = {
+    "ours_minilm": (_minilm_size, job_ours_text),
+    "saliency_minilm": (_minilm_size, job_saliency_text),
+    "ours_gpt2": (_gpt2_small, job_ours_text),
+    "saliency_gpt2": (_gpt2_small, job_saliency_text),
     "reference_cnn": (_cnn, job_reference_cnn),
     "ours_cnn": (_cnn, job_ours),
     "ours_resnet": (_resnet, job_ours),
@@ -193,9 +261,12 @@ def _reset_peak_rss() -> bool:
 def measure_memory_here(name: str, warm_up: bool) -> float:
     """In this (fresh) process: peak RSS during one run of job ``name`` minus RSS before, MiB."""
     make, job = JOBS[name]
+    if name in TRANSFORMER_JOBS:
+        _return_freed_memory()
     model, x = make()
     if warm_up:
-        job(model, x[:1])()                          # one-time costs: tracing, library and kernel set-up
+        # one-time costs: tracing, library and kernel set-up (torch.export traces per input shape)
+        job(model, x if isinstance(x, dict) else x[:1])()
     run = job(model, x)
     gc.collect()
     before = _status_mib("VmRSS")
@@ -218,6 +289,24 @@ def measure_memory_here(name: str, warm_up: bool) -> float:
     return max(peak[0], _status_mib("VmRSS")) - before
 
 
+TRANSFORMER_JOBS = ("ours_minilm", "saliency_minilm", "ours_gpt2", "saliency_gpt2")
+
+
+def _return_freed_memory() -> None:
+    """glibc malloc: serve every allocation over 64 KiB by mmap and trim freed heap at once, so
+    resident memory follows the live tensors. Otherwise memory freed by the warm-up stays
+    resident and is reused, and the measured growth depends on how each job's allocations
+    happened to fit into it (a few MiB for one job, a hundred for another of the same size)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 64 * 1024)      # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 64 * 1024)      # M_TRIM_THRESHOLD
+
+
 def measure_memory(name: str, threads: int, warm_up: bool) -> float:
     out = subprocess.run([sys.executable, __file__, "--memory-of", name, "--threads", str(threads)]
                          + (["--warm-up"] if warm_up else []), capture_output=True, text=True, check=True, cwd=ROOT,
@@ -225,10 +314,40 @@ def measure_memory(name: str, threads: int, warm_up: bool) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_growth_mib"])
 
 
-def main(repeats: int) -> None:
+def transformer_cases(repeats: int) -> list[tuple[str, float, float, float, float]]:
+    """Per case: (label, ours s, Saliency s, time ratio, memory ratio), printed as measured."""
+    threads = torch.get_num_threads()
+    rows = []
+    for key, make, label in (("minilm", _minilm_size, "MiniLM-size encoder, seq 64, batch 32"),
+                             ("gpt2", _gpt2_small, "GPT-2 4x256 decoder, prompt 64, batch 16")):
+        model, inputs = make()
+        t = side_by_side({"sal": job_saliency_text(model, inputs), "ours": job_ours_text(model, inputs)}, repeats)
+        sal_s, ours_s = statistics.median(t["sal"]), statistics.median(t["ours"])
+        ratio = paired_ratio(t["ours"], t["sal"])
+        mem_ours = measure_memory(f"ours_{key}", threads, warm_up=True)
+        mem_sal = measure_memory(f"saliency_{key}", threads, warm_up=True)
+        mem_ratio = mem_ours / max(mem_sal, 1e-9)
+        print(f"\n(4) {label}, default mode")
+        print(f"  captum Saliency on the embeddings (fwd + bwd): {sal_s * 1e3:9.1f} ms   {mem_sal:8.1f} MiB")
+        print(f"  ours, explain()                              : {ours_s * 1e3:9.1f} ms   {mem_ours:8.1f} MiB")
+        print(f"  ours / Saliency                              : {ratio:9.2f}x      {mem_ratio:8.2f}x"
+              f"   (targets <= {TRANSFORMER_TIME_TARGET:.0f}x time, <= {TRANSFORMER_MEMORY_TARGET:.0f}x memory)")
+        rows.append((label, ours_s, sal_s, ratio, mem_ratio))
+    return rows
+
+
+def main(repeats: int, cases: str = "all") -> None:
     t_start = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {BATCH}, "
           f"{repeats} side-by-side rounds after a warm-up round: median times, median of per-round ratios")
+    if cases == "transformers":
+        rows = transformer_cases(repeats)
+        print("\n" + "=" * 78)
+        print(f"SUMMARY ({torch.get_num_threads()} thread(s), {repeats} rounds, "
+              f"{time.perf_counter() - t_start:.0f} s)")
+        _print_transformer_summary(rows)
+        print("=" * 78)
+        return
 
     model, x = _cnn()
     t = side_by_side({"ref": job_reference_cnn(model, x), "ours": job_ours(model, x)}, repeats)
@@ -272,6 +391,8 @@ def main(repeats: int) -> None:
     print(f"  {'ResNet ours / Saliency':30s}: {cold['ours_resnet'] / max(cold['saliency_resnet'], 1e-9):8.2f}x"
           f"       {mem_ratio:8.2f}x")
 
+    rows = transformer_cases(repeats) if cases == "all" else []
+
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
@@ -287,7 +408,20 @@ def main(repeats: int) -> None:
           f"{cold['ours_resnet']:.1f} vs {cold['saliency_resnet']:.1f})")
     print(f"      CNN at batch {BATCH}: ours {warm['ours_cnn']:.1f} MiB after a warm-up ({cold['ours_cnn']:.1f} first "
           f"call); reference {cold['reference_cnn']:.1f} MiB for its first one-sample call")
+    _print_transformer_summary(rows)
     print("=" * 78)
+
+
+def _print_transformer_summary(rows: list[tuple[str, float, float, float, float]]) -> None:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    for label, _, _, ratio, mem_ratio in rows:
+        print(f"  (4) {label}")
+        print(f"      time / one Saliency pass on the embeddings  : {ratio:8.2f}x   "
+              f"target <= {TRANSFORMER_TIME_TARGET:.0f}x     {verdict(ratio <= TRANSFORMER_TIME_TARGET)}")
+        print(f"      peak memory / that pass                     : {mem_ratio:8.2f}x   "
+              f"target <= {TRANSFORMER_MEMORY_TARGET:.0f}x     {verdict(mem_ratio <= TRANSFORMER_MEMORY_TARGET)}")
 
 
 if __name__ == "__main__":
@@ -295,6 +429,8 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                         help=f"timed side-by-side rounds per comparison (default {DEFAULT_REPEATS})")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every job (default 1)")
+    parser.add_argument("--cases", choices=("all", "cnn", "transformers"), default="all",
+                        help="which comparisons to run (default all)")
     parser.add_argument("--memory-of", choices=sorted(JOBS), help="internal: measure one job's memory and exit")
     parser.add_argument("--warm-up", action="store_true", help="internal: with --memory-of, warm up first")
     args = parser.parse_args()
@@ -306,4 +442,4 @@ if __name__ == "__main__":
     if args.memory_of:
         print(json.dumps({"peak_rss_growth_mib": measure_memory_here(args.memory_of, args.warm_up)}))
     else:
-        main(args.repeats)
+        main(args.repeats, args.cases)

@@ -71,6 +71,7 @@ _SUB_FUNCTIONS = {operator.sub, operator.isub, torch.sub}
 _MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
 _DIV_FUNCTIONS = {operator.truediv, operator.itruediv, torch.div}
 _META_METHODS = {"size", "dim", "numel"}
+_INTERPOLATE_MODES = ("nearest", "linear", "bilinear")
 
 
 class UnmappedOp(Exception):
@@ -262,6 +263,14 @@ class _Builder:
             self._emit(n, "lstm", data, {"module": mod}, base)
         elif isinstance(mod, nn.LayerNorm):
             self._emit(n, "layer_norm", data[:1], {"module": mod}, base)
+        elif isinstance(mod, nn.GroupNorm):
+            self._emit(n, "group_norm", data[:1], {"module": mod}, base)
+        elif isinstance(mod, (nn.InstanceNorm1d, nn.InstanceNorm2d)):
+            self._emit(n, "instance_norm", data[:1], {"module": mod}, base)
+        elif isinstance(mod, nn.Upsample):
+            if mod.mode not in _INTERPOLATE_MODES:
+                raise UnmappedOp(f"upsampling mode {mod.mode!r} (supported: {', '.join(_INTERPOLATE_MODES)})")
+            self._emit(n, "interpolate", data[:1], {"fn": mod}, base)
         else:
             raise UnmappedOp("no rule for this module type")
 
@@ -330,6 +339,11 @@ class _Builder:
         elif (not is_method and fn in _REDUCTION_FUNCTIONS) or (is_method and fn in _REDUCTION_METHODS):
             kind = _REDUCTION_FUNCTIONS[fn] if not is_method else _REDUCTION_METHODS[fn]
             emit(kind, data[:1], {"fn": self._closure(n)})
+        elif not is_method and fn is F.interpolate:
+            a = _bind(n.args, n.kwargs, ["input", "size", "scale_factor", "mode"], {"mode": "nearest"})
+            if a["mode"] not in _INTERPOLATE_MODES:
+                raise UnmappedOp(f"interpolation mode {a['mode']!r} (supported: {', '.join(_INTERPOLATE_MODES)})")
+            emit("interpolate", data[:1], {"fn": self._closure(n)})
         elif not is_method and fn in (torch.cat, torch.concat):
             tensors = n.args[0] if n.args else n.kwargs["tensors"]
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
@@ -539,3 +553,39 @@ def trace(model: nn.Module, fold: bool = True) -> tuple[Graph, fx.GraphModule]:
     mark_activations(graph)
     check_supported(graph)
     return graph, gm
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced module keeping the values the graph's nodes read (``wanted`` fx node
+    names); every other intermediate (e.g. a convolution's output before a folded BatchNorm)
+    is freed after its last use, as in a plain forward pass."""
+
+    def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+        self.wanted = wanted
+        self.kept: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        if n.name in self.wanted:
+            self.kept[n.name] = value
+        return value
+
+
+def lower(model: nn.Module, fold: bool = True) -> tuple[Graph, Callable[[Sequence[Any], set], dict], fx.GraphModule]:
+    """The front-end interface: ``(graph, runner, traced module)``; ``runner(inputs, wanted)``
+    runs the traced copy and returns ``{IR name: value}`` for the IR nodes in ``wanted``
+    (and any other node that shares a recorded value, e.g. a layer with its folded BatchNorm)."""
+    graph, gm = trace(model, fold=fold)
+
+    def run(inputs: Sequence[Any], wanted: set) -> dict:
+        fx_names = {n.meta["fx"] for n in graph.nodes if n.name in wanted and n.kind != "constant"}
+        rec = _Recorder(gm, fx_names)
+        rec.run(*inputs)
+        outs: dict[str, Any] = {}
+        for node in graph.nodes:
+            if node.kind != "constant" and node.meta["fx"] in rec.kept:
+                outs[node.name] = rec.kept[node.meta["fx"]]
+        return outs
+
+    return graph, run, gm

@@ -1,6 +1,7 @@
-"""LayerNorm: relevance passes through unchanged, as in the reference.
+"""LayerNorm, RMSNorm, GroupNorm, InstanceNorm: relevance passes through unchanged, as the
+reference does for normalisations.
 
-Kind ``"layer_norm"``. Inputs: ``(x,)`` for a module call; a functional
+Kinds ``"layer_norm"``, ``"rms_norm"``, ``"group_norm"``, ``"instance_norm"``. Inputs: ``(x,)`` for a module call; a functional
 ``F.layer_norm(x, shape, weight, bias)`` may list the affine tensors too, which take no
 relevance (``None``). No ``node.params`` are needed.
 """
@@ -14,7 +15,7 @@ from backtrace.ir import Node
 from backtrace.rules.base import EvalOptions, PairRelevance, Relevance, Rule, register
 
 
-@register("layer_norm")
+@register("layer_norm", "rms_norm", "group_norm", "instance_norm")
 class LayerNormRule(Rule):
     """Identity on relevance: normalisation rescales every feature of a token alike, so the
     reference treats it as transparent (default and contrastive)."""

@@ -54,7 +54,10 @@ class CatRule(LinearInRelevanceRule):
     def default(self, node: Node, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor,
                 opts: EvalOptions) -> list[Relevance]:
         dim = node.params["dim"]
-        return list(relevance.split([t.shape[dim] for t in inputs], dim=dim))
+        # torch.cat skips legacy empty 1-D operands (an empty key/value cache): they take none
+        same = [t.dim() == relevance.dim() for t in inputs]
+        parts = relevance.split([t.shape[dim] if s else 0 for t, s in zip(inputs, same)], dim=dim)
+        return [p if s else None for p, s in zip(parts, same)]
 
 
 @register("split")

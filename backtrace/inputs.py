@@ -1,0 +1,68 @@
+"""Inputs as users hold them (a tensor, a tuple, a tokenizer's mapping) and the engine's input
+policy: non-finite floats are refused, integer inputs may only feed lookups."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from backtrace.ir import Graph
+
+# the input explain() returns by default, for a mapping of keyword inputs
+PRIMARY_INPUTS = ("input_ids", "inputs_embeds", "pixel_values")
+# op kinds an integer/bool input may feed: lookups and index moves (no arithmetic)
+INDEX_KINDS = ("embedding", "embedding_bag", "getitem", "index_map", "reshape", "identity", "split", "cat", "aux")
+
+
+def normalise_inputs(model: nn.Module, inputs: Any, graph: Optional[Graph]
+                     ) -> tuple[tuple[str, ...], tuple[Any, ...], bool]:
+    """``(names, values, keywords)``: a mapping gives its keys (in the graph's order when the
+    graph is known); a tuple or one tensor gives the graph's input names (or the forward's
+    parameter names)."""
+    from backtrace.frontends.torch_export import input_names
+
+    if isinstance(inputs, Mapping):
+        items = {str(k): v for k, v in inputs.items() if v is not None}
+        if graph is not None:
+            unknown = sorted(set(items) - set(graph.inputs))
+            missing = [n for n in graph.inputs if n not in items]
+            if unknown or missing:
+                raise ValueError(f"the model takes input(s) {', '.join(graph.inputs)}; got "
+                                 f"{', '.join(items) or 'none'}")
+            return tuple(graph.inputs), tuple(items[n] for n in graph.inputs), True
+        return tuple(items), tuple(items.values()), True
+    values = tuple(inputs) if isinstance(inputs, tuple) else (inputs,)
+    if graph is not None and len(values) == len(graph.inputs):
+        return tuple(graph.inputs), values, False
+    return tuple(input_names(model, len(values))), values, False
+
+
+def primary_name(names: Sequence[str]) -> str:
+    """``input_ids``, ``inputs_embeds`` or ``pixel_values`` where given, else the first input."""
+    for name in PRIMARY_INPUTS:
+        if name in names:
+            return name
+    return names[0]
+
+
+def check_inputs(names: Sequence[str], values: Sequence[Any], graph: Optional[Graph]) -> None:
+    """Refuse non-finite float inputs (naming the first bad sample) and integer/bool inputs
+    that feed an op needing floats (with a graph to look at)."""
+    for name, v in zip(names, values):
+        if not isinstance(v, Tensor):
+            continue
+        if v.is_floating_point() or v.is_complex():
+            finite = torch.isfinite(v)
+            if not bool(finite.all()):
+                bad = (~finite.reshape(v.shape[0], -1).all(dim=1)).nonzero() if v.dim() > 0 else None
+                where = f"sample {int(bad[0])}" if bad is not None and bad.numel() else "a value"
+                raise ValueError(f"input {name!r} {where} holds NaN/inf; relevance of a non-finite input is "
+                                 f"undefined: clean or drop that sample")
+        elif graph is not None and name in graph.inputs:
+            for user in graph.nodes:
+                if name in user.inputs and user.kind not in INDEX_KINDS:
+                    raise ValueError(f"input {name!r} is {v.dtype} (integer/bool) but feeds node {user.name!r} "
+                                     f"({user.kind}, {user.source}), which needs floating-point values; pass "
+                                     f"{name}.float(), or token ids to an embedding")
