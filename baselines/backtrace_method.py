@@ -36,9 +36,17 @@ class BacktraceMethod(Explainer):
         self.explained = self.forward_fn(output)
 
     def _run(self, inputs: Tensor, targets: Tensor) -> Any:
+        """The engine's relevance; each sample's conservation (total input relevance over its
+        starting relevance: how much the explanation kept) goes to the extras, for the record."""
         from backtrace import explain  # the engine; imported on use so baselines load without it
 
-        return explain(self.explained, inputs, mode=self.mode, target=targets, **self.options)
+        result, kept = explain(self.explained, inputs, mode=self.mode, target=targets, return_conservation=True,
+                               **self.options)
+        if isinstance(kept, tuple):
+            self.last_extras.update({"conservation_positive": kept[0].detach(), "conservation_negative": kept[1].detach()})
+        else:
+            self.last_extras["conservation"] = kept.detach()
+        return result
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return self._run(inputs, targets)
@@ -62,5 +70,5 @@ class BacktraceContrastiveMethod(BacktraceMethod):
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
         positive, negative = self._run(inputs, targets)
-        self.last_extras = {"positive": positive.detach(), "negative": negative.detach()}
+        self.last_extras.update({"positive": positive.detach(), "negative": negative.detach()})
         return positive if self.contrastive_output == "positive" else positive - negative

@@ -183,6 +183,7 @@ def _table_data(name: str, table: str, model: str, dataset: str,
         signed[variant] = bool(record["method"]["signed"])
         folders[variant] = folder
         methods[variant] = {key: record["method"].get(key) for key in ("signed", "returns", "budget", "absent")}
+        methods[variant]["diagnostics"] = record.get("diagnostics") or {}
         accuracy = record["model"]["test_accuracy"]
         modality = record["dataset"]["modality"]
         cfg = record["config"]
@@ -278,17 +279,24 @@ def heading(data: TableData, stats: dict[str, Any]) -> str:
     return out
 
 
+def _kept(diagnostics: dict[str, Any]) -> str:
+    """Backtrace's conservation: each sample's total input relevance over its starting relevance."""
+    parts = [f"{k.replace('conservation', '').strip('_') or 'all'} {v['mean']:.3f}"
+             for k, v in sorted(diagnostics.items()) if k.startswith("conservation")]
+    return ", ".join(parts) if parts else "-"
+
+
 def method_notes(data: TableData) -> list[str]:
     """What each method was told (budget, absent value) and what its maps held."""
-    lines = ["| method | explains | signed (declared) | samples with mixed-sign maps | budget | absent value |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method | explains | signed (declared) | samples with mixed-sign maps | budget | absent value "
+             "| relevance kept (mean) |", "|---|---|---|---|---|---|---|"]
     for method in method_order(list(data.methods)):
         info = data.methods[method]
         returns = info.get("returns") or {}
         mixed = returns.get("mixed_sign_samples")
         lines.append(f"| {method} | {data.settings.get('output')} | {'yes' if info.get('signed') else 'no (scored as magnitude)'} | "
                      f"{'-' if mixed is None else f'{100 * mixed:.0f}%'} | {_declared(info.get('budget'))} | "
-                     f"{_declared(info.get('absent'))} |")
+                     f"{_declared(info.get('absent'))} | {_kept(info.get('diagnostics') or {})} |")
     absent = sorted({f"{m}: {k}={_short(v['params'][k])}" for m, v in data.metric_settings.items()
                      for k in METRIC_ABSENT_PARAMS if k in v.get("params", {})})
     if absent:

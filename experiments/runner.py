@@ -222,12 +222,19 @@ def run(cfg: DictConfig) -> RunResult:
         "seconds": seconds,
         "runtime": {"seconds_per_sample": explain_s / n, "forward_backward_units": explain_s / fb if fb > 0 else None},
         "metrics": summary,
+        "diagnostics": {},   # per-sample numbers a method reports about itself (scores.csv columns)
     }
     arrays = {"attributions": attributions.numpy(), "targets": targets.numpy(), "sample": idx.numpy()}
     if ds.modality == "image":
         arrays["inputs"] = x.numpy()
     for key, v in extras.items():
-        arrays[f"extra_{key}"] = reduce_channels(torch.cat(v), cfg.channel_reduction).numpy()
+        values = torch.cat(v)
+        if values.ndim == 1:  # one number per sample (e.g. backtrace's conservation): a scores column
+            scores[key] = values.double().numpy()
+            record["diagnostics"][key] = {"mean": float(values.double().mean()), "min": float(values.min()),
+                                          "max": float(values.max())}
+        else:
+            arrays[f"extra_{key}"] = reduce_channels(values, cfg.channel_reduction).numpy()
     path = write_record(cfg.results_dir, chash, record, scores, arrays)
     print_summary(record, path)
     return RunResult(path, record, False)

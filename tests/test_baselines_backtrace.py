@@ -38,9 +38,10 @@ T = torch.tensor([2, 0, 1, 2])
 def test_wrapper_explains_the_softmax_of_the_model_for_the_given_targets(monkeypatch):
     calls = []
 
-    def fake_explain(model, x, mode="default", target=None, **options):
+    def fake_explain(model, x, mode="default", target=None, return_conservation=False, **options):
         calls.append((model, x, mode, target, options))
-        return torch.zeros_like(x)
+        assert return_conservation
+        return torch.zeros_like(x), torch.ones(len(x))
 
     monkeypatch.setattr(backtrace, "explain", fake_explain)
     model = mlp()
@@ -82,3 +83,15 @@ def test_default_mode_matches_the_engine_on_the_softmax_model():
     values = METHODS["backtrace"](model, context("tabular"))(X, T).values
     expected = backtrace.explain(nn.Sequential(model, nn.Softmax(dim=-1)), X, target=T)
     torch.testing.assert_close(values, expected)
+
+
+def test_each_sample_s_conservation_is_kept_for_the_record():
+    """Default mode drops the bias shares, so a sample keeps at most what it started with;
+    contrastive mode reports one ratio per map."""
+    result = METHODS["backtrace"](mlp(), context("tabular"))(X, T)
+    kept = result.extras["conservation"]
+    assert kept.shape == (4,) and torch.all(kept > 0) and torch.all(kept <= 1 + 1e-5)
+    _, expected = backtrace.explain(nn.Sequential(mlp(), nn.Softmax(dim=-1)), X, target=T, return_conservation=True)
+    torch.testing.assert_close(kept, expected)
+    both = METHODS["backtrace_contrastive"](mlp(), context("tabular"))(X, T).extras
+    assert both["conservation_positive"].shape == (4,) and both["conservation_negative"].shape == (4,)
