@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from backtrace.frontends import is_keras_model
 from backtrace.ir import Graph
 from backtrace.rules import RULES
 from backtrace.rules.base import EvalOptions, safe_div, tree_add, tree_map, tree_zeros_like
@@ -50,12 +51,20 @@ class Backtrace:
     """DLBacktrace for a PyTorch model, traced once.
 
     The model is deep-copied (then put in eval mode and, with ``dtype``, converted), so the
-    caller's model is never changed. Tensors stay on the model's device.
+    caller's model is never changed. Tensors stay on the model's device. A Keras model is
+    first mirrored in torch by :mod:`backtrace.frontends.keras` (its inputs may then be NumPy
+    arrays or TF tensors; :func:`explain` returns NumPy relevance for it).
     """
 
-    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype] = None, fold_batchnorm: bool = True) -> None:
+    def __init__(self, model: Any, dtype: Optional[torch.dtype] = None, fold_batchnorm: bool = True) -> None:
         from backtrace.frontends.torch_fx import trace
 
+        self._to_torch: Any = _unchanged       # the user's inputs as torch tensors
+        self._to_user: Any = _unchanged        # relevance in the user's framework
+        if is_keras_model(model):
+            from backtrace.frontends import keras as keras_frontend
+            model = keras_frontend.to_torch(model)
+            self._to_torch, self._to_user = keras_frontend.inputs_to_torch, keras_frontend.relevance_to_numpy
         work = copy.deepcopy(model).eval()
         if dtype is not None:
             work = work.to(dtype)
@@ -97,7 +106,7 @@ class Backtrace:
         if len(inputs) != len(self.graph.inputs):
             raise ValueError(f"the model takes {len(self.graph.inputs)} input(s) "
                              f"({', '.join(self.graph.inputs)}); got {len(inputs)}")
-        return self._record(inputs, self._recorded)
+        return self._record(self._to_torch(inputs), self._recorded)
 
     def _record(self, inputs: Sequence[Any], wanted: set[str]) -> dict[str, Any]:
         """Run the traced copy keeping the outputs of the fx nodes in ``wanted``, by node name."""
@@ -203,6 +212,10 @@ def _values_read(graph: Graph) -> set[str]:
     return {by_name[name].meta["fx"] for name in names if by_name[name].kind != "constant"}
 
 
+def _unchanged(x: Any) -> Any:
+    return x
+
+
 def _contiguous(t: Any) -> Any:
     """Relevance in the usual memory layout (the rules may work channels-last)."""
     return t.contiguous() if isinstance(t, Tensor) else t
@@ -283,10 +296,14 @@ def _fingerprint(model: nn.Module) -> tuple:
                                      + list(model.buffers()))
 
 
-def _backtrace_for(model: nn.Module, dtype: Optional[torch.dtype]) -> Backtrace:
+def _backtrace_for(model: Any, dtype: Optional[torch.dtype]) -> Backtrace:
     key = (id(model), dtype)
     hit = _CACHE.get(key)
-    fp = _fingerprint(model)
+    if is_keras_model(model):
+        from backtrace.frontends.keras import fingerprint
+        fp = fingerprint(model)
+    else:
+        fp = _fingerprint(model)
     if hit is not None and hit[0]() is model and hit[1] == fp:
         _CACHE.move_to_end(key)
         return hit[2]
@@ -297,13 +314,14 @@ def _backtrace_for(model: nn.Module, dtype: Optional[torch.dtype]) -> Backtrace:
     return bt
 
 
-def explain(model: nn.Module, x: Any, mode: str = "default", target: Target = None,
+def explain(model: Any, x: Any, mode: str = "default", target: Target = None,
             dtype: Optional[torch.dtype] = None, **options: Any) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Input relevance of ``model`` on the batch ``x`` (shape of ``x``); in contrastive mode
     the pair ``(R+, R-)``. ``options``: ``task``, ``multiplier``, ``scaler``, ``thresholding``,
-    ``embedding_reduction`` (see :meth:`Backtrace.eval`)."""
+    ``embedding_reduction`` (see :meth:`Backtrace.eval`). For a Keras model ``x`` may be
+    NumPy arrays or TF tensors and the relevance is NumPy."""
     bt = _backtrace_for(model, dtype)
-    inputs = x if isinstance(x, tuple) else (x,)
+    inputs = bt._to_torch(x if isinstance(x, tuple) else (x,))
     first = bt.graph.inputs[0]
     known = ("task", "multiplier", "scaler", "thresholding", "embedding_reduction")
     unknown = sorted(set(options) - set(known))
@@ -316,4 +334,4 @@ def explain(model: nn.Module, x: Any, mode: str = "default", target: Target = No
         bt.predict(*inputs)                                   # raises the one-line error
     rel = bt._relevance(bt._record(inputs, bt._read), mode=mode, target=target, keep=(first,), release_values=True,
                         **settings)
-    return rel[first]
+    return bt._to_user(rel[first])
