@@ -628,7 +628,7 @@ def inputs_to_torch(x: Any) -> Any:
         return torch.from_numpy(arr.astype(np.int64))
     if arr.dtype.kind != "f":
         raise TypeError(f"cannot explain an input of dtype {arr.dtype}; expected a float or integer array")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    return torch.from_numpy(np.array(arr, dtype=np.float32))          # a copy: TF arrays are read-only
 
 
 def relevance_to_numpy(r: Any) -> Any:
