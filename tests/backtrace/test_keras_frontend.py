@@ -437,3 +437,30 @@ def test_importing_backtrace_for_torch_does_not_import_tensorflow():
             "assert not bad, bad")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=120)
+
+
+_TORCH_ACTIVATIONS = {"relu6": nn.ReLU6(), "softplus": nn.Softplus(), "mish": nn.Mish(), "silu": nn.SiLU(),
+                      "swish": nn.SiLU(), "hard_sigmoid": nn.Hardsigmoid(), "hard_silu": nn.Hardswish(),
+                      "leaky_relu": nn.LeakyReLU(0.2), "elu": nn.ELU(), "sigmoid": nn.Sigmoid()}
+
+
+class _Merge(nn.Module):
+    def __init__(self, km, act: nn.Module) -> None:
+        super().__init__()
+        self.a, self.b, self.out = (linear(km.get_layer(n)) for n in ("a", "b", "out"))
+        self.act, self.drop = act, nn.Dropout()
+
+    def forward(self, x):
+        d = self.act(self.a(x)) - F.relu6(self.b(x))
+        return torch.softmax(self.out(self.drop(d)), dim=-1)
+
+
+@pytest.mark.parametrize("name", sorted(_TORCH_ACTIVATIONS))
+def test_activation_arguments_subtract_relu6_and_noise_layers(name):
+    inp = keras.Input((9,))
+    a = L.Dense(6, activation=name, name="a")(inp)
+    b = L.ReLU(max_value=6.0)(L.Dense(6, name="b")(inp))
+    d = L.GaussianNoise(0.5)(L.SpatialDropout1D(0.5)(L.Reshape((1, 6))(L.Subtract()([a, b]))))
+    d = L.GaussianDropout(0.3)(L.Flatten()(d))
+    km = keras.Model(inp, L.Dense(3, activation="softmax", name="out")(d))
+    check(km, _Merge(km, _TORCH_ACTIVATIONS[name]), _x(4, 9) * 3, layout="features")
