@@ -3,7 +3,9 @@
 For classification the method explains the softmax of the model's logits, as the paper's
 classifiers end in a softmax: the engine sees ``nn.Sequential(model, nn.Softmax(dim=-1))``, and
 relevance starts at the target class (the harness's label or prediction, not the engine's own
-argmax). Both modes are signed.
+argmax). Both modes are signed. A Keras model (``experiments.keras_models.KerasClassifier``) is
+explained through its Keras model with a Keras softmax appended (the engine's Keras front end);
+inputs and relevance are moved between the harness's layout and Keras's.
 """
 from __future__ import annotations
 
@@ -27,12 +29,18 @@ class BacktraceMethod(Explainer):
                  options: Optional[dict[str, Any]] = None, **params: Any) -> None:
         super().__init__(model, context, output=output, options=options, **params)
         self.options = dict(self.params.get("options") or {})
-        self.explained = self.forward_fn(output)
+        self.keras = getattr(model, "framework", "torch") == "keras"
+        self.explained = model.with_output(output) if self.keras else self.forward_fn(output)
 
     def _run(self, inputs: Tensor, targets: Tensor) -> Any:
         from backtrace import explain  # the engine; imported on use so baselines load without it
 
-        return explain(self.explained, inputs, mode=self.mode, target=targets, **self.options)
+        if not self.keras:
+            return explain(self.explained, inputs, mode=self.mode, target=targets, **self.options)
+        rel = explain(self.explained, self.model.to_keras(inputs), mode=self.mode, target=targets.cpu(),
+                      **self.options)
+        back = self.model.from_keras
+        return (back(rel[0]), back(rel[1])) if isinstance(rel, tuple) else back(rel).to(inputs.device)
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return self._run(inputs, targets)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 MODALITIES = ("tabular", "image", "text")
 MODEL_KINDS = ("mlp", "conv", "transformer", "recurrent")
+FRAMEWORKS = ("torch", "keras")  # Keras models come wrapped (experiments.keras_models.KerasClassifier)
 CHANNEL_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs", "none")
 OUTPUTS = ("logits", "softmax")  # what a method explains: the raw class scores or their softmax
 
@@ -59,13 +60,14 @@ class Explainer:
     signed: ClassVar[bool] = True                       # attributions carry a sign
     modalities: ClassVar[tuple[str, ...]] = MODALITIES  # data it can explain
     model_kinds: ClassVar[tuple[str, ...]] = MODEL_KINDS  # models it can explain
+    frameworks: ClassVar[tuple[str, ...]] = FRAMEWORKS    # frameworks whose models it can explain
     deterministic: ClassVar[bool] = True
     # True where image attributions are one map per pixel, (N, 1, H, W), instead of one per input
     # channel: every channel reduction leaves such a map unchanged (GradCAM, LIME's superpixels).
     pixel_map: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, context: ExplainContext, **params: Any) -> None:
-        self.check_compatible(context.modality, context.model_kind)
+        self.check_compatible(context.modality, context.model_kind, framework_of(model))
         # Explanations are always of the model as deployed: BatchNorm/Dropout in inference mode.
         self.model = model.eval()
         self.context = context
@@ -76,7 +78,11 @@ class Explainer:
         self._seeds = np.random.default_rng(context.seed)
 
     @classmethod
-    def check_compatible(cls, modality: str, model_kind: str) -> None:
+    def check_compatible(cls, modality: str, model_kind: str, framework: str = "torch") -> None:
+        if framework not in cls.frameworks:
+            raise IncompatibleMethodError(
+                f"method {cls.name!r} does not support {framework} models; it supports: {', '.join(cls.frameworks)}"
+            )
         if modality not in cls.modalities:
             raise IncompatibleMethodError(
                 f"method {cls.name!r} does not support {modality!r} data; it supports: {', '.join(cls.modalities)}"
@@ -135,6 +141,11 @@ class Explainer:
                 f"method {self.name!r} returned attributions of shape {tuple(values.shape)}; "
                 f"expected {self.expected_shape(inputs)}"
             )
+
+
+def framework_of(model: nn.Module) -> str:
+    """``"keras"`` for a wrapped Keras model, else ``"torch"``."""
+    return str(getattr(model, "framework", "torch"))
 
 
 def plain(value: Any) -> Any:

@@ -79,7 +79,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def train(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int, device: torch.device) -> nn.Module:
-    """Adam with cross-entropy, deterministic from the seed, with a progress bar per epoch."""
+    """Adam with cross-entropy, deterministic from the seed, with a progress bar per epoch.
+    A Keras model (``experiments.keras_models``) trains with Keras's own ``fit``, likewise."""
+    if getattr(model, "framework", "torch") == "keras":
+        return model.fit(dataset.x_train, dataset.y_train, epochs=int(train_cfg.epochs),
+                         batch_size=int(train_cfg.batch_size), lr=float(train_cfg.lr),
+                         weight_decay=float(train_cfg.weight_decay), seed=seed,
+                         progress=os.environ.get("BACKTRACE_BENCH_NO_PROGRESS") != "1").eval()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
