@@ -18,16 +18,48 @@ numerically scores NaN; a failure on every sample is re-raised, as it is a usage
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import inspect
 import logging
+import sys
+import types
 import warnings
 from typing import Any, ClassVar, Iterator, Optional
 
 import numpy as np
-import quantus
 import torch
-from quantus.functions import similarity_func
 from torch import Tensor, nn
+
+
+def _import_quantus_without_tensorflow() -> Any:
+    """Quantus 0.6.0 imports TensorFlow at import time whenever it is installed, for TensorFlow
+    models this project never hands it (Keras models reach it wrapped as torch modules). That
+    import costs seconds and writes TensorFlow's start-up log to stderr in every torch run, so
+    quantus is imported with TensorFlow hidden, and its two call-time "is this a Keras model?"
+    checks get a stand-in type that nothing is an instance of."""
+    if "quantus" in sys.modules:
+        return sys.modules["quantus"]
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, package: Optional[str] = None) -> Any:
+        return None if name == "tensorflow" or name.startswith("tensorflow.") else real(name, package)
+
+    importlib.util.find_spec = find_spec
+    try:
+        import quantus
+        import quantus.helpers.model.model_interface as model_interface
+        import quantus.helpers.utils as quantus_utils
+    finally:
+        importlib.util.find_spec = real
+    no_tf = types.SimpleNamespace(keras=types.SimpleNamespace(Model=type("NotAKerasModel", (), {})))
+    for module in (model_interface, quantus_utils):
+        if not hasattr(module, "tf"):
+            module.tf = no_tf
+    return quantus
+
+
+quantus = _import_quantus_without_tensorflow()
+from quantus.functions import similarity_func  # noqa: E402
 
 from metrics.base import Metric, MetricInfo
 from metrics.explain_adapter import ExplainFunc, normalise_per_sample

@@ -159,3 +159,16 @@ def test_keras_builders_follow_the_seed():
     b = keras_mlp(in_features=4, num_classes=2, hidden=[5])
     for w1, w2 in zip(a.keras_model.weights, b.keras_model.weights):
         np.testing.assert_array_equal(w1.numpy(), w2.numpy())
+
+
+def test_the_torch_harness_does_not_import_tensorflow():
+    """quantus would import TensorFlow whenever it is installed (metrics.quantus_metrics hides it)."""
+    import subprocess
+    import sys
+
+    from experiments.config import ROOT
+
+    code = ("import sys, metrics.quantus_metrics, experiments.runner, baselines; "
+            "from metrics.quantus_metrics import FaithfulnessCorrelation; "
+            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=300)

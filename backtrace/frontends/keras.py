@@ -99,7 +99,7 @@ class _Mirror:
     def __init__(self) -> None:
         self.graph = fx.Graph()
         self.root = nn.Module()
-        self.module_of: dict[int, str] = {}          # id(keras layer) -> module name (shared layers)
+        self.module_of: dict[tuple[int, str], str] = {}   # (id(keras layer), part) -> module name
         self.names: set[str] = set()
 
     # naming and emitting ---------------------------------------------------------------------
@@ -116,7 +116,7 @@ class _Mirror:
 
     def module(self, layer: Any, make: Callable[[], nn.Module], suffix: str = "") -> str:
         """The module computing ``layer`` (made once, so a shared layer is one module)."""
-        key = id(layer) if not suffix else hash((id(layer), suffix))
+        key = (id(layer), suffix)
         if key not in self.module_of:
             name = self._name(layer.name + (f"_{suffix}" if suffix else ""))
             self.root.add_module(name, make())

@@ -117,11 +117,7 @@ def check(kmodel, tmodel: nn.Module, x: np.ndarray, layout: str = "channels_last
     """Worst relative error of the Keras model's relevance against the torch network's."""
     expected = keras.ops.convert_to_numpy(kmodel(x))
     mirror = to_torch(kmodel)
-    torch_in = torch.from_numpy(x) if x.dtype.kind == "i" else torch.from_numpy(x)
-    if torch_in.is_floating_point():
-        torch_in = torch_in.float()
-    else:
-        torch_in = torch_in.long()
+    torch_in = torch.from_numpy(x).float() if x.dtype.kind == "f" else torch.from_numpy(x).long()
     with torch.no_grad():
         np.testing.assert_allclose(mirror(torch_in).numpy(), expected, rtol=1e-4, atol=1e-5)
     xt = _channels_first(x) if layout == "channels_last" else torch_in
