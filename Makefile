@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TFSTAMP := $(VENV)/.installed-tf
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: install demo test data clean
@@ -29,7 +30,12 @@ data:
 demo: install
 	$(PY) run.py model=resnet method=backtrace
 
-test: install
+# The tests also cover Keras models: the test target adds the `tf` extra (TensorFlow CPU).
+$(TFSTAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,tf]'
+	touch $(TFSTAMP)
+
+test: install $(TFSTAMP)
 	$(PY) -m pytest -q
 
 clean:

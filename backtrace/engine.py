@@ -9,7 +9,6 @@ convolutions and pooling on CPU); returned relevance is in the usual contiguous 
 """
 from __future__ import annotations
 
-import copy
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -17,8 +16,9 @@ from dataclasses import replace
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from backtrace.frontends import FRONTENDS, fingerprint
 from backtrace.inputs import check_inputs, normalise_inputs, primary_name
 from backtrace.ir import Graph
 from backtrace.rules import RULES
@@ -28,7 +28,6 @@ MODES = ("default", "contrastive")
 MODE_ALIASES = {"default": "default", "contrastive": "contrastive", "contrast": "contrastive"}
 TASKS = ("binary-classification", "multi-class classification", "bbox-regression", "binary-segmentation")
 GENERATION = "generation"     # language models' next-token logits; see :func:`generation_relevance`
-FRONTENDS = ("auto", "fx", "export")
 
 Target = Union[None, int, Sequence[int], Tensor]
 
@@ -42,24 +41,22 @@ class Backtrace:
     ``frontend``: ``"fx"`` (torch.fx symbolic tracing, once), ``"export"`` (torch.export, once
     per input signature: shapes, dtypes, names), or ``"auto"``: torch.fx unless it cannot trace
     the model or the model holds modules only torch.export sees through (Hugging Face
-    transformers, ``nn.MultiheadAttention``).
+    transformers, ``nn.MultiheadAttention``). A Keras model gets the ``"keras"`` front end (with
+    ``"auto"`` too): it is mirrored in torch by :mod:`backtrace.frontends.keras`, its inputs may
+    be NumPy arrays or TF tensors (channels-last images as Keras takes them), and
+    :func:`explain` returns NumPy relevance for it.
     """
 
-    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype] = None, fold_batchnorm: bool = True,
+    def __init__(self, model: Any, dtype: Optional[torch.dtype] = None, fold_batchnorm: bool = True,
                  frontend: str = "auto") -> None:
         from backtrace.frontends import choose_frontend
 
-        if frontend not in FRONTENDS:
-            raise ValueError(f"unknown frontend {frontend!r}; choose one of: {', '.join(FRONTENDS)}")
-        work = copy.deepcopy(model).eval()
-        if dtype is not None:
-            work = work.to(dtype)
-        self.model = work
+        self._frontend = choose_frontend(model, frontend, fold_batchnorm, dtype)
+        work = self.model = self._frontend.model           # the front end's copy, in eval mode
         first = next(iter(work.parameters()), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = dtype if dtype is not None else (first.dtype if first is not None and first.is_floating_point()
                                                       else torch.get_default_dtype())
-        self._frontend = choose_frontend(work, frontend, fold_batchnorm)
         self.frontend = self._frontend.name
         self.module = self._frontend.module
         self._graph: Optional[Graph] = None
@@ -105,6 +102,7 @@ class Backtrace:
         """The input names and values (checked, prepared) in the graph's order; the front end's
         graph and runner for them made current (torch.export exports once per signature)."""
         known = self._frontend.graph
+        inputs = self._frontend.inputs(inputs)            # e.g. a Keras model's NumPy/TF inputs
         names, values, keywords = normalise_inputs(self.model, inputs, known)
         values = tuple(self._prepare(v) for v in values)
         check_inputs(names, values, known)
@@ -332,16 +330,10 @@ _CACHE: "OrderedDict[tuple[int, Optional[torch.dtype]], tuple[weakref.ref, tuple
 _CACHE_SIZE = 4
 
 
-def _fingerprint(model: nn.Module) -> tuple:
-    """Changes whenever a parameter or buffer is replaced or updated in place (or mode flips)."""
-    return (model.training,) + tuple((t.data_ptr(), t._version) for t in list(model.parameters())
-                                     + list(model.buffers()))
-
-
-def _backtrace_for(model: nn.Module, dtype: Optional[torch.dtype], frontend: str = "auto") -> Backtrace:
+def _backtrace_for(model: Any, dtype: Optional[torch.dtype], frontend: str = "auto") -> Backtrace:
     key = (id(model), dtype, frontend)
     hit = _CACHE.get(key)
-    fp = _fingerprint(model)
+    fp = fingerprint(model)
     if hit is not None and hit[0]() is model and hit[1] == fp:
         _CACHE.move_to_end(key)
         return hit[2]
@@ -352,7 +344,7 @@ def _backtrace_for(model: nn.Module, dtype: Optional[torch.dtype], frontend: str
     return bt
 
 
-def explain(model: nn.Module, x: Any, mode: str = "default", target: Target = None,
+def explain(model: Any, x: Any, mode: str = "default", target: Target = None,
             dtype: Optional[torch.dtype] = None, *, frontend: str = "auto", return_all: bool = False,
             return_conservation: bool = False, position: Any = None, **options: Any) -> Any:
     """Input relevance of ``model`` on the batch ``x``; in contrastive mode the pair ``(R+, R-)``.
@@ -361,7 +353,8 @@ def explain(model: nn.Module, x: Any, mode: str = "default", target: Target = No
     them). The relevance returned is that of the primary input (``input_ids``,
     ``inputs_embeds`` or ``pixel_values`` of a mapping, else the first input): shaped like it
     for float inputs, per token ``(batch, seq_len)`` for token ids. A Hugging Face output is
-    read at ``.logits``.
+    read at ``.logits``. For a Keras model ``x`` may be NumPy arrays or TF tensors, and the
+    relevance (and conservation ratio) is NumPy.
 
     ``return_all``: a dict of every input's relevance by name instead. ``return_conservation``:
     also each sample's total input relevance (all inputs) over its starting relevance, as
@@ -394,8 +387,8 @@ def explain(model: nn.Module, x: Any, mode: str = "default", target: Target = No
                         position=position, seed_totals=totals, **settings)
     result = {name: rel[name] for name in names} if return_all else rel[primary]
     if not return_conservation:
-        return result
-    return result, _conservation([rel[name] for name in names], totals[0])
+        return bt._frontend.relevance(result)
+    return bt._frontend.relevance((result, _conservation([rel[name] for name in names], totals[0])))
 
 
 def _conservation(relevances: Sequence[Any], seed_total: Any) -> Any:

@@ -9,11 +9,16 @@ Default mode is not signed: the rule gives every contribution, positive or negat
 the sign of the output it came from, so a sample's map has one sign throughout (that of its
 starting value) and says how much, not which way. Contrastive mode's positive map is unsigned for
 the same reason; its ``difference`` map (positive minus negative) is signed.
+
+A Keras model (``experiments.keras_models.KerasClassifier``) is explained through its Keras model
+(with a Keras softmax appended for ``softmax``) by the engine's Keras front end; inputs and
+relevance are moved between the harness's layout and Keras's.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
 from torch import Tensor, nn
 
 from .base import MODALITIES, ExplainContext, Explainer, check_choice
@@ -33,15 +38,24 @@ class BacktraceMethod(Explainer):
                  options: Optional[dict[str, Any]] = None, **params: Any) -> None:
         super().__init__(model, context, output=output, options=options, **params)
         self.options = dict(self.params.get("options") or {})
-        self.explained = self.forward_fn(output)
+        self.keras = getattr(model, "framework", "torch") == "keras"
+        self.explained = model.with_output(output) if self.keras else self.forward_fn(output)
 
     def _run(self, inputs: Tensor, targets: Tensor) -> Any:
         """The engine's relevance; each sample's conservation (total input relevance over its
         starting relevance: how much the explanation kept) goes to the extras, for the record."""
         from backtrace import explain  # the engine; imported on use so baselines load without it
 
-        result, kept = explain(self.explained, inputs, mode=self.mode, target=targets, return_conservation=True,
-                               **self.options)
+        if not self.keras:
+            result, kept = explain(self.explained, inputs, mode=self.mode, target=targets, return_conservation=True,
+                                   **self.options)
+        else:
+            rel, ratio = explain(self.explained, self.model.to_keras(inputs), mode=self.mode, target=targets.cpu(),
+                                 return_conservation=True, **self.options)
+            back = self.model.from_keras
+            result = tuple(back(r).to(inputs.device) for r in rel) if isinstance(rel, tuple) \
+                else back(rel).to(inputs.device)
+            kept = tuple(torch.from_numpy(k) for k in ratio) if isinstance(ratio, tuple) else torch.from_numpy(ratio)
         if isinstance(kept, tuple):
             self.last_extras.update({"conservation_positive": kept[0].detach(), "conservation_negative": kept[1].detach()})
         else:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 MODALITIES = ("tabular", "image", "text")
 MODEL_KINDS = ("mlp", "conv", "transformer", "recurrent")
+FRAMEWORKS = ("torch", "keras")  # Keras models come wrapped (experiments.keras_models.KerasClassifier)
 CHANNEL_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs", "none")
 OUTPUTS = ("logits", "softmax")  # what a method explains: the raw class scores or their softmax
 
@@ -81,6 +82,7 @@ class Explainer:
     modalities: ClassVar[tuple[str, ...]] = MODALITIES  # data it can explain
     model_kinds: ClassVar[tuple[str, ...]] = MODEL_KINDS  # models it can explain
     outputs: ClassVar[tuple[str, ...]] = OUTPUTS  # functions of the model it can explain
+    frameworks: ClassVar[tuple[str, ...]] = FRAMEWORKS    # frameworks whose models it can explain
     deterministic: ClassVar[bool] = True
     # True where image attributions are one map per pixel, (N, 1, H, W), instead of one per input
     # channel: every channel reduction leaves such a map unchanged (GradCAM, LIME's superpixels).
@@ -91,7 +93,7 @@ class Explainer:
     absent_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, context: ExplainContext, **params: Any) -> None:
-        self.check_compatible(context.modality, context.model_kind, params.get("output"))
+        self.check_compatible(context.modality, context.model_kind, params.get("output"), framework_of(model))
         # Explanations are always of the model as deployed: BatchNorm/Dropout in inference mode.
         self.model = model.eval()
         self.context = context
@@ -102,7 +104,12 @@ class Explainer:
         self._seeds = np.random.default_rng(context.seed)
 
     @classmethod
-    def check_compatible(cls, modality: str, model_kind: str, output: Optional[str] = None) -> None:
+    def check_compatible(cls, modality: str, model_kind: str, output: Optional[str] = None,
+                         framework: str = "torch") -> None:
+        if framework not in cls.frameworks:
+            raise IncompatibleMethodError(
+                f"method {cls.name!r} does not support {framework} models; it supports: {', '.join(cls.frameworks)}"
+            )
         if modality not in cls.modalities:
             raise IncompatibleMethodError(
                 f"method {cls.name!r} does not support {modality!r} data; it supports: {', '.join(cls.modalities)}"
@@ -173,6 +180,11 @@ class Explainer:
                 f"method {self.name!r} returned attributions of shape {tuple(values.shape)}; "
                 f"expected {self.expected_shape(inputs)}"
             )
+
+
+def framework_of(model: nn.Module) -> str:
+    """``"keras"`` for a wrapped Keras model, else ``"torch"``."""
+    return str(getattr(model, "framework", "torch"))
 
 
 def plain(value: Any) -> Any:

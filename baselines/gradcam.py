@@ -10,6 +10,9 @@ The map is one value per pixel, returned as (N, 1, H, W) (``pixel_map``): the cl
 channel-pooled gradient weighs the feature maps; it has no per-input-channel meaning, so any
 channel reduction leaves it unchanged. With the ReLU of the paper it is non-negative: unsigned
 (``relu_attributions: false`` gives the signed map, and the instance then says ``signed``).
+
+A Keras model (``experiments.keras_models.KerasClassifier``) gets the same map from its Keras
+layers, with the gradient taken by ``tf.GradientTape`` (``layer`` names a Keras layer).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
-from .base import ExplainContext, Explainer, check_choice, leaf_calls
+from .base import ExplainContext, Explainer, check_choice, framework_of, leaf_calls
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
 
@@ -39,6 +42,38 @@ def find_last_conv_map(model: nn.Module, example: Tensor) -> str:
     return spatial_after[-1] if spatial_after else order[last_conv][0]
 
 
+def find_last_keras_conv_map(keras_model: object) -> str:
+    """The Keras counterpart of :func:`find_last_conv_map`, in the model's layer order."""
+    import keras
+
+    layers = list(keras_model.layers)
+    convs = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Conv2D)]
+    if not convs:
+        raise ValueError("gradcam needs a model with a Conv2D layer; this model has none")
+    spatial = [layer.name for layer in layers[convs[-1]:]
+               if len(layer.output.shape) == 4 and (layer.output.shape[1] or 2) * (layer.output.shape[2] or 2) > 1]
+    return spatial[-1] if spatial else layers[convs[-1]].name
+
+
+def keras_gradcam(model: nn.Module, layer: str, inputs: Tensor, targets: Tensor, output: str,
+                  relu: bool) -> Tensor:
+    """GradCAM of a wrapped Keras model at its layer ``layer``: (N, 1, h, w) at the layer's size."""
+    import keras
+    import tensorflow as tf
+
+    explained = model.with_output(output)
+    probe = keras.Model(explained.inputs, [explained.get_layer(layer).output, explained.outputs[0]])
+    x = tf.constant(model.to_keras(inputs))
+    idx = tf.constant(targets.cpu().numpy()[:, None])
+    with tf.GradientTape() as tape:
+        acts, out = probe(x, training=False)
+        score = tf.gather(out, idx, batch_dims=1)
+    grads = tape.gradient(score, acts)                                  # (N, h, w, C)
+    cam = tf.reduce_sum(tf.reduce_mean(grads, axis=(1, 2), keepdims=True) * acts, axis=-1)
+    cam = torch.from_numpy(cam.numpy()).unsqueeze(1)
+    return cam.clamp(min=0) if relu else cam
+
+
 class GradCAMMethod(Explainer):
     """LayerGradCam on the last conv feature map, with ``relu_attributions`` as in the paper."""
 
@@ -54,8 +89,13 @@ class GradCAMMethod(Explainer):
         super().__init__(model, context, layer=layer, interpolate_mode=interpolate_mode,
                          relu_attributions=relu_attributions, output=output)
         check_choice("interpolate_mode", interpolate_mode, INTERPOLATIONS)
-        modules = dict(model.named_modules())
-        if layer is not None and layer not in modules:
+        self.keras = framework_of(model) == "keras"
+        modules = dict(model.named_modules()) if not self.keras else {}
+        if self.keras and layer is not None:
+            names = [lay.name for lay in model.keras_model.layers]
+            if layer not in names:
+                raise ValueError(f"gradcam layer {layer!r} is not a layer of the Keras model; layers: {', '.join(names)}")
+        elif layer is not None and layer not in modules:
             convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
             raise ValueError(f"gradcam layer {layer!r} is not a module of the model; conv layers: {', '.join(convs)}")
         self.layer_name = layer
@@ -74,5 +114,11 @@ class GradCAMMethod(Explainer):
         return self._method
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        if self.keras:
+            if self.layer_name is None:
+                self.layer_name = find_last_keras_conv_map(self.model.keras_model)
+            cam = keras_gradcam(self.model, self.layer_name, inputs, targets, self.output, self.relu_attributions)
+            return LayerAttribution.interpolate(cam, tuple(inputs.shape[-2:]),
+                                                interpolate_mode=self.interpolate_mode).to(inputs.device)
         cam = self._build(inputs).attribute(inputs.detach().requires_grad_(True), target=targets, relu_attributions=self.relu_attributions)
         return LayerAttribution.interpolate(cam, tuple(inputs.shape[-2:]), interpolate_mode=self.interpolate_mode)

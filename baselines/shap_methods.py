@@ -233,6 +233,7 @@ class ShapDeepMethod(Explainer):
     absent_params = ("background_size",)
     modalities = ("tabular", "image")
     model_kinds = ("mlp", "conv")
+    frameworks = ("torch",)   # DeepLIFT's rules hook torch layers; a Keras model is opaque to them
 
     def __init__(self, model: nn.Module, context: ExplainContext, background_size: int = 50,
                  check_additivity: bool = True, output: str = "logits") -> None:

@@ -58,7 +58,7 @@ def check_method(cfg: DictConfig) -> type:
     except Exception as exc:  # a config pointing at a missing class is a config error
         raise ConfigError(f"method config names an unknown class {cfg.method._target_!r}") from exc
     try:
-        cls.check_compatible(cfg.model.modality, cfg.model.kind, cfg.get("output"))
+        cls.check_compatible(cfg.model.modality, cfg.model.kind, cfg.get("output"), cfg.model.get("framework", "torch"))
     except IncompatibleMethodError as exc:
         raise ConfigError(f"{exc} (model {cfg.model.name!r})") from exc
     return cls

@@ -112,7 +112,14 @@ def train(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int, 
 
     ``label_smoothing`` (0 when absent) keeps the model from saturating: a softmax output of
     exactly 1.0 in float32 has zero gradient and does not move when a feature is removed, which
-    leaves gradient explanations and drop-one faithfulness scores of that sample undefined."""
+    leaves gradient explanations and drop-one faithfulness scores of that sample undefined.
+    A Keras model (``experiments.keras_models``) trains with Keras's own ``fit``, likewise."""
+    if getattr(model, "framework", "torch") == "keras":
+        return model.fit(dataset.x_train, dataset.y_train, epochs=int(train_cfg.epochs),
+                         batch_size=int(train_cfg.batch_size), lr=float(train_cfg.lr),
+                         weight_decay=float(train_cfg.weight_decay), seed=seed,
+                         label_smoothing=float(train_cfg.get("label_smoothing", 0.0)),
+                         progress=os.environ.get("BACKTRACE_BENCH_NO_PROGRESS") != "1").eval()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()

@@ -1,35 +1,51 @@
-"""Front ends turn a model into the IR: ``torch_fx`` (symbolic tracing, once per model) and
-``torch_export`` (torch.export's ATen graph, once per input signature).
+"""Front ends turn a model into the IR: ``torch_fx`` (symbolic tracing, once per model),
+``torch_export`` (torch.export's ATen graph, once per input signature) and ``keras`` (a Keras 3
+model mirrored in torch, then traced by ``torch_fx``; imported only for Keras models, so
+torch-only use never imports TensorFlow).
 
-A front end gives ``(Graph, runner)`` for a batch of inputs; ``runner(inputs, wanted)``
-returns ``{IR node name: value}`` for the node names in ``wanted``. The engine picks one by
-model type (:func:`choose_frontend`) and never looks inside it.
+A front end holds the engine's working copy of the model (``model``: the caller's model is
+never changed) and gives ``(Graph, runner)`` for a batch of inputs; ``runner(inputs, wanted)``
+returns ``{IR node name: value}`` for the node names in ``wanted``. It also moves inputs into
+torch and relevance back into the user's framework. The engine picks one by model type
+(:func:`choose_frontend`) and never looks inside it.
 """
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from backtrace.errors import UnsupportedOperation
 from backtrace.ir import Graph
 
 Runner = Callable[[Sequence[Any], set], dict]
+FRONTENDS = ("auto", "fx", "export", "keras")
 
 
 class FrontEnd:
-    """``graph``: the model's graph when it is known before any input (else ``None``);
-    ``lower(names, values, keywords)``: the graph and runner for these inputs;
-    ``channels_last``: whether 4-D float inputs should come in channels-last memory."""
+    """``model``: the torch module the engine runs (a copy); ``graph``: the model's graph when
+    it is known before any input (else ``None``); ``lower(names, values, keywords)``: the graph
+    and runner for these inputs; ``channels_last``: whether 4-D float inputs should come in
+    channels-last memory; ``inputs`` / ``relevance``: the user's inputs as torch values, and
+    relevance as the user's framework holds arrays (both unchanged for torch models)."""
 
     name = ""
+    model: Any = None
     graph: Optional[Graph] = None
     module: Any = None
     channels_last = False
 
     def lower(self, names: tuple[str, ...], values: tuple[Any, ...], keywords: bool) -> tuple[Graph, Runner]:
         raise NotImplementedError
+
+    def inputs(self, x: Any) -> Any:
+        return x
+
+    def relevance(self, r: Any) -> Any:
+        return r
 
 
 class FxFrontEnd(FrontEnd):
@@ -41,6 +57,7 @@ class FxFrontEnd(FrontEnd):
     def __init__(self, model: nn.Module, fold: bool) -> None:
         from backtrace.frontends.torch_fx import lower
 
+        self.model = model
         self.graph, self.runner, self.module = lower(model, fold=fold)
 
     def lower(self, names: tuple[str, ...], values: tuple[Any, ...], keywords: bool) -> tuple[Graph, Runner]:
@@ -71,6 +88,41 @@ class ExportFrontEnd(FrontEnd):
         return hit
 
 
+class KerasFrontEnd(FxFrontEnd):
+    """Keras 3: the model's torch mirror (:func:`backtrace.frontends.keras.to_torch`, built from
+    copies of its weights), traced once by torch.fx. Inputs are NumPy arrays, TF or torch
+    tensors in Keras's own layout (channels-last images as given: the mirror permutes them
+    itself, so the engine leaves their memory layout alone); relevance comes back as NumPy."""
+
+    name = "keras"
+    channels_last = False
+
+    def __init__(self, model: Any, fold: bool, dtype: Optional[torch.dtype] = None) -> None:
+        from backtrace.frontends.keras import to_torch
+
+        mirror = to_torch(model).eval()
+        super().__init__(mirror.to(dtype) if dtype is not None else mirror, fold)
+
+    def inputs(self, x: Any) -> Any:
+        from backtrace.frontends.keras import inputs_to_torch
+
+        return inputs_to_torch(x)
+
+    def relevance(self, r: Any) -> Any:
+        from backtrace.frontends.keras import relevance_to_numpy
+
+        if isinstance(r, dict):
+            return {name: self.relevance(v) for name, v in r.items()}
+        if isinstance(r, tuple):
+            return tuple(self.relevance(v) for v in r)
+        return relevance_to_numpy(r)
+
+
+def is_keras_model(model: Any) -> bool:
+    """True for Keras models, told by the module of the model's classes (no keras import)."""
+    return any((getattr(cls, "__module__", None) or "").split(".")[0] == "keras" for cls in type(model).__mro__)
+
+
 def needs_export(model: nn.Module) -> bool:
     """Models torch.fx cannot map: Hugging Face transformers (fx cannot trace them) and
     PyTorch's own attention modules (fx sees one opaque attention function)."""
@@ -82,14 +134,40 @@ def needs_export(model: nn.Module) -> bool:
     return False
 
 
-def choose_frontend(model: nn.Module, frontend: str, fold: bool) -> FrontEnd:
-    """``"fx"``, ``"export"``, or ``"auto"``: torch.fx unless :func:`needs_export` or symbolic
-    tracing itself fails (an op torch.fx traces but cannot map is still its named error)."""
-    if frontend == "export" or (frontend == "auto" and needs_export(model)):
-        return ExportFrontEnd(model)
+def fingerprint(model: Any) -> tuple:
+    """Changes whenever a weight of the model is replaced or updated in place (or, for a torch
+    model, its training mode flips): when a cached trace of it is stale."""
+    if is_keras_model(model):
+        from backtrace.frontends.keras import fingerprint as keras_fingerprint
+
+        return keras_fingerprint(model)
+    return (model.training,) + tuple((t.data_ptr(), t._version) for t in list(model.parameters())
+                                     + list(model.buffers()))
+
+
+def choose_frontend(model: Any, frontend: str, fold: bool, dtype: Optional[torch.dtype] = None) -> FrontEnd:
+    """The front end for ``model`` (the caller's; the front end works on a copy, converted to
+    ``dtype``). A Keras model (told by its class's module) gets the Keras front end (``"auto"``
+    or ``"keras"``). A torch model: ``"fx"``, ``"export"``, or ``"auto"``: torch.fx unless
+    :func:`needs_export` or symbolic tracing itself fails (an op torch.fx traces but cannot map
+    is still its named error)."""
+    if frontend not in FRONTENDS:
+        raise ValueError(f"unknown frontend {frontend!r}; choose one of: {', '.join(FRONTENDS)}")
+    if is_keras_model(model):
+        if frontend not in ("auto", "keras"):
+            raise ValueError(f"frontend {frontend!r} is for PyTorch models; a Keras model takes: auto, keras")
+        return KerasFrontEnd(model, fold, dtype)
+    if frontend == "keras":
+        raise ValueError(f"frontend 'keras' is for Keras models, not {type(model).__name__}; "
+                         f"choose one of: auto, fx, export")
+    work = copy.deepcopy(model).eval()
+    if dtype is not None:
+        work = work.to(dtype)
+    if frontend == "export" or (frontend == "auto" and needs_export(work)):
+        return ExportFrontEnd(work)
     try:
-        return FxFrontEnd(model, fold)
+        return FxFrontEnd(work, fold)
     except UnsupportedOperation as exc:
         if frontend == "auto" and exc.node == "<trace>":     # symbolic tracing itself failed
-            return ExportFrontEnd(model)
+            return ExportFrontEnd(work)
         raise

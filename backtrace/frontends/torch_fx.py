@@ -541,18 +541,24 @@ def _layout_free_views(gm: fx.GraphModule) -> None:
 
 def trace(model: nn.Module, fold: bool = True) -> tuple[Graph, fx.GraphModule]:
     """Trace ``model`` (which the caller owns: parameters are cloned, nothing is modified)."""
+    if isinstance(model, fx.GraphModule) and model.meta.get("backtrace_frontend"):
+        return _graph_of(model, fold), model          # a graph another front end built (Keras)
     try:
         gm = fx.GraphModule(model, fx.Tracer().trace(model))
     except Exception as exc:  # symbolic tracing failed: data-dependent control flow etc.
         raise UnsupportedOperation("<trace>", f"model {type(model).__name__}", RULES,
                                    f"torch.fx could not trace it: {exc}".replace("\n", " ")) from exc
+    return _graph_of(gm, fold), gm
+
+
+def _graph_of(gm: fx.GraphModule, fold: bool) -> Graph:
     graph = _Builder(gm).build()
     _layout_free_views(gm)
     if fold:
         graph = fold_batchnorm(graph)
     mark_activations(graph)
     check_supported(graph)
-    return graph, gm
+    return graph
 
 
 class _Recorder(fx.Interpreter):
