@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from baselines import METHODS, ExplainContext, Explainer, IncompatibleMethodError, reduce_channels
-from experiments.config import method_config
+from experiments.config import ConfigError, method_config
 from baselines.base import CHANNEL_REDUCTIONS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "method"
@@ -286,7 +286,6 @@ def test_unsupported_pairs_are_refused_before_running(name, modality, kind, mess
 
 @pytest.mark.parametrize("name,over,message", [
     ("ig", {"baseline": "noise"}, "unknown ig baseline 'noise'; choose one of: zero, mean"),
-    ("saliency", {"output": "probs"}, "method 'saliency' cannot explain output 'probs'; valid choices: logits, softmax"),
     ("lime", {"segmentation": "watershed"},
      "unknown lime segmentation 'watershed'; choose one of: quickshift, slic, felzenszwalb"),
     ("shap_kernel", {"background": "median"}, "unknown shap_kernel background 'median'; choose one of: kmeans, sample, full"),
@@ -303,6 +302,14 @@ def test_bad_parameters_are_one_clear_line(name, over, message):
         build(name, modality, **over)
     assert isinstance(err.value.__cause__, ValueError)
     assert str(err.value.__cause__) == message
+
+
+def test_an_unknown_output_is_refused_by_the_config_and_by_the_method():
+    with pytest.raises(ConfigError, match=r"^unknown output 'probs'; valid choices: softmax, logits$"):
+        method_config("saliency", "probs")
+    with pytest.raises(IncompatibleMethodError) as err:
+        METHODS["saliency"](tiny_mlp(), context("tabular"), output="probs")
+    assert str(err.value) == "method 'saliency' cannot explain output 'probs'; valid choices: logits, softmax"
 
 
 def test_background_methods_need_training_inputs():
