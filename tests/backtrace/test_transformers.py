@@ -259,6 +259,15 @@ def test_unsupported_aten_op_is_named_with_its_module_and_a_way_out() -> None:
     assert "frontend='fx'" in msg and "attention" in info.value.supported
 
 
+def test_front_end_choices_are_checked_by_name() -> None:
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"^unknown frontend 'onnx'; choose one of: auto, fx, export, keras$"):
+        Backtrace(model, frontend="onnx")
+    with pytest.raises(ValueError, match=r"^frontend 'keras' is for Keras models, not Sequential; "
+                                         r"choose one of: auto, fx, export$"):
+        explain(model, torch.randn(2, 3), frontend="keras")
+
+
 def test_non_finite_and_integer_inputs_are_refused_by_name() -> None:
     model = nn.Sequential(nn.Linear(4, 3)).eval()
     x = torch.randn(5, 4)
