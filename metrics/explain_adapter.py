@@ -9,18 +9,35 @@ built, prepared exactly as the harness prepared the attributions being scored
 Explanations of the harness's own model are memoised per explainer when the explainer carries a
 ``memo`` dict (the runner gives it one): MaxSensitivity and AvgSensitivity draw the same seeded
 perturbations, so the second reads the explanations the first computed instead of re-running the
-method, and a stochastic method is scored on the same perturbed explanations by both.
+method, and a stochastic method is scored on the same perturbed explanations by both. For that the
+explainer runs with the global random generators saved and restored around it: whatever a library
+draws from them (shap does) must not move the perturbations Quantus draws next, or a memoised and
+a fresh call would lead to different perturbations.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any, Optional, Sequence
+import random
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from baselines.base import Explainer, for_scoring
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block without moving numpy's, torch's or Python's global random generators."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 class ExplainFunc:
@@ -56,7 +73,8 @@ class ExplainFunc:
         x = torch.as_tensor(inputs, device=device)
         t = torch.as_tensor(targets, device=device)
         explainer = self.explainer_for(model)
-        values = explainer(x, t).values
+        with preserved_rng():
+            values = explainer(x, t).values
         out = for_scoring(values, explainer.signed, self.channel_reduction).detach().cpu().numpy().astype(np.float64)
         if key is not None:
             memo[key] = out.copy()

@@ -79,8 +79,7 @@ def context(modality: str, seed: int = 0) -> ExplainContext:
 def build(name: str, modality: str, seed: int = 0, model: nn.Module | None = None, **over: Any) -> Explainer:
     """The method as the harness builds it: from its yaml, through hydra.utils.instantiate."""
     params = {**SMALL.get(name, {}), **(LIME_IMAGE if (name == "lime" and modality == "image") else {}), **over}
-    output = params.pop("output", "logits" if name == "shap_deep" else "softmax")
-    cfg = method_config(name, output, **params)
+    cfg = method_config(name, "logits" if name == "shap_deep" else "softmax", **params)
     model = model if model is not None else SETUPS[modality][1]()
     return instantiate(cfg, model=model, context=context(modality, seed))
 

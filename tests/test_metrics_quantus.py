@@ -339,3 +339,23 @@ def test_avg_sensitivity_reuses_the_explanations_max_sensitivity_computed(setup)
     # a randomised copy of the model (MPRT) is never served from the memo
     qm.MPRT()(model, x, y, perfect, explainer=shared)
     assert shared.calls > 3 * N
+
+
+class GlobalNoiseGradInput(CountingGradInput):
+    """Draws from numpy's global generator, as shap does inside its explainers."""
+
+    name = "global_noise"
+
+    def explain(self, inputs, targets):
+        np.random.normal(size=7)
+        return super().explain(inputs, targets) * (1 + 0.01 * torch.from_numpy(np.random.rand(*inputs.shape)).float())
+
+
+def test_a_method_drawing_from_the_global_generator_does_not_move_the_perturbations(setup):
+    model, x, y, explainer, perfect, _ = setup
+    shared = GlobalNoiseGradInput(model, explainer.context)
+    shared.memo = {}
+    qm.MaxSensitivity(nr_samples=3)(model, x, y, perfect, explainer=shared)
+    calls = shared.calls
+    qm.AvgSensitivity(nr_samples=3)(model, x, y, perfect, explainer=shared)
+    assert shared.calls == calls                                   # every perturbed input was seen before
