@@ -79,7 +79,10 @@ def context(modality: str, seed: int = 0) -> ExplainContext:
 def build(name: str, modality: str, seed: int = 0, model: nn.Module | None = None, **over: Any) -> Explainer:
     """The method as the harness builds it: from its yaml, through hydra.utils.instantiate."""
     params = {**SMALL.get(name, {}), **(LIME_IMAGE if (name == "lime" and modality == "image") else {}), **over}
+    output = params.pop("output", None)  # any value, even one the config would refuse: the method must
     cfg = method_config(name, "logits" if name == "shap_deep" else "softmax", **params)
+    if output is not None:
+        cfg = OmegaConf.merge(cfg, {"output": output})
     model = model if model is not None else SETUPS[modality][1]()
     return instantiate(cfg, model=model, context=context(modality, seed))
 
