@@ -280,9 +280,10 @@ def heading(data: TableData, stats: dict[str, Any]) -> str:
 
 
 def _kept(diagnostics: dict[str, Any]) -> str:
-    """Backtrace's conservation: each sample's total input relevance over its starting relevance."""
-    parts = [f"{k.replace('conservation', '').strip('_') or 'all'} {v['mean']:.3f}"
-             for k, v in sorted(diagnostics.items()) if k.startswith("conservation")]
+    """Backtrace's conservation: each sample's total input relevance over its starting relevance
+    (contrastive mode: one ratio per map, R+ and R-)."""
+    names = {"conservation": "", "conservation_positive": "R+ ", "conservation_negative": "R- "}
+    parts = [f"{names[k]}{diagnostics[k]['mean']:.3f}" for k in names if k in diagnostics]
     return ", ".join(parts) if parts else "-"
 
 

@@ -170,3 +170,22 @@ def test_reproduce_refuses_an_unknown_table(capsys):
     assert reproduce(["nope"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: unknown table 'nope'; valid choices: paper_image, paper_localisation, paper_tabular")
+
+
+def test_backtrace_conservation_is_shown_under_the_table(tmp_path):
+    root = tmp_path / "runs"
+    n = 6
+    scores = pd.DataFrame({"sample": np.arange(n), "faith": np.linspace(0, 1, n), "complexity": np.ones(n),
+                           "conservation": np.full(n, 0.5)})
+    record = {**_record("backtrace", n=n), "diagnostics": {"conservation": {"mean": 0.5, "min": 0.5, "max": 0.5}}}
+    write_record(root, "bt", record, scores, {"attributions": np.zeros((n, 1, 4, 4)), "inputs": np.zeros((n, 1, 4, 4))})
+    contrastive = {**_record("backtrace_contrastive", n=n), "diagnostics": {
+        "conservation_positive": {"mean": 0.25, "min": 0.0, "max": 1.0},
+        "conservation_negative": {"mean": 0.75, "min": 0.0, "max": 1.0}}}
+    write_record(root, "btc", contrastive, scores, {"attributions": np.zeros((n, 1, 4, 4)), "inputs": np.zeros((n, 1, 4, 4))})
+    out = tmp_path / "results"
+    assert main(["--results-dir", str(root), "--out", str(out)]) == 0
+    md = (out / "tables" / "toy_table.md").read_text()
+    notes = {line.split(" | ")[0][2:]: line for line in md.splitlines() if "| softmax |" in line or "| None |" in line}
+    assert notes["backtrace"].endswith("| 0.500 |")
+    assert notes["backtrace_contrastive"].endswith("| R+ 0.250, R- 0.750 |")
