@@ -33,6 +33,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from backtrace.errors import UnsupportedOperation
+from backtrace.frontends.torch_fx import _Recorder  # the same value recorder for both front ends
 from backtrace.ir import Graph, Node
 from backtrace.rules import RULES
 
@@ -422,19 +423,6 @@ def prune_unused(graph: Graph) -> None:
             continue
         if not users[n.name] or all(u.kind == "aux" for u in users[n.name]):
             n.kind, n.inputs, n.params = "aux", (), {}
-
-
-class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
-        super().__init__(gm, garbage_collect_values=True)
-        self.wanted = wanted
-        self.kept: dict[str, Any] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        value = super().run_node(n)
-        if n.name in self.wanted:
-            self.kept[n.name] = value
-        return value
 
 
 def export(model: nn.Module, inputs: Sequence[Tensor], names: Sequence[str], keywords: bool
