@@ -194,7 +194,8 @@ def test_backtrace_scores_the_keras_model_and_its_torch_version_alike(model, met
     ks, ts = pd.read_csv(keras_run.path / "scores.csv"), pd.read_csv(torch_run.path / "scores.csv")
     for metric in kr["metrics"]:
         assert np.isfinite(ts[metric]).all()
-        np.testing.assert_allclose(ks[metric], ts[metric], rtol=1e-5, atol=1e-6, err_msg=metric)
+        # scores lie in [-1, 1]; float32 forward passes of the two frameworks differ by ~1e-6
+        np.testing.assert_allclose(ks[metric], ts[metric], rtol=1e-5, atol=1e-5, err_msg=metric)
 
 
 def test_the_torch_version_loads_the_cached_keras_model_and_does_not_retrain(tmp_path):
