@@ -169,4 +169,4 @@ def test_reproduce_refuses_an_unknown_table(capsys):
 
     assert reproduce(["nope"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: unknown table 'nope'; valid choices: paper_image, paper_localisation, paper_tabular")
+        "error: unknown table 'nope'; valid choices: keras, paper_image, paper_localisation, paper_tabular")
