@@ -199,3 +199,46 @@ def keras_cnn(in_channels: int, num_classes: int, input_size: Sequence[int] = (2
         L.Flatten(), L.Dense(int(hidden), activation="relu"), L.Dense(int(num_classes)),
     ], name="keras_cnn")
     return KerasClassifier(model, image=True)
+
+
+def torch_copy(net: KerasClassifier) -> nn.Module:
+    """The zoo's torch network (``MLP`` or ``SmallCNN``) carrying this Keras model's weights: the
+    torch version of one trained network, so that the two frameworks can be compared on it.
+
+    Keras kernels are (in, out) and (kh, kw, in, out), torch's (out, in) and (out, in, kh, kw);
+    Keras flattens an image channels-last (HWC), torch channels-first (CHW), so the first dense
+    layer's rows are reordered."""
+    from experiments.models import MLP, SmallCNN
+
+    weighted = [layer for layer in net.keras_model.layers if layer.weights]
+    kinds = [type(layer).__name__ for layer in weighted]
+    def t(v: Any) -> Tensor:
+        return torch.from_numpy(np.array(v.numpy(), dtype=np.float32))
+    if net.image:
+        if kinds != ["Conv2D", "Conv2D", "Dense", "Dense"]:
+            raise ValueError(f"no torch copy for a Keras image model with layers {kinds}; expected keras_cnn's")
+        c1, c2, d1, d2 = weighted
+        _, h, w, cin = net.keras_model.input_shape
+        tm: nn.Module = SmallCNN(int(cin), int(d2.units), (int(h), int(w)), (c1.filters, c2.filters), int(d1.units))
+        hh, ww = int(h) // 4, int(w) // 4
+        rows = torch.arange(hh * ww * c2.filters).reshape(hh, ww, c2.filters).permute(2, 0, 1).reshape(-1)
+        with torch.no_grad():
+            for conv, k in ((tm.features[0], c1), (tm.features[3], c2)):
+                conv.weight.copy_(t(k.kernel).permute(3, 2, 0, 1))
+                conv.bias.copy_(t(k.bias))
+            tm.classifier[1].weight.copy_(t(d1.kernel)[rows].T)
+            tm.classifier[1].bias.copy_(t(d1.bias))
+            tm.classifier[3].weight.copy_(t(d2.kernel).T)
+            tm.classifier[3].bias.copy_(t(d2.bias))
+        return tm.eval()
+    if set(kinds) != {"Dense"}:
+        raise ValueError(f"no torch copy for a Keras tabular model with layers {kinds}; expected keras_mlp's")
+    activation = weighted[0].activation.__name__
+    tm = MLP(int(weighted[0].kernel.shape[0]), int(weighted[-1].units), [int(d.units) for d in weighted[:-1]],
+             activation=activation)
+    linears = [m for m in tm.net if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for lin, d in zip(linears, weighted):
+            lin.weight.copy_(t(d.kernel).T)
+            lin.bias.copy_(t(d.bias))
+    return tm.eval()

@@ -181,7 +181,27 @@ def _load(path: Path) -> Optional[tuple[dict[str, Any], dict[str, torch.Tensor]]
 
 def load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Dataset, seed: int,
                   cache_dir: str | Path, device: torch.device) -> TrainedModel:
-    """The model for this config: from the cache when present and sound, else trained and cached."""
+    """The model for this config: from the cache when present and sound, else trained and cached.
+
+    ``model.torch_copy_of`` (a Keras model's name, with that model's ``net`` and ``train``) gives
+    the torch version of that same trained Keras network: the Keras model is loaded from (or
+    trained into) its own cache entry, then its weights go into the zoo's torch network
+    (``experiments.keras_models.torch_copy``); nothing is retrained."""
+    source = model_cfg.get("torch_copy_of")
+    if not source:
+        return _load_or_train(model_cfg, dataset_cfg, dataset, seed, cache_dir, device)
+    keras_cfg = OmegaConf.merge(model_cfg, {"name": source, "framework": "keras"})
+    trained = _load_or_train(keras_cfg, dataset_cfg, dataset, seed, cache_dir, device)
+    from experiments.keras_models import torch_copy
+
+    net = torch_copy(trained.model).to(device).eval()
+    acc = accuracy(net, dataset.x_test, dataset.y_test)
+    print(f"model {model_cfg.name}: torch copy of {source} (test accuracy {acc:.4f})")
+    return TrainedModel(net, acc, trained.cache_key, trained.cache_path, trained.from_cache, trained.train_seconds)
+
+
+def _load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Dataset, seed: int,
+                   cache_dir: str | Path, device: torch.device) -> TrainedModel:
     key = model_cache_key(model_cfg, dataset_cfg, seed)
     torch.manual_seed(seed)
     net = build_network(model_cfg, dataset)

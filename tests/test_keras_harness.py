@@ -6,6 +6,7 @@ import copy
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -22,7 +23,7 @@ from baselines.shap_methods import ShapDeepMethod  # noqa: E402
 from experiments.config import compose  # noqa: E402
 from experiments.datasets import Dataset  # noqa: E402
 from experiments.keras_models import keras_cnn, keras_mlp  # noqa: E402
-from experiments.models import SmallCNN  # noqa: E402
+from experiments.models import MLP, SmallCNN  # noqa: E402
 from experiments.runner import run  # noqa: E402
 from experiments.training import load_or_train  # noqa: E402
 
@@ -172,3 +173,37 @@ def test_the_torch_harness_does_not_import_tensorflow():
             "from metrics.quantus_metrics import FaithfulnessCorrelation; "
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize("model,method", [("keras_cnn", "backtrace"), ("keras_mlp", "backtrace_contrastive")])
+def test_backtrace_scores_the_keras_model_and_its_torch_version_alike(model, method, run_dirs):
+    """`model=<keras>_torch` is the same trained network in torch (the zoo's SmallCNN/MLP with the
+    Keras weights, loaded from the Keras model's cache entry): same accuracy, same relevance and
+    the same per-sample metric scores through the harness."""
+    common = ["model.train.epochs=1", f"method={method}", "metrics=quick", "n_samples=6", "batch_size=6"]
+    keras_run = run(compose([f"model={model}", *common] + run_dirs))
+    torch_run = run(compose([f"model={model}_torch", *common] + run_dirs))
+    kr, tr = keras_run.record, torch_run.record
+    assert tr["model"]["name"] == f"{model}_torch" and kr["model"]["name"] == model
+    assert tr["model"]["test_accuracy"] == kr["model"]["test_accuracy"] > 0.3
+    ka, ta = np.load(keras_run.path / "arrays.npz"), np.load(torch_run.path / "arrays.npz")
+    np.testing.assert_array_equal(ka["sample"], ta["sample"])
+    assert np.abs(ta["attributions"]).max() > 0
+    np.testing.assert_allclose(ka["attributions"], ta["attributions"], rtol=1e-5,
+                               atol=1e-5 * np.abs(ta["attributions"]).max())
+    ks, ts = pd.read_csv(keras_run.path / "scores.csv"), pd.read_csv(torch_run.path / "scores.csv")
+    for metric in kr["metrics"]:
+        assert np.isfinite(ts[metric]).all()
+        # scores lie in [-1, 1]; float32 forward passes of the two frameworks differ by ~1e-6
+        np.testing.assert_allclose(ks[metric], ts[metric], rtol=1e-5, atol=1e-5, err_msg=metric)
+
+
+def test_the_torch_version_loads_the_cached_keras_model_and_does_not_retrain(tmp_path):
+    ds = _toy()
+    keras_side = load_or_train(MODEL, DATA, ds, 0, tmp_path, torch.device("cpu"))
+    copy_cfg = OmegaConf.merge(MODEL, {"name": "keras_mlp_torch", "torch_copy_of": "keras_mlp", "framework": "torch"})
+    torch_side = load_or_train(copy_cfg, DATA, ds, 0, tmp_path, torch.device("cpu"))
+    assert torch_side.from_cache and torch_side.cache_path == keras_side.cache_path
+    assert isinstance(torch_side.model, MLP) and torch_side.accuracy == keras_side.accuracy
+    with torch.no_grad():
+        torch.testing.assert_close(torch_side.model(ds.x_test), keras_side.model(ds.x_test), rtol=1e-5, atol=1e-6)

@@ -169,7 +169,7 @@ def test_reproduce_refuses_an_unknown_table(capsys):
 
     assert reproduce(["nope"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: unknown table 'nope'; valid choices: paper_image, paper_localisation, paper_tabular")
+        "error: unknown table 'nope'; valid choices: keras, paper_image, paper_localisation, paper_tabular")
 
 
 def test_backtrace_conservation_is_shown_under_the_table(tmp_path):
