@@ -21,11 +21,11 @@ from baselines.captum_methods import IntegratedGradientsMethod, SaliencyMethod  
 from baselines.gradcam import GradCAMMethod  # noqa: E402
 from baselines.shap_methods import ShapDeepMethod  # noqa: E402
 from experiments.config import compose  # noqa: E402
-from experiments.datasets import Dataset  # noqa: E402
 from experiments.keras_models import keras_cnn, keras_mlp  # noqa: E402
 from experiments.models import MLP, SmallCNN  # noqa: E402
 from experiments.runner import run  # noqa: E402
 from experiments.training import load_or_train  # noqa: E402
+from dataset_helpers import toy_dataset  # noqa: E402
 
 
 def _t(v) -> torch.Tensor:
@@ -112,14 +112,6 @@ def test_layer_reset_is_seeded_and_copies_are_independent():
         np.testing.assert_array_equal(w.numpy(), b)
 
 
-def _toy() -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 4, generator=g)
-    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
-    return Dataset(name="toy", modality="tabular", x_train=x[:150], y_train=y[:150], x_test=x[150:],
-                   y_test=y[150:], n_classes=2)
-
-
 MODEL = OmegaConf.create({
     "name": "keras_mlp", "kind": "mlp", "modality": "tabular", "framework": "keras", "pretrained": False,
     "net": {"_target_": "experiments.keras_models.keras_mlp", "hidden": [8]},
@@ -129,7 +121,7 @@ DATA = OmegaConf.create({"_target_": "toy"})
 
 
 def test_keras_training_is_deterministic_cached_and_reloaded(tmp_path):
-    ds = _toy()
+    ds = toy_dataset()
     first = load_or_train(MODEL, DATA, ds, 0, tmp_path / "a", torch.device("cpu"))
     assert not first.from_cache and first.accuracy > 0.8 and first.cache_path.is_file()
     again = load_or_train(MODEL, DATA, ds, 0, tmp_path / "b", torch.device("cpu"))      # trained afresh
@@ -199,7 +191,7 @@ def test_backtrace_scores_the_keras_model_and_its_torch_version_alike(model, met
 
 
 def test_the_torch_version_loads_the_cached_keras_model_and_does_not_retrain(tmp_path):
-    ds = _toy()
+    ds = toy_dataset()
     keras_side = load_or_train(MODEL, DATA, ds, 0, tmp_path, torch.device("cpu"))
     copy_cfg = OmegaConf.merge(MODEL, {"name": "keras_mlp_torch", "torch_copy_of": "keras_mlp", "framework": "torch"})
     torch_side = load_or_train(copy_cfg, DATA, ds, 0, tmp_path, torch.device("cpu"))

@@ -4,16 +4,8 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from experiments.datasets import Dataset
 from experiments.training import load_or_train, model_cache_key
-
-
-def _toy() -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 4, generator=g)
-    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
-    return Dataset(name="toy", modality="tabular", x_train=x[:150], y_train=y[:150], x_test=x[150:],
-                   y_test=y[150:], n_classes=2)
+from dataset_helpers import toy_dataset
 
 
 MODEL = OmegaConf.create({
@@ -33,7 +25,7 @@ def test_key_depends_on_model_data_training_and_seed():
 
 
 def test_trained_once_then_loaded_and_deterministic(tmp_path):
-    ds = _toy()
+    ds = toy_dataset()
     first = load_or_train(MODEL, DATA, ds, 0, tmp_path, torch.device("cpu"))
     assert not first.from_cache and first.accuracy > 0.8 and first.cache_path.is_file()
     second = load_or_train(MODEL, DATA, ds, 0, tmp_path, torch.device("cpu"))
@@ -48,7 +40,7 @@ def test_trained_once_then_loaded_and_deterministic(tmp_path):
 
 
 def test_corrupt_cache_file_is_rebuilt(tmp_path, capsys):
-    ds = _toy()
+    ds = toy_dataset()
     first = load_or_train(MODEL, DATA, ds, 0, tmp_path, torch.device("cpu"))
     raw = bytearray(first.cache_path.read_bytes())
     raw[-10] ^= 0xFF  # flip bits inside the weights

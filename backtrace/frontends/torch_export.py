@@ -33,7 +33,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from backtrace.errors import UnsupportedOperation
-from backtrace.frontends.torch_fx import _Recorder  # the same value recorder for both front ends
+from backtrace.frontends.torch_fx import _Recorder, module_attr  # shared by both front ends
 from backtrace.ir import Graph, Node
 from backtrace.rules import RULES
 
@@ -154,10 +154,7 @@ class _Builder:
 
     # --- helpers ---------------------------------------------------------------------------------
     def _attr(self, target: str) -> Any:
-        obj: Any = self.gm
-        for part in target.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return module_attr(self.gm, target)
 
     def _source(self, n: fx.Node) -> str:
         stack = n.meta.get("nn_module_stack") or {}

@@ -133,10 +133,7 @@ class _Builder:
         return n.op in ("call_function", "call_method") and bool(deps) and all(d in self.meta_fx for d in deps)
 
     def _attr(self, target: str) -> Any:
-        obj: Any = self.gm
-        for part in target.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return module_attr(self.gm, target)
 
     def _source(self, n: fx.Node) -> str:
         if n.op == "call_module":
@@ -559,6 +556,14 @@ def _graph_of(gm: fx.GraphModule, fold: bool) -> Graph:
     mark_activations(graph)
     check_supported(graph)
     return graph
+
+
+def module_attr(root: nn.Module, target: str) -> Any:
+    """The attribute a ``get_attr`` node names (a dotted path below ``root``)."""
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 class _Recorder(fx.Interpreter):
