@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from backtrace.frontends import FRONTENDS, fingerprint
-from backtrace.inputs import check_inputs, normalise_inputs, primary_name
+from backtrace.inputs import check_finite, check_integer, normalise_inputs, primary_name
 from backtrace.ir import Graph
 from backtrace.rules import RULES
 from backtrace.rules.base import EvalOptions, safe_div, tree_add, tree_map, tree_zeros_like
@@ -105,8 +105,9 @@ class Backtrace:
         inputs = self._frontend.inputs(inputs)            # e.g. a Keras model's NumPy/TF inputs
         names, values, keywords = normalise_inputs(self.model, inputs, known)
         values = tuple(self._prepare(v) for v in values)
-        check_inputs(names, values, known)
-        graph, self._runner = self._frontend.lower(names, values, keywords)
+        check_finite(names, values)
+        graph, self._runner = self._frontend.lower(names, values, keywords)    # built for these dtypes
+        check_integer(names, values, graph)
         if graph is not self._graph:
             self._use(graph)
         return names, values

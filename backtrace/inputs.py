@@ -1,5 +1,7 @@
 """Inputs as users hold them (a tensor, a tuple, a tokenizer's mapping) and the engine's input
-policy: non-finite floats are refused, integer inputs may only feed lookups."""
+policy: non-finite floats are refused; integer inputs (token ids, masks) take relevance only
+through lookups, and the values a model computes from them alone (masks, counts, position ids)
+take none; an integer value fed to a layer that needs floats is refused by name."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -47,9 +49,23 @@ def primary_name(names: Sequence[str]) -> str:
     return names[0]
 
 
+def integer_input_error(name: str, dtype: Any, node: str, kind: str, source: str) -> ValueError:
+    """The one-line error for an integer/bool input (or a value computed from it alone) fed to an
+    op that needs floating-point values; both front ends raise it."""
+    return ValueError(f"input {name!r} is {dtype} (integer/bool) but feeds node {node!r} ({kind}, {source}), "
+                      f"which needs floating-point values; pass {name}.float(), or token ids to an embedding")
+
+
 def check_inputs(names: Sequence[str], values: Sequence[Any], graph: Optional[Graph]) -> None:
     """Refuse non-finite float inputs (naming the first bad sample) and integer/bool inputs
     that feed an op needing floats (with a graph to look at)."""
+    check_finite(names, values)
+    if graph is not None:
+        check_integer(names, values, graph)
+
+
+def check_finite(names: Sequence[str], values: Sequence[Any]) -> None:
+    """Refuse non-finite float inputs, naming the input and the first bad sample."""
     for name, v in zip(names, values):
         if not isinstance(v, Tensor):
             continue
@@ -60,9 +76,15 @@ def check_inputs(names: Sequence[str], values: Sequence[Any], graph: Optional[Gr
                 where = f"sample {int(bad[0])}" if bad is not None and bad.numel() else "a value"
                 raise ValueError(f"input {name!r} {where} holds NaN/inf; relevance of a non-finite input is "
                                  f"undefined: clean or drop that sample")
-        elif graph is not None and name in graph.inputs:
+
+
+def check_integer(names: Sequence[str], values: Sequence[Any], graph: Graph) -> None:
+    """Refuse an integer/bool input that ``graph`` feeds to an op other than a lookup, an index
+    move or an ``aux`` computation."""
+    for name, v in zip(names, values):
+        if not isinstance(v, Tensor) or v.is_floating_point() or v.is_complex():
+            continue
+        if name in graph.inputs:
             for user in graph.nodes:
                 if name in user.inputs and user.kind not in INDEX_KINDS:
-                    raise ValueError(f"input {name!r} is {v.dtype} (integer/bool) but feeds node {user.name!r} "
-                                     f"({user.kind}, {user.source}), which needs floating-point values; pass "
-                                     f"{name}.float(), or token ids to an embedding")
+                    raise integer_input_error(name, v.dtype, user.name, user.kind, user.source)

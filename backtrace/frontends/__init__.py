@@ -49,19 +49,35 @@ class FrontEnd:
 
 
 class FxFrontEnd(FrontEnd):
-    """torch.fx: traced once; the traced copy runs in channels-last memory (see the engine)."""
+    """torch.fx: traced once; the traced copy runs in channels-last memory (see the engine).
+
+    ``graph`` treats as integer the inputs an embedding reads (token ids); inputs given as
+    integer/bool tensors besides those (attention masks) get a graph of their own, built from
+    the same trace once per such set (what the model computes from them alone is ``aux``)."""
 
     name = "fx"
     channels_last = True
 
     def __init__(self, model: nn.Module, fold: bool) -> None:
-        from backtrace.frontends.torch_fx import lower
+        from backtrace.frontends.torch_fx import lower, token_id_inputs
 
         self.model = model
+        self.fold = fold
         self.graph, self.runner, self.module = lower(model, fold=fold)
+        self.token_ids = token_id_inputs(self.module) if isinstance(self.module, torch.fx.GraphModule) else set()
+        self.variants: dict[tuple, tuple[Graph, Runner]] = {}
 
     def lower(self, names: tuple[str, ...], values: tuple[Any, ...], keywords: bool) -> tuple[Graph, Runner]:
-        return self.graph, self.runner
+        from backtrace.frontends.torch_fx import lower_for
+
+        integer = {name: v.dtype for name, v in zip(names, values) if isinstance(v, Tensor)
+                   and not (v.is_floating_point() or v.is_complex()) and name not in self.token_ids}
+        if not integer:
+            return self.graph, self.runner
+        key = tuple(sorted((k, str(d)) for k, d in integer.items()))
+        if key not in self.variants:
+            self.variants[key] = lower_for(self.module, self.fold, integer)
+        return self.variants[key]
 
 
 class ExportFrontEnd(FrontEnd):

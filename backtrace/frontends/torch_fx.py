@@ -12,6 +12,17 @@ Each IR node records in ``meta["fx"]`` the fx node whose value is its output. Ba
 directly follows a linear/conv (its sole consumer) is folded into it: the layer's parameters
 become the folded ones and its value is read from the BatchNorm's output. The model itself is
 never modified (parameters are cloned).
+
+Integer inputs: an input whose values reach an ``nn.Embedding``/``nn.EmbeddingBag`` as its
+indices (possibly through reshapes and index moves) holds token ids; so does any input the
+caller passes as an integer/bool tensor (:func:`lower` builds the graph for the dtypes given;
+without them it knows only the ids an embedding reads). The ids take relevance only through
+that lookup. Every value computed from integer inputs alone (a padding mask ``ids.ne(pad)``,
+its casts, sums and clamps, position ids) is an ``"aux"`` node: the rules that need it read it
+and it takes no relevance, so ``x * mask`` is a scale of ``x`` and ``s / mask.sum(1)`` a
+division by a constant. A layer with weights (linear, conv, LSTM, a normalisation) applied to
+such a value is refused by name, never turned into a silent pass-through, and every op of a
+float value still needs its rule.
 """
 from __future__ import annotations
 
@@ -24,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backtrace.errors import UnsupportedOperation
+from backtrace.inputs import integer_input_error
 from backtrace.ir import Graph, Node
 from backtrace.rules import RULES
 from backtrace.rules.shape import ACTIVATION_KINDS
@@ -72,6 +84,12 @@ _MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
 _DIV_FUNCTIONS = {operator.truediv, operator.itruediv, torch.div}
 _META_METHODS = {"size", "dim", "numel"}
 _INTERPOLATE_MODES = ("nearest", "linear", "bilinear")
+# layers with weights: they need floating-point values that carry relevance
+_WEIGHT_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.LSTM,
+                   nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d,
+                   nn.InstanceNorm2d)
+_WEIGHT_FUNCTIONS = {F.linear, F.conv1d, F.conv2d}
+_LOOKUP_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
 
 class UnmappedOp(Exception):
@@ -100,10 +118,36 @@ def _has_node(value: Any) -> bool:
     return bool(_node_args(value))
 
 
+def _is_index_move(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """An op that moves or copies elements of its first argument without computing new values."""
+    if n.op == "call_module":
+        return isinstance(modules[n.target], _IDENTITY_MODULES + _RESHAPE_MODULES)
+    if n.op == "call_method":
+        return n.target in _IDENTITY_METHODS | _RESHAPE_METHODS | _INDEX_METHODS
+    return n.op == "call_function" and (n.target in _IDENTITY_FUNCTIONS | _RESHAPE_FUNCTIONS | _INDEX_FUNCTIONS
+                                        or n.target is operator.getitem)
+
+
+def token_id_inputs(gm: fx.GraphModule) -> set[str]:
+    """Names of the inputs whose values reach an embedding lookup as its indices (through index
+    moves only): they hold integer token ids whatever the caller passes."""
+    modules = dict(gm.named_modules())
+    found: set[str] = set()
+    for n in gm.graph.nodes:
+        if not (n.op == "call_module" and isinstance(modules[n.target], _LOOKUP_MODULES) and n.args):
+            continue
+        cur = n.args[0]
+        while isinstance(cur, fx.Node) and cur.op != "placeholder" and _is_index_move(cur, modules) and cur.args:
+            cur = cur.args[0]
+        if isinstance(cur, fx.Node) and cur.op == "placeholder":
+            found.add(str(cur.target).lstrip("*"))
+    return found
+
+
 class _Builder:
     """Walks the fx graph once and emits IR nodes."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, integer_inputs: Optional[dict[str, Any]] = None) -> None:
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.nodes: list[Node] = []
@@ -111,6 +155,15 @@ class _Builder:
         self.meta_fx: set[fx.Node] = set()        # non-tensor values (sizes, shapes)
         self.used: set[str] = set()
         self.calls: dict[str, int] = {}
+        # input name -> its dtype (as the error messages name it)
+        self.integer_inputs = {name: "token ids" for name in token_id_inputs(gm)}
+        self.integer_inputs.update(integer_inputs or {})
+        self.live: set[fx.Node] = set()           # values that carry relevance
+        self.origin: dict[fx.Node, str] = {}      # values from integer inputs alone -> one such input
+        self.index_path: set[fx.Node] = set()     # integer inputs and index moves of them
+        self.inert: set[fx.Node] = set()          # index path and aux values: they take no relevance
+        self.aliases: dict[fx.Node, str] = {}     # an inert value read by a live op, as an aux node
+        self.mapping_live = False
 
     # names ---------------------------------------------------------------------------------
     def _unique(self, base: str) -> str:
@@ -157,11 +210,23 @@ class _Builder:
     def _emit(self, n: fx.Node, kind: str, inputs: Sequence[fx.Node], params: dict[str, Any] | None = None,
               base: str | None = None) -> None:
         name = self._unique(base or n.name)
-        node = Node(name=name, kind=kind, inputs=tuple(self.ir_of[i] for i in inputs), params=params or {},
+        node = Node(name=name, kind=kind, inputs=tuple(self._operand(i) for i in inputs), params=params or {},
                     source=self._source(n) if n.op not in ("placeholder", "get_attr") else str(n.target),
                     meta={"fx": n.name})
         self.nodes.append(node)
         self.ir_of[n] = name
+
+    def _operand(self, i: fx.Node) -> str:
+        """The IR name a node reads ``i`` under: a live op reads an integer input or an index
+        move of one through an ``"aux"`` alias, so that none of its relevance lands on the ids."""
+        if not (self.mapping_live and i in self.index_path):
+            return self.ir_of[i]
+        if i not in self.aliases:
+            name = self._unique(f"{self.ir_of[i]}:aux")
+            self.nodes.append(Node(name=name, kind="aux", inputs=(), source=f"integer value {self.ir_of[i]!r}",
+                                   meta={"fx": i.name}))
+            self.aliases[i] = name
+        return self.aliases[i]
 
     def _closure(self, n: fx.Node) -> Callable[[Tensor], Tensor]:
         """Re-apply ``n``'s op to one tensor, every other argument a constant."""
@@ -186,11 +251,21 @@ class _Builder:
                 if not isinstance(out, fx.Node) or out not in self.ir_of:
                     raise UnsupportedOperation("output", "the model's return value", RULES,
                                                "the model must return one tensor")
+                if out in self.inert:
+                    raise UnsupportedOperation("output", "the model's return value", RULES,
+                                               "the explained output is computed from integer inputs alone, "
+                                               "which carry no relevance")
                 output = self.ir_of[out]
                 continue
             if n.op == "placeholder":
                 self._emit(n, "input", [], base=str(n.target).lstrip("*"))   # the argument's name
                 inputs.append(self.ir_of[n])
+                if self.ir_of[n] in self.integer_inputs:
+                    self.origin[n] = self.ir_of[n]
+                    self.index_path.add(n)
+                    self.inert.add(n)
+                else:
+                    self.live.add(n)
                 continue
             if self._is_meta(n):
                 self.meta_fx.add(n)
@@ -198,15 +273,53 @@ class _Builder:
             if n.op == "get_attr":
                 self._emit(n, "constant", [], {"value": self._attr(n.target)})
                 continue
-            try:
-                if n.op == "call_module":
-                    self._map_module(n)
-                else:
-                    self._map_call(n)
-            except UnmappedOp as exc:
-                raise UnsupportedOperation(n.name, self._source(n), RULES, str(exc)) from None
+            self._walk(n)
         assert output is not None
         return Graph(nodes=self.nodes, inputs=tuple(inputs), output=output)
+
+    def _walk(self, n: fx.Node) -> None:
+        """Map one call: live when it reads a live value (or looks up ids), else a value of the
+        integer inputs alone (an index move of the ids, or ``"aux"``), else (computed from
+        constants) mapped as it is."""
+        data = self._data_inputs(n)
+        lookup = n.op == "call_module" and isinstance(self.modules[n.target], _LOOKUP_MODULES)
+        from_ints = [d for d in data if d in self.origin]
+        if any(d in self.live for d in data) or (lookup and data and data[0] in self.origin):
+            self.live.add(n)
+        elif from_ints:
+            self.origin[n] = self.origin[from_ints[0]]
+            first = n.args[0] if n.args else None
+            if first in self.index_path and _is_index_move(n, self.modules):
+                self.index_path.add(n)
+            elif self._is_weight_op(n):
+                self._map(n)
+                node = self.nodes[-1]
+                name = self.origin[n]
+                raise integer_input_error(name, self.integer_inputs[name], node.name, node.kind, node.source)
+            else:
+                self._emit(n, "aux", [])
+                self.inert.add(n)
+                return
+            self.inert.add(n)
+        self.mapping_live = n in self.live and not lookup     # a lookup hands its relevance to the ids
+        try:
+            self._map(n)
+        finally:
+            self.mapping_live = False
+
+    def _map(self, n: fx.Node) -> None:
+        try:
+            if n.op == "call_module":
+                self._map_module(n)
+            else:
+                self._map_call(n)
+        except UnmappedOp as exc:
+            raise UnsupportedOperation(n.name, self._source(n), RULES, str(exc)) from None
+
+    def _is_weight_op(self, n: fx.Node) -> bool:
+        if n.op == "call_module":
+            return isinstance(self.modules[n.target], _WEIGHT_MODULES)
+        return n.op == "call_function" and n.target in _WEIGHT_FUNCTIONS
 
     def _map_module(self, n: fx.Node) -> None:
         mod = self.modules[n.target]
@@ -371,7 +484,7 @@ class _Builder:
             emit("add", tensors, {"signs": signs, "constant": constant})
         elif (not is_method and fn in _MUL_FUNCTIONS) or (is_method and fn in ("mul", "mul_")):
             tensors = [o for o in n.args[:2] if isinstance(o, fx.Node) and o not in self.meta_fx]
-            live = [t for t in tensors if not self._is_constant(t)]
+            live = [t for t in tensors if not self._is_constant(t) and t not in self.inert]
             if len(live) == 2:
                 emit("mul", live)
             elif len(live) == 1:
@@ -380,12 +493,23 @@ class _Builder:
                 raise UnmappedOp("multiplies constants only")
         elif (not is_method and fn in _DIV_FUNCTIONS) or (is_method and fn in ("div", "div_")):
             divisor = n.args[1] if len(n.args) > 1 else None
-            if isinstance(divisor, fx.Node) and divisor not in self.meta_fx and not self._is_constant(divisor):
+            if (isinstance(divisor, fx.Node) and divisor not in self.meta_fx and not self._is_constant(divisor)
+                    and divisor not in self.inert):
                 raise UnmappedOp("division by a tensor computed from the input")
             emit("scale", [first] + ([divisor] if isinstance(divisor, fx.Node) and divisor not in self.meta_fx
                                      else []))
         elif (not is_method and fn in (operator.neg, torch.neg)) or (is_method and fn == "neg"):
             emit("scale")
+        elif not is_method and fn is torch.where and len(n.args) == 3 and not n.kwargs:
+            cond, a, b = n.args
+            if cond not in self.inert or not all(isinstance(t, fx.Node) for t in (a, b)):
+                raise UnmappedOp("where needs a condition computed from integer inputs alone and two tensors")
+            emit("where", [cond, a, b])
+        elif (not is_method and fn is torch.masked_fill) or (is_method and fn in ("masked_fill", "masked_fill_")):
+            a = _bind(n.args, n.kwargs, ["input", "mask", "value"], {})
+            if a["mask"] not in self.inert or _has_node(a["value"]):
+                raise UnmappedOp("masked_fill needs a mask computed from integer inputs alone and a number")
+            emit("masked_fill", [a["input"], a["mask"]])
         else:
             raise UnmappedOp("no rule for this operation")
 
@@ -548,8 +672,8 @@ def trace(model: nn.Module, fold: bool = True) -> tuple[Graph, fx.GraphModule]:
     return _graph_of(gm, fold), gm
 
 
-def _graph_of(gm: fx.GraphModule, fold: bool) -> Graph:
-    graph = _Builder(gm).build()
+def _graph_of(gm: fx.GraphModule, fold: bool, integer_inputs: Optional[dict[str, Any]] = None) -> Graph:
+    graph = _Builder(gm, integer_inputs).build()
     _layout_free_views(gm)
     if fold:
         graph = fold_batchnorm(graph)
@@ -586,9 +710,22 @@ class _Recorder(fx.Interpreter):
 def lower(model: nn.Module, fold: bool = True) -> tuple[Graph, Callable[[Sequence[Any], set], dict], fx.GraphModule]:
     """The front-end interface: ``(graph, runner, traced module)``; ``runner(inputs, wanted)``
     runs the traced copy and returns ``{IR name: value}`` for the IR nodes in ``wanted``
-    (and any other node that shares a recorded value, e.g. a layer with its folded BatchNorm)."""
+    (and any other node that shares a recorded value, e.g. a layer with its folded BatchNorm).
+    The graph knows the token-id inputs an embedding reads; :func:`lower_for` builds it for
+    other integer inputs."""
     graph, gm = trace(model, fold=fold)
+    return graph, runner(graph, gm), gm
 
+
+def lower_for(gm: fx.GraphModule, fold: bool, integer_inputs: dict[str, Any]
+              ) -> tuple[Graph, Callable[[Sequence[Any], set], dict]]:
+    """The graph and runner of a traced module for inputs of which ``integer_inputs`` (name ->
+    dtype) are integer/bool tensors."""
+    graph = _graph_of(gm, fold, integer_inputs)
+    return graph, runner(graph, gm)
+
+
+def runner(graph: Graph, gm: fx.GraphModule) -> Callable[[Sequence[Any], set], dict]:
     def run(inputs: Sequence[Any], wanted: set) -> dict:
         fx_names = {n.meta["fx"] for n in graph.nodes if n.name in wanted and n.kind != "constant"}
         rec = _Recorder(gm, fx_names)
@@ -599,4 +736,4 @@ def lower(model: nn.Module, fold: bool = True) -> tuple[Graph, Callable[[Sequenc
                 outs[node.name] = rec.kept[node.meta["fx"]]
         return outs
 
-    return graph, run, gm
+    return run
