@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from backtrace.frontends import FRONTENDS, fingerprint
-from backtrace.inputs import check_finite, check_integer, normalise_inputs, primary_name
+from backtrace.inputs import check_finite, check_integer, integer_inputs, normalise_inputs, primary_name
 from backtrace.ir import Graph
 from backtrace.rules import RULES
 from backtrace.rules.base import EvalOptions, safe_div, tree_add, tree_map, tree_zeros_like
@@ -45,13 +45,21 @@ class Backtrace:
     ``"auto"`` too): it is mirrored in torch by :mod:`backtrace.frontends.keras`, its inputs may
     be NumPy arrays or TF tensors (channels-last images as Keras takes them), and
     :func:`explain` returns NumPy relevance for it.
+
+    Integer inputs: token ids take relevance through their embedding lookup only; what the
+    model computes from integer inputs alone (padding masks, counts, position ids) is an
+    ``"aux"`` value that takes none (``x * mask`` scales ``x``; ``s / mask.sum(1)`` divides by a
+    constant); a layer with weights applied to such a value is a named error. torch.fx learns
+    which inputs hold token ids from the embeddings they feed; ``integer_inputs`` (name ->
+    dtype) names others (:func:`explain` passes the integer inputs it is given), and a graph for
+    any other integer input is built when one is given.
     """
 
     def __init__(self, model: Any, dtype: Optional[torch.dtype] = None, fold_batchnorm: bool = True,
-                 frontend: str = "auto") -> None:
+                 frontend: str = "auto", integer_inputs: Optional[dict[str, Any]] = None) -> None:
         from backtrace.frontends import choose_frontend
 
-        self._frontend = choose_frontend(model, frontend, fold_batchnorm, dtype)
+        self._frontend = choose_frontend(model, frontend, fold_batchnorm, dtype, integer_inputs)
         work = self.model = self._frontend.model           # the front end's copy, in eval mode
         first = next(iter(work.parameters()), None)
         self.device = first.device if first is not None else torch.device("cpu")
@@ -331,14 +339,15 @@ _CACHE: "OrderedDict[tuple[int, Optional[torch.dtype]], tuple[weakref.ref, tuple
 _CACHE_SIZE = 4
 
 
-def _backtrace_for(model: Any, dtype: Optional[torch.dtype], frontend: str = "auto") -> Backtrace:
-    key = (id(model), dtype, frontend)
+def _backtrace_for(model: Any, dtype: Optional[torch.dtype], frontend: str = "auto",
+                   integer_inputs: Optional[dict[str, Any]] = None) -> Backtrace:
+    key = (id(model), dtype, frontend, tuple(sorted(integer_inputs or ())))
     hit = _CACHE.get(key)
     fp = fingerprint(model)
     if hit is not None and hit[0]() is model and hit[1] == fp:
         _CACHE.move_to_end(key)
         return hit[2]
-    bt = Backtrace(model, dtype=dtype, frontend=frontend)
+    bt = Backtrace(model, dtype=dtype, frontend=frontend, integer_inputs=integer_inputs)
     _CACHE[key] = (weakref.ref(model), fp, bt)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -370,7 +379,7 @@ def explain(model: Any, x: Any, mode: str = "default", target: Target = None,
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
     settings = {"task": "multi-class classification", "multiplier": 100.0, "scaler": None, "thresholding": 0.5,
                 "embedding_reduction": "mean", **options}
-    bt = _backtrace_for(model, dtype, frontend)
+    bt = _backtrace_for(model, dtype, frontend, integer_inputs(model, x))
     if bt._frontend.graph is not None and not isinstance(x, Mapping):
         n_given = len(x) if isinstance(x, tuple) else 1
         if n_given != len(bt.graph.inputs):

@@ -41,6 +41,16 @@ def normalise_inputs(model: nn.Module, inputs: Any, graph: Optional[Graph]
     return tuple(input_names(model, len(values))), values, False
 
 
+def integer_inputs(model: Any, inputs: Any) -> dict[str, Any]:
+    """``{name: dtype}`` of the integer/bool tensors among a torch model's inputs (as
+    :func:`normalise_inputs` names them); empty for other models."""
+    if not isinstance(model, nn.Module):
+        return {}
+    names, values, _ = normalise_inputs(model, inputs, None)
+    return {name: v.dtype for name, v in zip(names, values)
+            if isinstance(v, Tensor) and not (v.is_floating_point() or v.is_complex())}
+
+
 def primary_name(names: Sequence[str]) -> str:
     """``input_ids``, ``inputs_embeds`` or ``pixel_values`` where given, else the first input."""
     for name in PRIMARY_INPUTS:

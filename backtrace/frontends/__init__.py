@@ -51,19 +51,22 @@ class FrontEnd:
 class FxFrontEnd(FrontEnd):
     """torch.fx: traced once; the traced copy runs in channels-last memory (see the engine).
 
-    ``graph`` treats as integer the inputs an embedding reads (token ids); inputs given as
-    integer/bool tensors besides those (attention masks) get a graph of their own, built from
-    the same trace once per such set (what the model computes from them alone is ``aux``)."""
+    ``graph`` treats as integer the inputs an embedding reads (token ids) and
+    ``integer_inputs`` (name -> dtype; :func:`backtrace.explain` passes the integer/bool inputs
+    it is given); inputs given as integer/bool tensors besides those (attention masks) get a
+    graph of their own, built from the same trace once per such set (what the model computes
+    from them alone is ``aux``)."""
 
     name = "fx"
     channels_last = True
 
-    def __init__(self, model: nn.Module, fold: bool) -> None:
+    def __init__(self, model: nn.Module, fold: bool, integer_inputs: Optional[dict[str, Any]] = None) -> None:
         from backtrace.frontends.torch_fx import lower, token_id_inputs
 
         self.model = model
         self.fold = fold
-        self.graph, self.runner, self.module = lower(model, fold=fold)
+        self.graph, self.runner, self.module = lower(model, fold=fold, integer_inputs=integer_inputs)
+        self.known_integer = set(integer_inputs or ())
         self.token_ids = token_id_inputs(self.module) if isinstance(self.module, torch.fx.GraphModule) else set()
         self.variants: dict[tuple, tuple[Graph, Runner]] = {}
 
@@ -71,7 +74,8 @@ class FxFrontEnd(FrontEnd):
         from backtrace.frontends.torch_fx import lower_for
 
         integer = {name: v.dtype for name, v in zip(names, values) if isinstance(v, Tensor)
-                   and not (v.is_floating_point() or v.is_complex()) and name not in self.token_ids}
+                   and not (v.is_floating_point() or v.is_complex())
+                   and name not in self.token_ids | self.known_integer}
         if not integer:
             return self.graph, self.runner
         key = tuple(sorted((k, str(d)) for k, d in integer.items()))
@@ -161,12 +165,13 @@ def fingerprint(model: Any) -> tuple:
                                      + list(model.buffers()))
 
 
-def choose_frontend(model: Any, frontend: str, fold: bool, dtype: Optional[torch.dtype] = None) -> FrontEnd:
+def choose_frontend(model: Any, frontend: str, fold: bool, dtype: Optional[torch.dtype] = None,
+                    integer_inputs: Optional[dict[str, Any]] = None) -> FrontEnd:
     """The front end for ``model`` (the caller's; the front end works on a copy, converted to
     ``dtype``). A Keras model (told by its class's module) gets the Keras front end (``"auto"``
     or ``"keras"``). A torch model: ``"fx"``, ``"export"``, or ``"auto"``: torch.fx unless
     :func:`needs_export` or symbolic tracing itself fails (an op torch.fx traces but cannot map
-    is still its named error)."""
+    is still its named error). ``integer_inputs``: see :class:`FxFrontEnd`."""
     if frontend not in FRONTENDS:
         raise ValueError(f"unknown frontend {frontend!r}; choose one of: {', '.join(FRONTENDS)}")
     if is_keras_model(model):
@@ -182,7 +187,7 @@ def choose_frontend(model: Any, frontend: str, fold: bool, dtype: Optional[torch
     if frontend == "export" or (frontend == "auto" and needs_export(work)):
         return ExportFrontEnd(work)
     try:
-        return FxFrontEnd(work, fold)
+        return FxFrontEnd(work, fold, integer_inputs)
     except UnsupportedOperation as exc:
         if frontend == "auto" and exc.node == "<trace>":     # symbolic tracing itself failed
             return ExportFrontEnd(work)

@@ -13,7 +13,11 @@ Which values carry relevance ("live" values) is decided per node:
   the ids on the way hand the per-token relevance back to the input);
 - an op is live when one of its data inputs is. Everything else (attention masks, position
   ids, rotary tables, shapes) is an ``"aux"`` node: computed by the model, read by the rules
-  that need it (the attention mask), never given relevance;
+  that need it (the attention mask), never given relevance. A live op that reads an integer
+  input itself (``x * mask``) reads it through an ``"aux"`` alias, so no relevance lands on
+  it; a layer with weights applied to a value of integer inputs alone is refused by name
+  (:func:`backtrace.inputs.integer_input_error`), as is an integer input that the model feeds
+  to an op torch refuses to run on integers (found by exporting again with that input cast);
 - a reduction's statistic (the ``rsqrt(mean(x^2))`` of RMSNorm) multiplying a live value is a
   scale, so decomposed normalisations pass relevance through as LayerNorm does;
 - an elementwise function built from several elementwise ops of one tensor (the tanh form of
@@ -34,6 +38,7 @@ from torch import Tensor, nn
 
 from backtrace.errors import UnsupportedOperation
 from backtrace.frontends.torch_fx import _Recorder, module_attr  # shared by both front ends
+from backtrace.inputs import check_integer, integer_input_error
 from backtrace.ir import Graph, Node
 from backtrace.rules import RULES
 
@@ -70,6 +75,10 @@ _UNARY = {aten.pow, aten.exp, aten.log, aten.sqrt, aten.rsqrt, aten.erf, aten.ab
           aten.cos, aten.square, aten.log1p, aten.expm1, aten.clamp, aten.clamp_min, aten.clamp_max}
 _ELEMENTWISE = (set(_ACTIVATIONS) - {aten.softmax, aten._softmax}) | _IDENTITY | _UNARY | {
     aten.add, aten.sub, aten.mul, aten.div, aten.neg, aten.rsub}
+# layers with weights (their IR kind): they need floating-point values that carry relevance
+_WEIGHT_OPS = {aten.linear: "linear", aten.addmm: "linear", aten.conv1d: "conv1d", aten.conv2d: "conv2d",
+               aten.convolution: "convolution", aten.lstm: "lstm", aten.layer_norm: "layer_norm",
+               aten.group_norm: "group_norm", aten.batch_norm: "batch_norm", aten.rms_norm: "rms_norm"}
 _SKIP = {aten._assert_tensor_metadata, aten.sym_size, aten.sym_constrain_range_for_size,
          aten._assert_scalar}
 
@@ -140,9 +149,16 @@ def _is_float(n: Any) -> bool:
 
 
 class _Builder:
-    def __init__(self, gm: fx.GraphModule, names: Sequence[str]) -> None:
+    """``integer``: input name -> dtype for inputs to treat as integer whatever the example value
+    holds (an input cast to find where an integer input fails)."""
+
+    def __init__(self, gm: fx.GraphModule, names: Sequence[str], integer: Optional[dict[str, Any]] = None) -> None:
         self.gm = gm
         self.names = list(names)
+        self.integer = dict(integer or {})
+        self.origin: dict[fx.Node, str] = {}      # values of integer inputs alone -> one such input
+        self.aliases: dict[fx.Node, str] = {}     # an integer input read by a live op, as an aux node
+        self.reading_live = False
         self.nodes: list[Node] = []
         self.ir_of: dict[fx.Node, str] = {}
         self.live: set[fx.Node] = set()
@@ -167,16 +183,31 @@ class _Builder:
             path = f" in module {path or '<root>'} ({cls})"
         return f"op {_op_name(n.target)}{path}"
 
-    def _emit(self, n: fx.Node, kind: str, inputs: Sequence[fx.Node], params: Optional[dict] = None) -> None:
-        name = n.name
-        k = 0
+    def _unique(self, base: str) -> str:
+        name, k = base, 0
         while name in self.used:
             k += 1
-            name = f"{n.name}:{k}"
+            name = f"{base}:{k}"
         self.used.add(name)
-        self.nodes.append(Node(name=name, kind=kind, inputs=tuple(self.ir_of[i] for i in inputs),
+        return name
+
+    def _emit(self, n: fx.Node, kind: str, inputs: Sequence[fx.Node], params: Optional[dict] = None) -> None:
+        name = self._unique(n.name)
+        self.nodes.append(Node(name=name, kind=kind, inputs=tuple(self._operand(i) for i in inputs),
                                params=params or {}, source=self._source(n), meta={"fx": n.name}))
         self.ir_of[n] = name
+
+    def _operand(self, i: fx.Node) -> str:
+        """The IR name a node reads ``i`` under: a live op (not a lookup) reads an integer input
+        or an index move of one through an ``"aux"`` alias, so none of its relevance lands there."""
+        if not (self.reading_live and i in self.index_path):
+            return self.ir_of[i]
+        if i not in self.aliases:
+            name = self._unique(f"{self.ir_of[i]}:aux")
+            self.nodes.append(Node(name=name, kind="aux", inputs=(), source=f"integer value {self.ir_of[i]!r}",
+                                   meta={"fx": i.name}))
+            self.aliases[i] = name
+        return self.aliases[i]
 
     def _const(self, v: Any) -> Any:
         if isinstance(v, fx.Node):
@@ -206,16 +237,20 @@ class _Builder:
                 self.ir_of[n] = name
                 inputs.append(name)
                 self.from_input.add(n)
-                if _is_float(n):
+                if _is_float(n) and name not in self.integer:
                     self.live.add(n)
                 else:
                     self.index_path.add(n)
+                    self.origin[n] = name
+                    if name not in self.integer:
+                        self.integer[name] = getattr(_val(n), "dtype", "integer")
                 continue
             if n.op == "output":
                 outs = [o for o in _node_args(n.args)]
                 if not outs or outs[0] not in self.live:
-                    raise UnsupportedOperation("output", "the model's return value", RULES,
-                                               "the explained output must be a tensor computed from the inputs")
+                    detail = ("the explained output must be a tensor computed from the float inputs or from "
+                              "embedding lookups of token ids (values of integer inputs alone carry no relevance)")
+                    raise UnsupportedOperation("output", "the model's return value", RULES, detail)
                 output = self.ir_of[outs[0]]
                 continue
             if n.op == "get_attr":
@@ -237,6 +272,15 @@ class _Builder:
             elif live:
                 self.live.add(n)
             first = n.args[0] if n.args else None
+            from_ints = [d for d in deps if d in self.origin]
+            if n not in self.live and from_ints:
+                self.origin[n] = self.origin[from_ints[0]]
+                op = _packet(n.target)
+                if op in _WEIGHT_OPS or (op in (aten.mm, aten.matmul, aten.bmm)
+                                         and any(isinstance(a, fx.Node) and a.op == "get_attr" for a in n.args)):
+                    name = self.origin[n]
+                    raise integer_input_error(name, self.integer[name], n.name, _WEIGHT_OPS.get(op, "linear"),
+                                              self._source(n))
             if (n not in self.live and first in self.index_path
                     and _packet(n.target) in (_RESHAPE | _INDEX | _IDENTITY)):
                 self.index_path.add(n)               # token ids moved on their way to a lookup
@@ -247,10 +291,13 @@ class _Builder:
                     self.stat.add(n)
                 self._emit(n, "aux", [])
                 continue
+            self.reading_live = _packet(n.target) is not aten.embedding     # a lookup reads the ids themselves
             try:
                 self._map(n, live)
             except _Unmapped as exc:
                 raise UnsupportedOperation(n.name, self._source(n), RULES, f"{exc}; {_HOW_TO}") from None
+            finally:
+                self.reading_live = False
         assert output is not None
         return Graph(nodes=self.nodes, inputs=tuple(inputs), output=output)
 
@@ -422,6 +469,26 @@ def prune_unused(graph: Graph) -> None:
             n.kind, n.inputs, n.params = "aux", (), {}
 
 
+def _name_integer_input(wrapper: nn.Module, inputs: Sequence[Any], names: Sequence[str]) -> None:
+    """After a failed export: if casting one integer/bool input to floats lets the model export,
+    raise the named error for the op that input feeds (torch itself refuses integers there)."""
+    first = next((p for p in wrapper.parameters() if p.is_floating_point()), None)
+    dtype = first.dtype if first is not None else torch.get_default_dtype()
+    for i, (name, v) in enumerate(zip(names, inputs)):
+        if not isinstance(v, Tensor) or v.is_floating_point() or v.is_complex():
+            continue
+        cast = tuple(inputs[:i]) + (v.to(dtype),) + tuple(inputs[i + 1:])
+        try:
+            gm = torch.export.export(wrapper, cast, strict=False).module()
+        except Exception:
+            continue
+        try:
+            graph = _Builder(gm, names, integer={name: v.dtype}).build()   # raises for a layer on the input
+        except UnsupportedOperation:
+            continue
+        check_integer(names, inputs, graph)
+
+
 def export(model: nn.Module, inputs: Sequence[Tensor], names: Sequence[str], keywords: bool
            ) -> tuple[Graph, Runner]:
     """Export ``model`` on ``inputs`` (one per name; keywords when the user gave a mapping)."""
@@ -431,6 +498,7 @@ def export(model: nn.Module, inputs: Sequence[Tensor], names: Sequence[str], key
     try:
         ep = torch.export.export(wrapper, tuple(inputs), strict=False)
     except Exception as exc:
+        _name_integer_input(wrapper, inputs, names)
         raise UnsupportedOperation("<export>", f"model {type(model).__name__}", RULES,
                                    f"torch.export could not trace it: {type(exc).__name__}: {exc}; "
                                    f"{_HOW_TO}".replace("\n", " ")) from exc

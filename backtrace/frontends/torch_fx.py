@@ -253,8 +253,9 @@ class _Builder:
                                                "the model must return one tensor")
                 if out in self.inert:
                     raise UnsupportedOperation("output", "the model's return value", RULES,
-                                               "the explained output is computed from integer inputs alone, "
-                                               "which carry no relevance")
+                                               "the explained output must be a tensor computed from the float "
+                                               "inputs or from embedding lookups of token ids (values of integer "
+                                               "inputs alone carry no relevance)")
                 output = self.ir_of[out]
                 continue
             if n.op == "placeholder":
@@ -660,16 +661,18 @@ def _layout_free_views(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
-def trace(model: nn.Module, fold: bool = True) -> tuple[Graph, fx.GraphModule]:
-    """Trace ``model`` (which the caller owns: parameters are cloned, nothing is modified)."""
+def trace(model: nn.Module, fold: bool = True, integer_inputs: Optional[dict[str, Any]] = None
+          ) -> tuple[Graph, fx.GraphModule]:
+    """Trace ``model`` (which the caller owns: parameters are cloned, nothing is modified);
+    ``integer_inputs`` (name -> dtype): inputs besides the token ids known to be integer/bool."""
     if isinstance(model, fx.GraphModule) and model.meta.get("backtrace_frontend"):
-        return _graph_of(model, fold), model          # a graph another front end built (Keras)
+        return _graph_of(model, fold, integer_inputs), model    # a graph another front end built (Keras)
     try:
         gm = fx.GraphModule(model, fx.Tracer().trace(model))
     except Exception as exc:  # symbolic tracing failed: data-dependent control flow etc.
         raise UnsupportedOperation("<trace>", f"model {type(model).__name__}", RULES,
                                    f"torch.fx could not trace it: {exc}".replace("\n", " ")) from exc
-    return _graph_of(gm, fold), gm
+    return _graph_of(gm, fold, integer_inputs), gm
 
 
 def _graph_of(gm: fx.GraphModule, fold: bool, integer_inputs: Optional[dict[str, Any]] = None) -> Graph:
@@ -707,13 +710,14 @@ class _Recorder(fx.Interpreter):
         return value
 
 
-def lower(model: nn.Module, fold: bool = True) -> tuple[Graph, Callable[[Sequence[Any], set], dict], fx.GraphModule]:
+def lower(model: nn.Module, fold: bool = True, integer_inputs: Optional[dict[str, Any]] = None
+          ) -> tuple[Graph, Callable[[Sequence[Any], set], dict], fx.GraphModule]:
     """The front-end interface: ``(graph, runner, traced module)``; ``runner(inputs, wanted)``
     runs the traced copy and returns ``{IR name: value}`` for the IR nodes in ``wanted``
     (and any other node that shares a recorded value, e.g. a layer with its folded BatchNorm).
-    The graph knows the token-id inputs an embedding reads; :func:`lower_for` builds it for
-    other integer inputs."""
-    graph, gm = trace(model, fold=fold)
+    The graph knows the token-id inputs an embedding reads and ``integer_inputs``;
+    :func:`lower_for` builds it for other integer inputs."""
+    graph, gm = trace(model, fold=fold, integer_inputs=integer_inputs)
     return graph, runner(graph, gm), gm
 
 
