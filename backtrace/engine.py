@@ -366,6 +366,14 @@ def explain(model: Any, x: Any, mode: str = "default", target: Target = None,
     read at ``.logits``. For a Keras model ``x`` may be NumPy arrays or TF tensors, and the
     relevance (and conservation ratio) is NumPy.
 
+    Token ids: the relevance reaching each looked-up embedding vector ``(batch, seq_len, dim)``
+    is reduced over ``dim``, by ``embedding_reduction="mean"`` (the reference's choice; not
+    conservative) or ``"sum"`` (conservative), and a token read by several lookups (word and
+    token-type embeddings of one id input) sums them. Position ids, padding masks and whatever
+    else the model computes from integer inputs alone take none, so a pad token's relevance is 0
+    unless the model reads its embedding. In contrastive mode both maps are formed this way:
+    ``(R+, R-)``, each ``(batch, seq_len)``.
+
     ``return_all``: a dict of every input's relevance by name instead. ``return_conservation``:
     also each sample's total input relevance (all inputs) over its starting relevance, as
     ``(result, ratio)`` (contrastive: a ratio per map). ``task="generation"``: the logit of
