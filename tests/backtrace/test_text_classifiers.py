@@ -236,3 +236,32 @@ class Length(nn.Module):
 def test_an_output_of_the_ids_alone_is_refused(frontend: str) -> None:
     with pytest.raises(UnsupportedOperation, match=r"^unsupported operation at node 'output'.*integer inputs alone"):
         explain(Length(), torch.ones(2, 5, dtype=torch.long), frontend=frontend)
+
+
+class MaskedSelect(nn.Module):
+    """``masked_fill`` and ``where`` on embeddings with conditions computed from the ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(30, 6)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        keep = ids.ne(0).unsqueeze(-1)
+        e = self.emb(ids).masked_fill(ids.eq(1).unsqueeze(-1), 0.0)
+        e = torch.where(keep, e, e * 0.5)
+        return self.fc(e.sum(1) / keep.sum(1).clamp(min=1))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_masked_fill_and_where_on_id_masks_agree_between_front_ends(mode: str) -> None:
+    torch.manual_seed(0)
+    model = MaskedSelect().eval()
+    ids = torch.tensor([[3, 1, 7, 0, 0], [5, 6, 1, 2, 0]])
+    fx = maps(explain(model, ids, mode=mode, frontend="fx", dtype=DT))
+    exported = maps(explain(model, ids, mode=mode, frontend="export", dtype=DT))
+    assert Backtrace(model).graph.node("masked_fill").kind == "masked_fill"
+    for a, b in zip(fx, exported):
+        torch.testing.assert_close(a, b)
+        assert a[ids == 1].abs().max() == 0          # filled with 0: its token takes none
+    assert bool((sum(a.abs() for a in fx)[ids > 1] > 0).all())
