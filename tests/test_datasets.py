@@ -154,7 +154,9 @@ def test_dataset_refuses_wrong_dtypes_and_shapes() -> None:
         Dataset("t", "tabular", x.double(), y, x, y, 2)
     with pytest.raises(ValueError, match=r"y_test outside \[0, 2\)"):
         Dataset("t", "tabular", x, y, x, y + 2, 2)
-    with pytest.raises(ValueError, match=r"^dataset t: unknown modality 'text'; choose one of: tabular, image$"):
+    with pytest.raises(ValueError, match=r"^dataset t: unknown modality 'audio'; choose one of: tabular, image, text$"):
+        Dataset("t", "audio", x, y, x, y, 2)
+    with pytest.raises(ValueError, match=r"x_train must be int64 of rank 2, got torch.float32"):
         Dataset("t", "text", x, y, x, y, 2)
     with pytest.raises(ValueError, match=r"ground_truth must have shape \(4, 3\)"):
         Dataset("t", "tabular", x, y, x, y, 2, ground_truth=torch.zeros(4, 2))
