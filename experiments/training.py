@@ -97,7 +97,7 @@ def check_train_config(model_cfg: DictConfig) -> None:
         if value is None or not ok(value):
             raise ConfigError(f"model.train.{key}={train_cfg.get(key)!r} is invalid; choose {valid}")
     optimizer = train_cfg.get("optimizer", "adam")
-    if optimizer not in OPTIMIZERS:
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
         raise ConfigError(f"model.train.optimizer={optimizer!r} is invalid; choose one of: {', '.join(OPTIMIZERS)}")
 
 
