@@ -128,9 +128,10 @@ def check_output_dirs(cfg: DictConfig) -> None:
 def check_pairing(model_cfg: DictConfig, dataset_name: str, modality: str) -> None:
     """Refuse an image model on tabular data (and the like) with a clear line."""
     if model_cfg.modality != modality:
+        article = "an" if str(model_cfg.modality)[:1] in "aeiou" else "a"
         raise ConfigError(
             f"model {model_cfg.name!r} takes {model_cfg.modality} data but dataset {dataset_name!r} is {modality}; "
-            f"choose a {model_cfg.modality} dataset"
+            f"choose {article} {model_cfg.modality} dataset"
         )
 
 

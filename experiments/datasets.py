@@ -2,7 +2,8 @@
 returning a `Dataset` with train/test splits, deterministic from its ``seed``.
 
 Image loaders return NCHW float32; tabular ones (N, F) float32 z-scored with training-split
-statistics; labels are int64. The synthetic tasks also carry ground-truth relevance masks.
+statistics; text ones (N, L) int64 token ids, right-padded; labels are int64. The synthetic tasks
+(and the generated sentiment corpus, per token) also carry ground-truth relevance masks.
 """
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from experiments.loaders.base import UNKNOWN_LABEL, DataError, Dataset
 from experiments.loaders.image import cifar10, digits, fashion_mnist, imagenet_samples, mnist
 from experiments.loaders.synthetic import synthetic_image, synthetic_tabular
 from experiments.loaders.tabular import breast_cancer, lending_club
+from experiments.loaders.text import sentiment_rationales, sst2
 
 __all__ = [
     "DataError", "Dataset", "UNKNOWN_LABEL",
     "breast_cancer", "lending_club",
     "digits", "mnist", "fashion_mnist", "cifar10", "imagenet_samples",
     "synthetic_tabular", "synthetic_image",
+    "sentiment_rationales", "sst2",
 ]

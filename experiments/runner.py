@@ -39,15 +39,27 @@ class RunResult:
 
 def forward_backward_seconds(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, batch_size: int,
                              device: torch.device) -> float:
-    """Time of one forward+backward pass over the samples: the unit the runtime column uses."""
+    """Time of one forward+backward pass over the samples: the unit the runtime column uses.
+
+    Token ids have no gradient: for a text model the backward pass reaches its token embeddings
+    (``embedding_layer()``), as the gradient methods' does."""
     total = 0.0
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device).requires_grad_(True)
-        tb = targets[i:i + batch_size].to(device)
-        start = time.perf_counter()
-        out = model(xb)
-        out.gather(1, tb[:, None]).sum().backward()
-        total += time.perf_counter() - start
+    hook = None
+    if not x.is_floating_point():
+        hook = model.embedding_layer().register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
+    try:
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            if xb.is_floating_point():
+                xb.requires_grad_(True)
+            tb = targets[i:i + batch_size].to(device)
+            start = time.perf_counter()
+            out = model(xb)
+            out.gather(1, tb[:, None]).sum().backward()
+            total += time.perf_counter() - start
+    finally:
+        if hook is not None:
+            hook.remove()
     return total
 
 
@@ -68,8 +80,22 @@ def build_metrics(cfg: DictConfig) -> dict[str, Any]:
     """Every metric of the run, reading the run's ``output`` (the function the methods explain)
     and reducing re-run explanations' channels as the run does."""
     metrics_cfg = cfg.get("metrics") or {}
-    return {name: instantiate(mcfg, channel_reduction=cfg.channel_reduction, output=cfg.output)
-            for name, mcfg in metrics_cfg.items()}
+    metrics = {name: instantiate(mcfg, channel_reduction=cfg.channel_reduction, output=cfg.output)
+               for name, mcfg in metrics_cfg.items()}
+    if cfg.model.modality == "text":
+        check_text_metrics(metrics)
+    return metrics
+
+
+def check_text_metrics(metrics: dict[str, Any]) -> None:
+    """Refuse, before any work, a metric that cannot read token ids: Quantus's and the tabular
+    metrics treat an (N, L) id tensor as rows of numbers and would perturb ids arithmetically.
+    A metric declares what it reads in ``modalities``; one that declares nothing is taken at its word."""
+    for name, metric in metrics.items():
+        supported = getattr(metric, "modalities", None)
+        if supported is not None and "text" not in supported:
+            raise ConfigError(f"metric {name!r} does not support text data; it supports: {', '.join(supported)} "
+                              f"(for text choose metrics=text or metrics=none)")
 
 
 # A target probability this close to 1 is saturated in float32: its gradient is 0 and removing a
@@ -145,6 +171,7 @@ def run(cfg: DictConfig) -> RunResult:
     context = ExplainContext(
         modality=ds.modality, model_kind=prep.model_kind, n_classes=ds.n_classes, x_train=ds.x_train,
         seed=int(cfg.seed), device=device, feature_names=ds.feature_names,
+        extras={"tokenizer": ds.info["tokenizer"]["tokenizer"]} if ds.modality == "text" else {},
     )
     start = time.perf_counter()
     explainer = instantiate(cfg.method, model=model, context=context)
@@ -225,8 +252,10 @@ def run(cfg: DictConfig) -> RunResult:
         "diagnostics": {},   # per-sample numbers a method reports about itself (scores.csv columns)
     }
     arrays = {"attributions": attributions.numpy(), "targets": targets.numpy(), "sample": idx.numpy()}
-    if ds.modality == "image":
-        arrays["inputs"] = x.numpy()
+    if ds.modality in ("image", "text"):
+        arrays["inputs"] = x.numpy()          # text: the token ids (N, L)
+    if ds.modality == "text" and gt is not None:
+        arrays["ground_truth"] = gt.numpy()   # the rationale per token (N, L)
     for key, v in extras.items():
         values = torch.cat(v)
         if values.ndim == 1:  # one number per sample (e.g. backtrace's conservation): a scores column

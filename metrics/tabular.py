@@ -45,6 +45,7 @@ class TabularMetric(Metric):
     """Shared machinery: parameter checks, target scores on stacked perturbations, baselines."""
 
     defaults: ClassVar[dict[str, Any]] = {}
+    modalities: ClassVar[tuple[str, ...]] = ("tabular",)  # (N, F) rows of numbers
 
     def __init__(self, **params: Any) -> None:
         allowed = {**COMMON_PARAMS, **self.defaults}

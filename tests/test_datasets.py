@@ -62,7 +62,7 @@ def check_contract(ds: Dataset, modality: str, input_shape: tuple[int, ...], n_c
 def test_every_config_names_its_loader_and_only_its_parameters() -> None:
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert names == sorted(["breast_cancer", "digits", "mnist", "fashion_mnist", "imagenet_samples", "cifar10",
-                            "lending_club", "synthetic_tabular", "synthetic_image"])
+                            "lending_club", "synthetic_tabular", "synthetic_image", "sentiment_rationales", "sst2"])
     for name in names:
         raw = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
         assert raw._target_ == f"experiments.datasets.{name}"
@@ -154,7 +154,9 @@ def test_dataset_refuses_wrong_dtypes_and_shapes() -> None:
         Dataset("t", "tabular", x.double(), y, x, y, 2)
     with pytest.raises(ValueError, match=r"y_test outside \[0, 2\)"):
         Dataset("t", "tabular", x, y, x, y + 2, 2)
-    with pytest.raises(ValueError, match=r"^dataset t: unknown modality 'text'; choose one of: tabular, image$"):
+    with pytest.raises(ValueError, match=r"^dataset t: unknown modality 'audio'; choose one of: tabular, image, text$"):
+        Dataset("t", "audio", x, y, x, y, 2)
+    with pytest.raises(ValueError, match=r"x_train must be int64 of rank 2, got torch.float32"):
         Dataset("t", "text", x, y, x, y, 2)
     with pytest.raises(ValueError, match=r"ground_truth must have shape \(4, 3\)"):
         Dataset("t", "tabular", x, y, x, y, 2, ground_truth=torch.zeros(4, 2))

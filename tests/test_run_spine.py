@@ -107,7 +107,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 BAD_INPUTS = [
-    (["model=nope"], "unknown model 'nope'; valid choices: cnn,"),
+    (["model=nope"], "unknown model 'nope'; valid choices: bert, bert_tiny, cnn,"),
     (["dataset=nope"], "unknown dataset 'nope'; valid choices:"),
     (["method=nope"], "unknown method 'nope'; valid choices:"),
     (["metrics=nope"], "unknown metrics 'nope'; valid choices:"),

@@ -13,7 +13,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-MODALITIES = ("tabular", "image")
+MODALITIES = ("tabular", "image", "text")
 UNKNOWN_LABEL = -1  # a test label with no class in the label set (explain the prediction instead)
 
 
@@ -25,11 +25,14 @@ class DataError(ValueError):
 class Dataset:
     """Train and test splits of one task, with optional ground-truth relevance for the test split.
 
-    Inputs are float32 (tabular ``(N, F)``, images ``(N, C, H, W)``), labels int64 in
-    ``[0, n_classes)`` or ``UNKNOWN_LABEL`` (-1) where a sample has no class in the label set.
-    ``ground_truth`` marks the test inputs that define the label: images ``(N, 1, H, W)``,
-    tabular ``(N, F)``, values in {0, 1}. ``info`` holds only JSON-serialisable values (lists, not
-    tensors) so a run record can store it as it is.
+    Inputs are float32 (tabular ``(N, F)``, images ``(N, C, H, W)``) or, for text, int64 token
+    ids ``(N, L)`` right-padded with the tokenizer's pad id; labels int64 in ``[0, n_classes)`` or
+    ``UNKNOWN_LABEL`` (-1) where a sample has no class in the label set. ``ground_truth`` marks
+    the test inputs that define the label: images ``(N, 1, H, W)``, tabular and text ``(N, F)`` /
+    ``(N, L)`` (a rationale per token), values in {0, 1}. ``info`` holds only JSON-serialisable
+    values (lists, not tensors) so a run record can store it as it is; a text dataset keeps its
+    tokenizer's ids there (``info["tokenizer"]``, see ``experiments.text_models.tokenizer_spec``)
+    and its test sentences in ``texts_test``.
     """
 
     name: str
@@ -43,25 +46,62 @@ class Dataset:
     class_names: list[str] | None = None
     ground_truth: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    texts_test: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise DataError(f"dataset {self.name}: unknown modality {self.modality!r}; choose one of: {', '.join(MODALITIES)}")
-        rank = 2 if self.modality == "tabular" else 4
+        rank = 4 if self.modality == "image" else 2
+        dtype = torch.int64 if self.modality == "text" else torch.float32
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
-            if x.dtype != torch.float32 or x.dim() != rank:
-                raise DataError(f"dataset {self.name}: x_{split} must be float32 of rank {rank}, got {x.dtype} {tuple(x.shape)}")
+            if x.dtype != dtype or x.dim() != rank:
+                raise DataError(f"dataset {self.name}: x_{split} must be {str(dtype).replace('torch.', '')} of rank {rank}, "
+                                f"got {x.dtype} {tuple(x.shape)}")
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise DataError(f"dataset {self.name}: y_{split} must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
             if len(y) and (int(y.min()) < UNKNOWN_LABEL or int(y.max()) >= self.n_classes):
                 raise DataError(f"dataset {self.name}: y_{split} outside [0, {self.n_classes}) (or -1 for unknown)")
-            self._check_finite(split, x)
+            if self.modality == "text":
+                self._check_token_ids(split, x)
+            else:
+                self._check_finite(split, x)
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise DataError(f"dataset {self.name}: train and test inputs differ in shape")
         if self.ground_truth is not None:
             want = (len(self.x_test), 1, *self.x_test.shape[2:]) if self.modality == "image" else tuple(self.x_test.shape)
             if tuple(self.ground_truth.shape) != want:
                 raise DataError(f"dataset {self.name}: ground_truth must have shape {want}, got {tuple(self.ground_truth.shape)}")
+        if self.modality == "text":
+            if self.texts_test is not None and len(self.texts_test) != len(self.x_test):
+                raise DataError(f"dataset {self.name}: texts_test holds {len(self.texts_test)} texts for "
+                                f"{len(self.x_test)} test samples")
+            if self.ground_truth is not None:
+                on_special = self.ground_truth.bool() & ~self.token_feature_mask(self.x_test)
+                if bool(on_special.any()):
+                    sample, position = (int(i) for i in torch.nonzero(on_special)[0])
+                    raise DataError(f"dataset {self.name}: ground_truth marks a special or pad token "
+                                    f"(test sample {sample}, position {position}); rationales cover real tokens only")
+
+    def _check_token_ids(self, split: str, x: Tensor) -> None:
+        """Token ids must name the tokenizer's vocabulary: an id outside it would index past the
+        embedding table."""
+        spec = self.info.get("tokenizer")
+        if not isinstance(spec, dict) or not {"vocab_size", "pad_token_id", "mask_token_id",
+                                              "special_token_ids"} <= set(spec):
+            raise DataError(f"dataset {self.name}: a text dataset needs info['tokenizer'] "
+                            f"(experiments.text_models.tokenizer_spec())")
+        bad = (x < 0) | (x >= int(spec["vocab_size"]))
+        if bool(bad.any()):
+            sample, position = (int(i) for i in torch.nonzero(bad)[0])
+            raise DataError(f"dataset {self.name}: x_{split} holds token id {int(x[sample, position])} at sample "
+                            f"{sample}, position {position}, outside the vocabulary 0..{int(spec['vocab_size']) - 1}")
+
+    def token_feature_mask(self, ids: Tensor) -> Tensor:
+        """True on the tokens of ``ids`` that are features (real, not special, not padding), by the
+        same rule as ``TextClassifier.feature_mask``."""
+        spec = self.info["tokenizer"]
+        special = torch.tensor(sorted(set(spec["special_token_ids"]) | {int(spec["pad_token_id"])}), dtype=ids.dtype)
+        return ~torch.isin(ids, special.to(ids.device))
 
     def _check_finite(self, split: str, x: Tensor) -> None:
         """Every loader's output is checked here: a NaN or infinity in the inputs would train a
@@ -78,12 +118,12 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one sample: ``(F,)`` or ``(C, H, W)``."""
+        """Shape of one sample: ``(F,)``, ``(C, H, W)`` or ``(L,)`` (tokens)."""
         return tuple(self.x_test.shape[1:])
 
     @property
     def n_features(self) -> int:
-        """Number of input values per sample (F for tabular, C*H*W for images)."""
+        """Number of input values per sample (F for tabular, C*H*W for images, L for text)."""
         return int(np.prod(self.input_shape))
 
     @property
@@ -100,6 +140,11 @@ class Dataset:
         """The data-dependent constructor arguments of the model zoo (see experiments.models)."""
         if self.modality == "tabular":
             return {"in_features": self.n_features, "num_classes": self.n_classes}
+        if self.modality == "text":
+            spec = self.info["tokenizer"]
+            return {"num_classes": self.n_classes, "vocab_size": int(spec["vocab_size"]),
+                    "pad_token_id": int(spec["pad_token_id"]), "mask_token_id": int(spec["mask_token_id"]),
+                    "special_token_ids": [int(i) for i in spec["special_token_ids"]]}
         return {"in_channels": self.channels, "num_classes": self.n_classes, "input_size": list(self.image_size or ())}
 
     def test_indices(self, n: int, seed: int | None = None) -> Tensor:
