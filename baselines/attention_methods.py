@@ -28,12 +28,14 @@ def read_rows(scores: Tensor, real: Tensor, pooling: str) -> Tensor:
 
 
 def head_mean(attention: Tensor, real: Tensor) -> Tensor:
-    """One layer's attention averaged over heads, with the padding mask applied explicitly: rows
-    and columns of pad tokens are zero and the real rows sum to one again (a model whose mask
-    leaves a little mass on padding gives the same rollout as one whose mask leaves none)."""
-    pair = (real.unsqueeze(-1) & real.unsqueeze(-2)).to(attention.dtype)
-    a = attention.mean(1) * pair
-    return a / a.sum(-1, keepdim=True).clamp(min=torch.finfo(a.dtype).tiny)
+    """One layer's attention averaged over heads, with the padding mask applied explicitly: each
+    head's rows and columns of pad tokens are zeroed and its real rows renormalised (the softmax
+    over the real keys alone) before the mean, so a model whose mask leaves a little mass on
+    padding gives the same result as one whose mask leaves none."""
+    pair = (real.unsqueeze(-1) & real.unsqueeze(-2)).to(attention.dtype).unsqueeze(1)
+    a = attention * pair
+    a = a / a.sum(-1, keepdim=True).clamp(min=torch.finfo(a.dtype).tiny)
+    return a.mean(1)
 
 
 def rollout(attentions: Sequence[Tensor], real: Tensor) -> Tensor:
