@@ -1,5 +1,6 @@
 """Attribution methods behind one interface (:class:`~baselines.base.Explainer`), each built from
 its Hydra config in ``configs/method/<name>.yaml``."""
+from .attention_methods import AttentionLastMethod, AttentionRolloutMethod
 from .backtrace_method import BacktraceContrastiveMethod, BacktraceMethod
 from .base import (
     Attribution,
@@ -20,6 +21,7 @@ METHODS: dict[str, type[Explainer]] = {
         BacktraceMethod, BacktraceContrastiveMethod, SaliencyMethod, GradientXInputMethod,
         IntegratedGradientsMethod, SmoothGradMethod, GradCAMMethod, ShapKernelMethod,
         ShapPartitionMethod, ShapGradientMethod, ShapDeepMethod, LimeMethod, RandomMethod, SobelMethod,
+        AttentionRolloutMethod, AttentionLastMethod,
     )
 }
 

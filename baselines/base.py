@@ -49,6 +49,13 @@ def check_finite_inputs(inputs: Tensor, sample_ids: Optional[Tensor] = None, wha
         )
 
 
+def check_token_ids(inputs: Tensor) -> None:
+    """Text inputs are token ids: an integer tensor (N, L). Anything else is refused in one line."""
+    if inputs.dtype.is_floating_point or inputs.dtype == torch.bool or inputs.ndim != 2:
+        raise ValueError(f"text inputs must be int64 token ids of shape (N, L); got dtype {inputs.dtype} "
+                         f"and shape {tuple(inputs.shape)}")
+
+
 @dataclass
 class ExplainContext:
     """What a method may need besides the model: the data it may draw a background from, the
@@ -129,6 +136,8 @@ class Explainer:
         raise NotImplementedError
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> Attribution:
+        if self.context.modality == "text":
+            check_token_ids(inputs)
         check_finite_inputs(inputs)
         targets = self._check_targets(inputs, targets)
         self.last_extras = {}
@@ -136,7 +145,19 @@ class Explainer:
         values = self.explain(inputs, targets)
         seconds = time.perf_counter() - start
         self._check_shape(inputs, values)
+        if self.context.modality == "text":
+            values = self._features_only(inputs, values)
         return Attribution(values.detach(), seconds, dict(self.last_extras))
+
+    def _features_only(self, inputs: Tensor, values: Tensor) -> Tensor:
+        """Text: one float per token, exactly zero on the tokens that are not features ([CLS],
+        [SEP], padding: the model's ``feature_mask``), whatever the method put there. Done here
+        once, so no method and no metric can credit a special token."""
+        from .text_inputs import feature_mask
+
+        keep = feature_mask(self.model, inputs).to(values.device)
+        values = values if values.dtype.is_floating_point else values.float()
+        return torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
 
     def declared(self) -> dict[str, dict[str, Any]]:
         """What the method is told to spend and what it removes features to: ``{"budget": {...},

@@ -4,7 +4,10 @@ outputs on perturbed copies of each input.
 Tabular: LimeTabularExplainer over the training inputs, with every feature in the surrogate
 (lime's default keeps 10; feature selection is off, as all features are kept anyway). Images: LimeImageExplainer over superpixels from a configurable
 scikit-image segmentation; the returned map gives each pixel its superpixel's weight, one map per
-pixel, (N, 1, H, W). Both are signed and seeded from the run seed.
+pixel, (N, 1, H, W). Text: LimeTextExplainer with the token positions as features (one
+placeholder word per feature token, ``bow=False`` so that each position is its own feature); a
+hidden token is replaced by [MASK] or removed (``mask``). All are signed and seeded from the run
+seed.
 """
 from __future__ import annotations
 
@@ -16,13 +19,16 @@ import numpy as np
 import torch
 from lime import lime_image
 from lime.lime_tabular import LimeTabularExplainer
+from lime.lime_text import LimeTextExplainer
 from lime.wrappers.scikit_image import SegmentationAlgorithm
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .base import ExplainContext, Explainer, check_choice, numpy_predictor
+from .text_inputs import TEXT_MASKS, feature_mask, hide_tokens
 
 SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb")
+HIDDEN_WORD = "UNKWORDZ"  # lime's own default mask string, stated: text perturbations are parsed back by it
 DISCRETIZERS = ("quartile", "decile", "entropy")
 SEGMENTATION_DEFAULTS: dict[str, dict[str, Any]] = {  # quickshift: lime's own defaults
     "quickshift": {"kernel_size": 4, "max_dist": 200, "ratio": 0.2},
@@ -47,10 +53,12 @@ class LimeMethod(Explainer):
     superpixels take ``hide_color``: a number (the configs use 0, the value the faithfulness metrics
 remove pixels to on these [0, 1] images), or null for lime's default, each superpixel's own mean
 colour, which on small grey images hides almost nothing and leaves the surrogate little to fit.
-    Grayscale images are shown to lime as RGB copies and read back from one channel."""
+    Grayscale images are shown to lime as RGB copies and read back from one channel. Text: each
+    feature token's position is a feature; a hidden token is replaced by [MASK] (``mask:
+    mask_token``) or removed (``remove``); lime's text kernel width (25) unless ``kernel_width``."""
 
     name = "lime"
-    modalities = ("tabular", "image")
+    modalities = ("tabular", "image", "text")
     deterministic = False
     pixel_map = True  # images only: one weight per superpixel, (N, 1, H, W)
     budget_params = ("num_samples",)
@@ -59,7 +67,9 @@ colour, which on small grey images hides almost nothing and leaves the surrogate
         """Images: hidden superpixels take ``hide_color``; rows: lime resamples hidden features from
         the training data's distribution (binned by ``discretizer`` when ``discretize``)."""
         out = super().declared()
-        if self.context.modality == "image":
+        if self.context.modality == "text":
+            out["absent"] = {"mask": self.params["mask"]}
+        elif self.context.modality == "image":
             out["absent"] = {"hide_color": "superpixel mean" if self.hide_color is None else self.hide_color}
         else:
             out["absent"] = {"training_distribution": self.params["discretizer"] if self.params["discretize"]
@@ -70,10 +80,12 @@ colour, which on small grey images hides almost nothing and leaves the surrogate
                  discretize: bool = True, discretizer: str = "quartile",
                  segmentation: str = "slic", segmentation_params: Optional[dict[str, Any]] = None,
                  hide_color: Optional[float] = None, batch_size: int = 100, kernel_width: Optional[float] = None,
-                 output: str = "softmax") -> None:
+                 output: str = "softmax", mask: str = "mask_token") -> None:
         super().__init__(model, context, num_samples=num_samples, discretize=discretize, discretizer=discretizer,
                          segmentation=segmentation, segmentation_params=segmentation_params,
-                         hide_color=hide_color, batch_size=batch_size, kernel_width=kernel_width, output=output)
+                         hide_color=hide_color, batch_size=batch_size, kernel_width=kernel_width, output=output,
+                         mask=mask)
+        check_choice("lime mask", mask, TEXT_MASKS)
         check_choice("lime segmentation", segmentation, SEGMENTATIONS)
         check_choice("lime discretizer", discretizer, DISCRETIZERS)
         self.num_samples = int(num_samples)
@@ -82,7 +94,13 @@ colour, which on small grey images hides almost nothing and leaves the surrogate
         fwd = self.forward_fn(output)
         # lime draws every perturbation from this one generator, seeded by the run seed
         self.random_state = np.random.RandomState(context.seed % 2**32)
-        if context.modality == "tabular":
+        if context.modality == "text":
+            self.mask = mask
+            self.predict_ids = numpy_predictor(fwd, context.device, torch.from_numpy, self.batch_size)
+            self.text = LimeTextExplainer(kernel_width=kernel_width or 25, feature_selection="none", bow=False,
+                                          split_expression=r"\s", mask_string=HIDDEN_WORD,
+                                          random_state=self.random_state)
+        elif context.modality == "tabular":
             if context.x_train is None:
                 raise ValueError("lime on tabular data needs training inputs (context.x_train); none were given")
             x_train = context.x_train.float().cpu().numpy().astype(np.float64)
@@ -105,9 +123,39 @@ colour, which on small grey images hides almost nothing and leaves the surrogate
         return x[:, :1] if self._channels == 1 else x
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        if self.context.modality == "text":
+            return self._explain_text(inputs, targets)
         if self.context.modality == "tabular":
             return self._explain_tabular(inputs, targets)
         return self._explain_images(inputs, targets)
+
+    def _explain_text(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """lime sees a sentence of placeholder words ``t0 t1 ...``, one per feature token; its
+        perturbed copies (hidden words replaced by :data:`HIDDEN_WORD`) are turned back into
+        token ids with those features hidden, and the model is called on the ids."""
+        ids = inputs.detach().cpu()
+        features = feature_mask(self.model, ids)
+        out = torch.zeros(ids.shape, dtype=torch.float64)
+        for i, t in enumerate(targets.tolist()):
+            positions = torch.nonzero(features[i]).flatten()
+            if len(positions) == 0:
+                continue  # nothing to explain: no feature tokens
+            sentence = " ".join(f"t{k}" for k in range(len(positions)))
+            exp = self.text.explain_instance(sentence, partial(self._classify, ids[i], positions), labels=(t,),
+                                             num_features=len(positions), num_samples=self.num_samples)
+            for feature, weight in exp.local_exp[t]:
+                out[i, positions[feature]] = weight
+        return out.to(torch.float32).to(inputs.device)
+
+    def _classify(self, row: Tensor, positions: Tensor, sentences: list[str]) -> np.ndarray:
+        kept = torch.tensor([[word != HIDDEN_WORD for word in s.split(" ")] for s in sentences], dtype=torch.bool)
+        if kept.shape[1] != len(positions):
+            raise RuntimeError(f"lime returned sentences of {kept.shape[1]} words for {len(positions)} features")
+        keep = torch.ones((len(sentences), len(row)), dtype=torch.bool)
+        keep[:, positions] = kept
+        model = self.model
+        rows = hide_tokens(row.expand(len(sentences), -1), keep, self.mask, model.mask_token_id, model.pad_token_id)
+        return self.predict_ids(rows.numpy())
 
     def _explain_tabular(self, inputs: Tensor, targets: Tensor) -> Tensor:
         x = inputs.detach().cpu().numpy().astype(np.float64)

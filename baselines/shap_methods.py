@@ -20,6 +20,7 @@ import shap
 import torch
 from torch import Tensor, nn
 
+from .text_inputs import TEXT_MASKS, feature_mask, hide_tokens
 from .base import (
     ExplainContext,
     Explainer,
@@ -98,33 +99,65 @@ class ShapKernelMethod(Explainer):
         return torch.from_numpy(picked).to(inputs.dtype).to(inputs.device)
 
 
+class FeatureTokens:
+    """The tokenizer shap's Text masker is given: it "tokenizes" a string of token ids (the
+    feature tokens of one sample, space-separated) back into those ids, and names them with the
+    benchmark's WordPiece tokenizer.
+
+    shap's Text masker re-tokenizes the *text* it is given and masks that tokenization; the ids a
+    dataset holds need not survive a decode and re-encode (truncation, [UNK], normalisation), and
+    [CLS], [SEP] and padding must never be masked. So the masker sees the sample's feature tokens
+    themselves: its masks line up with our ids one to one, and its own hierarchy (word pieces
+    joined into words, words into phrases at punctuation) is built from their names. No offsets
+    are given, so shap names each token by ``convert_ids_to_tokens``."""
+
+    def __call__(self, s: str, return_offsets_mapping: bool = False, **_: Any) -> dict[str, list[int]]:
+        if return_offsets_mapping:
+            raise NotImplementedError  # shap falls back to convert_ids_to_tokens
+        return {"input_ids": [int(v) for v in s.split()]}
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        from experiments.text_models import load_tokenizer
+
+        return load_tokenizer().convert_ids_to_tokens([int(i) for i in ids])
+
+
 class ShapPartitionMethod(Explainer):
     """PartitionSHAP (Owen values over a feature hierarchy), ``max_evals`` model evaluations per
     sample. Images: pixels are hidden by ``masker`` (``blur(kx,ky)``, ``inpaint_telea``,
     ``inpaint_ns`` or a constant) over shap's pixel hierarchy. Tabular: features are hidden by
-    ``background_size`` seeded training rows, grouped by correlation clustering. Deterministic."""
+    ``background_size`` seeded training rows, grouped by correlation clustering. Text: shap's
+    Text masker over the feature tokens (its hierarchy joins word pieces into words and words into
+    phrases); a hidden token is replaced by [MASK] (``mask: mask_token``) or removed (``remove``).
+    Deterministic."""
 
     name = "shap_partition"
     budget_params = ("max_evals",)
-    modalities = ("tabular", "image")
+    modalities = ("tabular", "image", "text")
 
     def declared(self) -> dict[str, dict[str, Any]]:
-        """Images are hidden by the masker; rows take the values of background training rows."""
+        """Images are hidden by the masker; rows take the values of background training rows;
+        text tokens are masked or removed."""
         out = super().declared()
-        key = "masker" if self.context.modality == "image" else "background_size"
+        key = {"image": "masker", "text": "mask"}.get(self.context.modality, "background_size")
         out["absent"] = {key: self.params.get(key)}
         return out
 
     def __init__(self, model: nn.Module, context: ExplainContext, max_evals: int = 500,
                  masker: Union[str, float] = "blur(8,8)", background_size: int = 100,
-                 batch_size: int = 100, output: str = "softmax") -> None:
+                 batch_size: int = 100, output: str = "softmax", mask: str = "mask_token") -> None:
         super().__init__(model, context, max_evals=max_evals, masker=masker,
-                         background_size=background_size, batch_size=batch_size, output=output)
+                         background_size=background_size, batch_size=batch_size, output=output, mask=mask)
+        check_choice("shap_partition mask", mask, TEXT_MASKS)
         self.max_evals = int(max_evals)
         self.batch_size = int(batch_size)
         self.mask_value = masker
         fwd = self.forward_fn(output)
-        if context.modality == "image":
+        if context.modality == "text":
+            self.mask = mask
+            self.predict = numpy_predictor(fwd, context.device, torch.from_numpy, self.batch_size)
+            self.tabular_explainer = None
+        elif context.modality == "image":
             # shap's image masker wants channels-last arrays
             self.predict = numpy_predictor(fwd, context.device, lambda a: torch.from_numpy(a).float().permute(0, 3, 1, 2))
             self.tabular_explainer = None
@@ -134,11 +167,41 @@ class ShapPartitionMethod(Explainer):
             masker_obj = shap.maskers.Partition(bg, max_samples=len(bg), clustering="correlation")
             self.tabular_explainer = shap.PartitionExplainer(self.predict, masker_obj)
 
+    def _explain_text(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """One Text masker per sample over its feature tokens (see :class:`FeatureTokens`); the
+        masked token ids it returns are put back into the full row, with [CLS], [SEP] and
+        padding where they were, before the model is called."""
+        model = self.model
+        ids = inputs.detach().cpu()
+        features = feature_mask(model, ids)
+        out = torch.zeros(ids.shape, dtype=torch.float64)
+        for i, t in enumerate(targets.tolist()):
+            positions = torch.nonzero(features[i]).flatten()
+            if len(positions) == 0:
+                continue  # nothing to explain: no feature tokens
+            row = ids[i]
+
+            def predict(masked: np.ndarray, row: Tensor = row, positions: Tensor = positions) -> np.ndarray:
+                masked = torch.from_numpy(np.asarray(masked, dtype=np.int64)).reshape(-1, len(positions))
+                keep = torch.ones((len(masked), len(row)), dtype=torch.bool)
+                keep[:, positions] = masked.ne(model.mask_token_id)
+                return self.predict(hide_tokens(row.expand(len(masked), -1), keep, self.mask, model.mask_token_id,
+                                                model.pad_token_id).numpy())
+
+            masker = shap.maskers.Text(FeatureTokens(), mask_token=int(model.mask_token_id), output_type="token_ids")
+            explainer = shap.PartitionExplainer(predict, masker)
+            sentence = " ".join(str(int(v)) for v in row[positions])
+            exp = explainer([sentence], max_evals=self.max_evals, batch_size=self.batch_size, outputs=[t], silent=True)
+            out[i, positions] = torch.from_numpy(np.asarray(exp.values[0], dtype=np.float64).reshape(len(positions)))
+        return out.to(torch.float32).to(inputs.device)
+
     def _image_explainer(self, shape: tuple[int, int, int]) -> shap.PartitionExplainer:
         value = self.mask_value if isinstance(self.mask_value, str) else float(self.mask_value)
         return shap.PartitionExplainer(self.predict, shap.maskers.Image(value, shape))
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        if self.context.modality == "text":
+            return self._explain_text(inputs, targets)
         out = torch.zeros_like(inputs)
         x = inputs.detach().cpu().numpy().astype(np.float64)
         if self.context.modality == "image":

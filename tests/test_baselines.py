@@ -116,8 +116,8 @@ def test_every_method_has_a_config_and_back():
     assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == sorted(METHODS)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_config_instantiates_its_class(name):
+@pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items() if {"tabular", "image"} & set(c.modalities)))
+def test_config_instantiates_its_class(name):  # text-only methods: tests/test_text_methods.py
     cfg = method_config(name, "logits" if name == "shap_deep" else "softmax")
     cls = get_class(cfg._target_)
     assert cls is METHODS[name] and cls.name == name
@@ -145,7 +145,8 @@ def test_shape_finite_and_sign(name, modality):
 
 def test_signs_are_declared_honestly():
     unsigned = {name for name, cls in METHODS.items() if not cls.signed}
-    assert unsigned == {"saliency", "gradcam", "sobel", "backtrace", "backtrace_contrastive"}
+    assert unsigned == {"saliency", "gradcam", "sobel", "backtrace", "backtrace_contrastive",
+                        "attention_rollout", "attention_last"}
     assert build("backtrace_contrastive", "image", contrastive_output="difference").signed
 
 
@@ -274,7 +275,9 @@ def test_batch_equals_single_samples(name, modality):
     ("shap_kernel", "image", "conv", "method 'shap_kernel' does not support 'image' data; it supports: tabular"),
     ("shap_deep", "text", "transformer",
      "method 'shap_deep' does not support 'text' data; it supports: tabular, image"),
-    ("saliency", "text", "transformer", "method 'saliency' does not support 'text' data; it supports: tabular, image"),
+    ("gradcam", "text", "transformer", "method 'gradcam' does not support 'text' data; it supports: image"),
+    ("attention_rollout", "image", "conv",
+     "method 'attention_rollout' does not support 'image' data; it supports: text"),
 ])
 def test_unsupported_pairs_are_refused_before_running(name, modality, kind, message):
     cls = METHODS[name]
