@@ -157,6 +157,8 @@ class TextMetric(Metric):
                                  f"match the ids {tuple(x.shape)}")
         x = x.long()
         y = torch.as_tensor(y).detach().cpu().long().reshape(-1)
+        if len(y) != len(x):
+            raise ValueError(f"metric {name!r}: {len(y)} targets for {len(x)} samples; give one target per sample")
         model.eval()
         feature = model.feature_mask(x.to(_device_of(model))).cpu().bool()
         with np.errstate(all="ignore"):
@@ -174,16 +176,28 @@ class TextMetric(Metric):
     # -- helpers ---------------------------------------------------------------------------
     @torch.no_grad()
     def logits(self, model: nn.Module, ids: Tensor) -> Tensor:
-        """The model's logits on ``ids`` in chunks of ``chunk_size`` rows, each trimmed to its
-        widest real sequence (the padding after it changes nothing)."""
+        """The model's logits on ``ids``: each distinct sequence once (deletion bins and curve
+        steps often repeat one, e.g. the top 1 % and 5 % of a short sentence), shortest first in
+        chunks of ``chunk_size`` rows, each chunk trimmed to its widest real sequence (the
+        padding after it changes nothing)."""
         device, pad = _device_of(model), int(model.pad_token_id)
-        out = []
-        for start in range(0, len(ids), int(self.params["chunk_size"])):
-            chunk = ids[start:start + int(self.params["chunk_size"])]
+        if len(ids) == 0:
+            return torch.zeros(0, 0)
+        distinct, inverse = torch.unique(ids, dim=0, return_inverse=True)
+        lengths = distinct.ne(pad).sum(1)
+        order = torch.argsort(lengths, stable=True)
+        out = torch.empty(0)
+        step = int(self.params["chunk_size"])
+        for start in range(0, len(order), step):
+            rows = order[start:start + step]
+            chunk = distinct[rows]
             real = chunk.ne(pad).any(0).nonzero()
             width = int(real.max()) + 1 if len(real) else 1
-            out.append(model(chunk[:, :width].to(device)).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, 0)
+            logits = model(chunk[:, :width].to(device)).float().cpu()
+            if out.numel() == 0:
+                out = torch.empty(len(distinct), logits.shape[1])
+            out[rows] = logits
+        return out[inverse]
 
     def target_output(self, model: nn.Module, ids: Tensor, targets: Tensor) -> np.ndarray:
         """What the metric reads: the target's softmax probability or its logit, per row."""
@@ -248,28 +262,53 @@ class TextSufficiency(TextComprehensiveness):
 
 
 class _DeletionCurveAUC(TextMetric):
-    """Delete the sample's n feature tokens one at a time in attribution order (most relevant
-    first for MoRF, least relevant first for LeRF) and read the target output after each step
-    j = 0..n; the score is the trapezoid area under that curve over x = j / n, i.e. normalised by
+    """Delete the sample's n feature tokens in attribution order (most relevant first for MoRF,
+    least relevant first for LeRF) and read the target output after j = 0..n of them are
+    deleted; the score is the trapezoid area under that curve over x = j / n, i.e. normalised by
     the number of feature tokens: the curve's mean height, comparable across sentence lengths.
-    NaN for a sample without feature tokens."""
+    ``steps: null`` reads the curve after every token; ``steps: s`` (an integer) only at the
+    deleted counts j = round(i * n / s), i = 0..s (every token where n <= s), which bounds the
+    cost at s + 1 sequences a sample. NaN for a sample without feature tokens."""
 
-    defaults = {"deletion": "mask"}
+    defaults = {"deletion": "mask", "steps": None}
     most_relevant_first: ClassVar[bool]
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        steps = self.params["steps"]
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"bad steps {steps!r} for metric {self.info.name!r}; use a positive integer or null")
+
+    def counts(self, n_feat: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, S) numbers of tokens deleted at each point of a sample's curve, and which of the S
+        points the sample has (rows are padded with their last count)."""
+        s = self.params["steps"]
+        per_sample = []
+        for n in n_feat.tolist():
+            if s is None or n <= s:
+                per_sample.append(list(range(n + 1)))
+            else:  # round(i * n / s), halves up, in integers
+                per_sample.append(sorted({(2 * i * n + s) // (2 * s) for i in range(s + 1)}))
+        width = max(len(c) for c in per_sample)
+        counts = torch.tensor([c + [c[-1]] * (width - len(c)) for c in per_sample], dtype=torch.long)
+        valid = torch.tensor([[j < len(c) for j in range(width)] for c in per_sample])
+        return counts.reshape(len(per_sample), width), valid.reshape(len(per_sample), width)
 
     def compute(self, model, x, y, a, feature, explainer, ground_truth):
         n_feat = feature.sum(1)
-        steps = int(n_feat.max()) + 1 if len(x) else 1
+        if len(x) == 0:
+            return np.zeros(0)
+        counts, valid = self.counts(n_feat)
         ranks = feature_ranks(a, feature, self.most_relevant_first)
-        drops = feature[:, None, :] & (ranks[:, None, :] < torch.arange(steps)[None, :, None])  # (N, S, L)
-        valid = torch.arange(steps)[None, :] <= n_feat[:, None]                              # (N, S)
+        drops = feature[:, None, :] & (ranks[:, None, :] < counts[:, :, None])   # (N, S, L)
         flat = self.perturbed_outputs_subset(model, x, y, drops, valid)
-        curves = np.full((len(x), steps), np.nan)
+        curves = np.full(counts.shape, np.nan)
         curves[valid.numpy()] = flat
         out = np.full(len(x), np.nan)
         for i, n in enumerate(n_feat.tolist()):
             if n:
-                out[i] = np.trapezoid(curves[i, :n + 1], x=np.arange(n + 1) / n)
+                m = int(valid[i].sum())
+                out[i] = np.trapezoid(curves[i, :m], x=counts[i, :m].numpy() / n)
         return out
 
     def perturbed_outputs_subset(self, model, x, y, drops, valid) -> np.ndarray:

@@ -73,3 +73,4 @@ def test_text_metrics_follow_the_run_output_and_seed():
     assert built["text_randomisation"].params["seed"] == 5
     assert built["text_class_sensitivity"].params["max_samples"] == 16
     assert built["text_comprehensiveness"].params["percentages"] == [1, 5, 10, 20, 50]
+    assert built["text_morf_auc"].params["steps"] == 10 and compose(["+metric@m=text_morf_auc"]).m.steps is None

@@ -167,12 +167,30 @@ def test_morf_and_lerf_by_hand():
                                [0.25 * (10.0 + 6.5 + 4.0 + 2.5)])
 
 
+def test_curves_read_at_fewer_steps():
+    # steps=2 on 4 tokens: after 0, 2 and 4 deletions; MoRF curve 12, 6, 4 over x = 0, 1/2, 1
+    np.testing.assert_allclose(TextMoRFAUC(output="logits", steps=2)(bow(), IDS, Y, A),
+                               [0.5 * ((12 + 6) / 2 + (6 + 4) / 2)])
+    # steps=3: round(4/3) = 1, round(8/3) = 3 -> after 0, 1, 3, 4 deletions: 12, 8.5, 4.5, 4
+    np.testing.assert_allclose(TextMoRFAUC(output="logits", steps=3)(bow(), IDS, Y, A),
+                               [0.25 * (12 + 8.5) / 2 + 0.5 * (8.5 + 4.5) / 2 + 0.25 * (4.5 + 4) / 2])
+    # as many steps as tokens or more: every token
+    exact = TextMoRFAUC(output="logits")(bow(), IDS, Y, A)
+    np.testing.assert_allclose(TextMoRFAUC(output="logits", steps=4)(bow(), IDS, Y, A), exact)
+    np.testing.assert_allclose(TextMoRFAUC(output="logits", steps=10)(bow(), IDS, Y, A), exact)
+    with pytest.raises(ValueError, match="bad steps 0"):
+        TextLeRFAUC(steps=0)
+
+
 def test_curves_of_samples_with_different_lengths_in_one_batch():
     ids = torch.tensor([[CLS, 4, 5, 6, 7, SEP, PAD], [CLS, 5, 8, SEP, PAD, PAD, PAD]])
     a = torch.tensor([[0, 1, 4, 2, 3, 0, 0], [0, 4, -1, 0, 0, 0, 0]], dtype=torch.float)
     scores = TextMoRFAUC(output="logits")(bow(), ids, torch.tensor([1, 1]), a)
     # sample 1: logit 5 + 4 - 1 - 3 = 5; delete 5 -> 1.5; delete 8 -> 3; x = 0, 1/2, 1
     np.testing.assert_allclose(scores, [6.75, 0.5 * ((5 + 1.5) / 2 + (1.5 + 3) / 2)])
+    # steps=2: sample 0 after 0, 2, 4 deletions (12, 6, 4); sample 1 (two tokens) after every one
+    scores = TextMoRFAUC(output="logits", steps=2)(bow(), ids, torch.tensor([1, 1]), a)
+    np.testing.assert_allclose(scores, [0.5 * (9 + 5), 0.5 * ((5 + 1.5) / 2 + (1.5 + 3) / 2)])
 
 
 # -- special tokens, padding, NaN ----------------------------------------------------------------
@@ -327,6 +345,8 @@ def test_bad_parameters_and_inputs_are_refused_in_one_line():
         TextMoRFAUC()(bow(), IDS.float(), Y, A)
     with pytest.raises(ValueError, match="non-finite"):
         TextMoRFAUC()(bow(), IDS, Y, A * float("nan"))
+    with pytest.raises(ValueError, match="2 targets for 1 samples"):
+        TextMoRFAUC()(bow(), IDS, Y.repeat(2), A)
 
 
 # -- the real text classifiers --------------------------------------------------------------------
