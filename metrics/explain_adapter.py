@@ -59,7 +59,9 @@ class ExplainFunc:
         return type(self.explainer)(model, self.explainer.context, **self.explainer.params)
 
     def __call__(self, model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **kwargs: Any) -> np.ndarray:
-        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        inputs = np.asarray(inputs)
+        # token ids (text) stay integers; every other input is float32 as Quantus hands it over
+        inputs = np.ascontiguousarray(inputs, dtype=np.int64 if np.issubdtype(inputs.dtype, np.integer) else np.float32)
         targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
         memo = getattr(self.explainer, "memo", None) if model is self.explainer.model else None
         key = None

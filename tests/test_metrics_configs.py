@@ -10,8 +10,9 @@ from hydra.utils import instantiate
 from experiments.config import compose, group_options
 from metrics.quantus_metrics import QUANTUS_METRICS
 from metrics.tabular import TABULAR_METRICS
+from metrics.text import TEXT_METRICS
 
-ALL = {**QUANTUS_METRICS, **TABULAR_METRICS}
+ALL = {**QUANTUS_METRICS, **TABULAR_METRICS, **TEXT_METRICS}
 SETS = {
     "quick": {"faithfulness_correlation", "sparseness"},
     "image": {"faithfulness_correlation", "faithfulness_estimate", "pixel_flipping", "monotonicity_correlation",
@@ -23,6 +24,7 @@ SETS = {
     "localisation": {"pointing_game", "attribution_localisation", "top_k_intersection", "relevance_rank_accuracy"},
     "localisation_tabular": {"pointing_game", "attribution_localisation", "top_k_intersection",
                              "relevance_rank_accuracy"},
+    "text": set(TEXT_METRICS),
 }
 
 
@@ -62,3 +64,13 @@ def test_set_bodies_override_the_metric_defaults():
 def test_a_set_can_be_trimmed_from_the_command_line():
     cfg = compose(["metrics=image", "~metrics.mprt", "metrics.max_sensitivity.nr_samples=200"])
     assert "mprt" not in cfg.metrics and cfg.metrics.max_sensitivity.nr_samples == 200
+
+
+def test_text_metrics_follow_the_run_output_and_seed():
+    cfg = compose(["seed=5", "metrics=text", "output=logits"])
+    built = {k: instantiate(v, channel_reduction="sum", output=cfg.output) for k, v in cfg.metrics.items()}
+    assert {m.params["output"] for m in built.values()} == {"logits"}
+    assert built["text_randomisation"].params["seed"] == 5
+    assert built["text_class_sensitivity"].params["max_samples"] == 16
+    assert built["text_comprehensiveness"].params["percentages"] == [1, 5, 10, 20, 50]
+    assert built["text_morf_auc"].params["steps"] == 10 and compose(["+metric@m=text_morf_auc"]).m.steps is None
