@@ -214,10 +214,18 @@ def heatmap_grid(data: "TableData", path: Path, n_rows: int = 6, dpi: int = 110)
     return _save(fig, path, dpi)
 
 
-def _save(fig: Any, path: Path, dpi: int = 110) -> Path:
+def _save(fig: Any, path: Path, dpi: int = 110, palette: bool = False) -> Path:
+    """Write a PNG; ``palette``: as 256 indexed colours (charts of a few flat colours lose
+    nothing visible and shrink to about a third; heatmaps would band, so they stay RGB)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     _plt().close(fig)
+    if palette:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            quantised = im.convert("RGB").quantize(colors=256, dither=Image.Dither.NONE)
+        quantised.save(path, optimize=True)
     return path
 
 
@@ -456,7 +464,7 @@ def rank_chart(data: "TableData", path: Path, n_boot: int = 1000) -> Optional[Pa
                   fontsize=7)
     ax.set_title(f"{data.name}: rank across metrics", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, palette=True)
 
 
 def cost_chart(data: "TableData", path: Path) -> Optional[Path]:
@@ -487,4 +495,4 @@ def cost_chart(data: "TableData", path: Path) -> Optional[Path]:
     axes[0].set_yticks(y, [method_title(m) for m in methods], fontsize=7)
     fig.suptitle(f"{data.name}: cost of each method", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, palette=True)

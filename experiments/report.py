@@ -36,6 +36,7 @@ figure { margin: 14px 0; } figure img { max-width: 100%; height: auto; border: 1
 figcaption { font-size: 12.5px; color: #444; }
 details summary { cursor: pointer; font-size: 13px; margin: 6px 0; }
 .charts { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+.charts figure { flex: 1 1 520px; max-width: 760px; } .charts figure img { width: 100%; }
 """
 MARK_CLASS = {"+": "better", "-": "worse", "~": "ambiguous"}
 
@@ -104,7 +105,7 @@ def table_section(data: TableData, stats: dict[str, Any], out: Path) -> str:
              + _settings_list(metric_settings(data)) + "</details>",
              "<h3>Table</h3>", _markdown(to_markdown(data, stats))]
     if data.modality == "image":
-        parts.append(_figure(figures.heatmap_grid(data, out / f"{data.name}_heatmaps.png", dpi=85),
+        parts.append(_figure(figures.heatmap_grid(data, out / f"{data.name}_heatmaps.png", n_rows=4, dpi=85),
                              "The first samples (rows: index, class, target, prediction) and each method's map; "
                              f"{figures.SCALE_NOTE}.", out))
     elif data.modality == "text":
@@ -124,6 +125,7 @@ def write_report(results_dir: str | Path, out: str | Path, reference: Optional[s
     """Build every table (refusing the lot if one cannot be made, as paper_tables does), then
     write the page and its images."""
     built = [(data, build(data, reference)) for data in collect(results_dir)]
+    built.sort(key=lambda b: (not b[0].table.startswith("paper_"), b[0].name))   # the paper's tables first
     if not built:
         raise TableError(f"no records under {results_dir}; run e.g. `python run.py -m +experiment=paper_tabular` first")
     out = Path(out)

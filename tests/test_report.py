@@ -13,7 +13,7 @@ from experiments.config import ROOT
 from experiments.report import main
 from tests.report_records import write_all
 
-TABLES = ("toy_image", "toy_tabular", "toy_text")
+TABLES = ("toy_image", "toy_tabular", "toy_text")   # no paper_ table: by name
 ARTIFACTS = ROOT / ".cache" / "test-artifacts"
 
 
