@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TFSTAMP := $(VENV)/.installed-tf
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install demo test data clean
+.PHONY: install demo test data browser clean
 
 install: $(STAMP) data
 
@@ -27,6 +27,13 @@ data:
 	  echo "note: could not install dataset-fashion-mnist; the loader will look in data/ or download"; \
 	fi
 
+# The report page's test drives Debian's chromium (apt); without it that test skips.
+browser:
+	@if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1) || \
+	  echo "note: could not install chromium; the report page's browser test will skip"; \
+	fi
+
 demo: install
 	$(PY) run.py model=resnet method=backtrace
 
@@ -35,7 +42,7 @@ $(TFSTAMP): $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,tf]'
 	touch $(TFSTAMP)
 
-test: install $(TFSTAMP)
+test: install $(TFSTAMP) browser
 	$(PY) -m pytest -q
 
 clean:

@@ -2,7 +2,8 @@
 
 ``python -m experiments.paper_tables`` reads every record under ``--results-dir`` and writes one
 table per (table, model, dataset): ``results/tables/<name>.{md,csv,tex}`` and, for images,
-``results/figures/<name>_heatmaps.png``. Records of the paper's experiments carry their table's
+``results/figures/<name>_heatmaps.png`` (for text, ``<name>_tokens.{png,html}``; the figures
+themselves are drawn by ``experiments.figures``). Records of the paper's experiments carry their table's
 name (``table=`` set by ``configs/experiment/``); any other sweep becomes a table named after its
 model and dataset, so ``--results-dir DIR`` turns any sweep into a table.
 
@@ -379,48 +380,18 @@ def to_latex(data: TableData, stats: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def heatmap_grid(data: TableData, path: Path, n_rows: int = 6) -> Optional[Path]:
-    """Samples as rows, the input then each method as columns. Maps that had both signs in some
-    sample are drawn on a diverging scale centred at zero, one-signed maps on a sequential scale;
-    each cell is scaled to its own max |value|."""
-    import matplotlib
+def write_figures(data: TableData, figures: Path) -> list[Path]:
+    """The table's sample figure: a heatmap grid for images, a token heatmap (PNG and HTML) for
+    text; nothing for tabular data."""
+    from experiments.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = method_order(list(data.folders))
-    arrays = {m: np.load(data.folders[m] / "arrays.npz") for m in methods}
-    first = next((a for a in arrays.values() if "inputs" in a), None)
-    if first is None:
-        return None
-    inputs = first["inputs"][:n_rows]
-    n = len(inputs)
-    fig, axes = plt.subplots(n, len(methods) + 1, figsize=(1.6 * (len(methods) + 1), 1.6 * n), squeeze=False)
-    for i in range(n):
-        img = inputs[i]
-        img = img[0] if img.shape[0] == 1 else np.transpose((img - img.min()) / (np.ptp(img) + 1e-12), (1, 2, 0))
-        axes[i, 0].imshow(img, cmap="gray" if img.ndim == 2 else None)
-        for j, m in enumerate(methods, start=1):
-            a = arrays[m]["attributions"][i]
-            a = a.reshape(a.shape[-2:]) if a.ndim == 3 else a
-            scale = float(np.abs(a).max()) or 1.0
-            returns = data.methods.get(m, {}).get("returns") or {}
-            if returns.get("mixed_sign_samples", 1.0 if data.signed.get(m, True) else 0.0) > 0:
-                axes[i, j].imshow(a, cmap="bwr", vmin=-scale, vmax=scale)
-            else:
-                axes[i, j].imshow(np.abs(a), cmap="Reds", vmin=0, vmax=scale)
-    for j, title in enumerate(["input"] + methods):
-        axes[0, j].set_title(title, fontsize=7)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(f"{data.name}: {data.model} on {data.dataset} (red-blue: signed maps; reds: one-signed maps)",
-                 fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    made: list[Optional[Path]] = []
+    if data.modality == "image":
+        made.append(heatmap_grid(data, figures / f"{data.name}_heatmaps.png"))
+    elif data.modality == "text":
+        made += [token_heatmap(data, figures / f"{data.name}_tokens.png"),
+                 write_token_heatmap_html(data, figures / f"{data.name}_tokens.html")]
+    return [p for p in made if p is not None]
 
 
 def write_tables(results_dir: str | Path, out_dir: str | Path, only: Optional[str] = None,
@@ -437,10 +408,7 @@ def write_tables(results_dir: str | Path, out_dir: str | Path, only: Optional[st
         stats["wide"].to_csv(tables / f"{data.name}.csv", index=False)
         (tables / f"{data.name}.tex").write_text(to_latex(data, stats))
         written += [tables / f"{data.name}.{ext}" for ext in ("md", "csv", "tex")]
-        if data.modality == "image":
-            fig = heatmap_grid(data, out / "figures" / f"{data.name}_heatmaps.png")
-            if fig:
-                written.append(fig)
+        written += write_figures(data, out / "figures")
         print(md)
     return written
 

@@ -237,7 +237,7 @@ def run(cfg: DictConfig) -> RunResult:
                   "cache_key": prep.trained.cache_key, "from_cache": prep.trained.from_cache,
                   "train_seconds": prep.trained.train_seconds},
         "dataset": {"name": ds.name, "modality": ds.modality, "n_test": int(len(ds.x_test)),
-                    "n_classes": ds.n_classes},
+                    "n_classes": ds.n_classes, "class_names": ds.class_names},
         "method": {"name": getattr(method_cls, "name", cfg.method._target_), "signed": bool(explainer.signed),
                    "returns": returned, **explainer.declared(),
                    "params": OmegaConf.to_container(cfg.method, resolve=True)},
@@ -254,8 +254,8 @@ def run(cfg: DictConfig) -> RunResult:
     arrays = {"attributions": attributions.numpy(), "targets": targets.numpy(), "sample": idx.numpy()}
     if ds.modality in ("image", "text"):
         arrays["inputs"] = x.numpy()          # text: the token ids (N, L)
-    if ds.modality == "text" and gt is not None:
-        arrays["ground_truth"] = gt.numpy()   # the rationale per token (N, L)
+    if gt is not None:  # figures outline it; text: the rationale per token (N, L)
+        arrays["ground_truth"] = gt.numpy()
     for key, v in extras.items():
         values = torch.cat(v)
         if values.ndim == 1:  # one number per sample (e.g. backtrace's conservation): a scores column

@@ -16,9 +16,11 @@ better), e.g. ``{name: cls.info.direction}``.
   and tests of one table are computed on the same samples for all methods.
 - :func:`best_methods`: the best method of a metric and every method whose interval overlaps it.
 - :func:`table_statistics`: all of the above for one table.
+- :func:`bootstrap_mean_ranks`: mean rank over metrics with a bootstrap interval over samples.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -266,3 +268,52 @@ def table_statistics(scores: pd.DataFrame, directions: Mapping[str, str], refere
         "wilcoxon": wilcoxon_vs_reference(common, directions, reference) if has_reference
         else pd.DataFrame(columns=["metric", "reference", "method", "outcome", "pvalue_holm", "effect_size"]),
     }
+
+
+def bootstrap_mean_ranks(scores: pd.DataFrame, directions: Mapping[str, str], n_boot: int = 1000,
+                         confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Each method's mean rank over the metrics (as :func:`rank_methods` on the samples every
+    method scored) with a percentile bootstrap interval: the samples are redrawn with replacement
+    (one draw shared by every metric, so a sample's scores stay together), each metric's means are
+    recomputed on the draw and ranked, and the ranks averaged over the metrics. One row per
+    method: ``mean_rank``, ``ci_low``, ``ci_high``, ``n_metrics`` (metrics it was ranked on)."""
+    _check(scores, directions)
+    common = common_samples(scores)
+    methods = sorted(common["method"].unique())
+    samples = np.array(sorted(common["sample"].unique()))
+    cols = ["method", "mean_rank", "ci_low", "ci_high", "n_metrics"]
+    if not len(methods) or not samples.size:
+        return pd.DataFrame(columns=cols)
+    rng = np.random.default_rng(seed)
+    # row 0: every sample once (the table's own ranks); rows 1..n_boot: the bootstrap draws
+    weights = np.vstack([np.ones(samples.size), rng.multinomial(samples.size, np.full(samples.size, 1 / samples.size),
+                                                                 size=n_boot)])
+    position = {s: i for i, s in enumerate(samples)}
+    per_metric = []
+    for metric in sorted(common["metric"].unique()):
+        wide = (common[common["metric"] == metric]
+                .pivot_table(index="sample", columns="method", values="score", aggfunc="first", dropna=False)
+                .reindex(columns=methods))
+        x = wide.to_numpy(dtype=np.float64)
+        scored = np.isfinite(x).any(axis=0)
+        w = weights[:, [position[s] for s in wide.index]]
+        total = w.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = (w @ np.where(np.isfinite(x), x, 0.0)) / np.where(total > 0, total, np.nan)
+        means[:, ~scored] = np.nan
+        sign = -1.0 if directions[metric] == "higher" else 1.0   # rank 1 = best
+        per_metric.append(stats.rankdata(sign * means, axis=1, method="average", nan_policy="omit"))
+    ranks = np.stack(per_metric)                                 # metrics x (1 + n_boot) x methods
+    with warnings.catch_warnings():                              # a method no metric ranked: all NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_ranks = np.nanmean(ranks, axis=0)                   # (1 + n_boot) x methods
+    alpha = (1.0 - confidence) / 2.0
+    boot = mean_ranks[1:]
+    rows = []
+    for j, method in enumerate(methods):
+        b = boot[:, j][np.isfinite(boot[:, j])]
+        rows.append({"method": method, "mean_rank": float(mean_ranks[0, j]),
+                     "ci_low": float(np.quantile(b, alpha)) if b.size else float("nan"),
+                     "ci_high": float(np.quantile(b, 1 - alpha)) if b.size else float("nan"),
+                     "n_metrics": int(np.isfinite(ranks[:, 0, j]).sum())})
+    return pd.DataFrame(rows, columns=cols)
