@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteInputError, check_finite_inputs,
                             for_scoring, reduce_channels, sign_profile, with_output)
-from experiments.config import ConfigError, check_output_dirs, validate
+from experiments.config import ConfigError, check_output_dirs, unimportable, validate
 from experiments.datasets import DataError
 from experiments.pipeline import Prepared, prepare
 from experiments.training import predict
@@ -56,7 +56,7 @@ def check_method(cfg: DictConfig) -> type:
     try:
         cls = get_class(cfg.method._target_)
     except Exception as exc:  # a config pointing at a missing class is a config error
-        raise ConfigError(f"method config names an unknown class {cfg.method._target_!r}") from exc
+        raise unimportable("method", cfg.method._target_, exc) from None
     try:
         cls.check_compatible(cfg.model.modality, cfg.model.kind, cfg.get("output"), cfg.model.get("framework", "torch"))
     except IncompatibleMethodError as exc:
