@@ -203,7 +203,7 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
         x = x.float()
     if x.ndim < 2 or len(x) == 0:
         raise ConfigError(f"x must hold a batch of samples (N, ...), got shape {tuple(x.shape)}")
-    check_finite_inputs(x, what="x")
+    check_finite_inputs(x, torch.arange(len(x)), what="the inputs x")
     method_params = dict(method_params or {})
     unknown = sorted(set(method_params) - set(methods))
     if unknown:
