@@ -144,3 +144,11 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(_readme_example(), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "backtrace" in out and "faithfulness_correlation" in out
+
+
+def test_the_api_is_reexported_from_the_package():
+    import experiments
+
+    assert experiments.evaluate is evaluate and experiments.sweep is sweep and experiments.run_cell is run_cell
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        experiments.nope  # noqa: B018
