@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,9 +33,77 @@ class ConfigError(ValueError):
     """A bad config value; its message is the one line shown to the user."""
 
 
-def group_options(group: str) -> list[str]:
-    """The option names of a config group: the YAML files under ``configs/<group>/``."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+ConfigDirs = Sequence["str | os.PathLike[str]"]
+
+
+def check_config_dirs(config_dirs: ConfigDirs) -> list[str]:
+    """Absolute paths of extra config folders (``--config-dir``, or the API's ``config_dirs``),
+    each of which must exist: Hydra would only warn about a missing one."""
+    out = []
+    for d in config_dirs:
+        path = Path(d).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"config dir {str(d)!r} is not a folder; give a folder holding <group>/<option>.yaml files")
+        out.append(str(path))
+    return out
+
+
+def searchpath_overrides(overrides: Sequence[str]) -> list[str]:
+    """The ``hydra.searchpath=[...]`` overrides among ``overrides`` (Hydra adds their folders to
+    the search path when it composes), each ``file://`` entry checked to be a folder."""
+    found = [o for o in overrides if o.lstrip("+").startswith("hydra.searchpath=")]
+    for o in found:
+        for entry in o.split("=", 1)[1].strip("[]").split(","):
+            entry = entry.strip().strip("'\"")
+            if entry.startswith("file://") and not Path(entry[len("file://"):]).is_dir():
+                raise ConfigError(f"hydra.searchpath entry {entry!r} is not a folder; "
+                                  f"give file://<folder holding <group>/<option>.yaml files>")
+    return found
+
+
+def search_path(config_dirs: ConfigDirs = ()) -> Any:
+    """Hydra's config search path for this project: ``configs/`` as the primary config folder,
+    with each extra folder in front of it, as ``run.py --config-dir DIR`` builds it."""
+    from hydra._internal.utils import create_config_search_path
+
+    csp = create_config_search_path(str(CONFIG_DIR))
+    for d in reversed(check_config_dirs(config_dirs)):
+        csp.prepend(provider="command-line", path=f"file://{d}")
+    return csp
+
+
+def group_options(group: str, config_dirs: ConfigDirs = (), overrides: Sequence[str] = ()) -> list[str]:
+    """The option names of a config group, as Hydra's own config repository sees them: the
+    project's ``configs/<group>/``, every ``config_dirs`` folder and every folder a
+    ``hydra.searchpath`` override in ``overrides`` adds (and anything in Hydra's ConfigStore)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.object_type import ObjectType
+
+    loader = ConfigLoaderImpl(config_search_path=search_path(config_dirs))
+    return sorted(loader.get_group_options(group, results_filter=ObjectType.CONFIG, config_name="config",
+                                           overrides=searchpath_overrides(overrides)))
+
+
+def config_groups(config_dirs: ConfigDirs = (), overrides: Sequence[str] = ()) -> list[str]:
+    """The config groups on the search path (the project's, plus any a user's folder adds)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.object_type import ObjectType
+
+    loader = ConfigLoaderImpl(config_search_path=search_path(config_dirs))
+    found = loader.get_group_options("", results_filter=ObjectType.GROUP, config_name="config",
+                                     overrides=searchpath_overrides(overrides))
+    return [g for g in GROUPS if g in found] + sorted(g for g in found if g not in GROUPS and g != "hydra")
+
+
+def unimportable(what: str, target: Any, exc: BaseException) -> ConfigError:
+    """One line for a ``_target_`` whose module cannot be imported (a user's own class whose
+    folder is not on ``PYTHONPATH``, or a typo)."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None and not isinstance(cause, ModuleNotFoundError):
+        cause = cause.__cause__
+    detail = f"{type(cause).__name__}: {cause}" if isinstance(cause, ModuleNotFoundError) else "no such name"
+    return ConfigError(f"{what} config names {str(target)!r}, which cannot be imported ({detail}); "
+                       f"check the name, and put the folder of its module on PYTHONPATH")
 
 
 def check_choice(kind: str, value: Any, choices: Iterable[str]) -> None:
@@ -43,23 +112,47 @@ def check_choice(kind: str, value: Any, choices: Iterable[str]) -> None:
         raise ConfigError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose the run config as ``run.py`` would, for tests, notebooks and scripts."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+@contextmanager
+def hydra_context(config_dirs: ConfigDirs = ()) -> Iterator[None]:
+    """Hydra initialised on this project's search path (plus ``config_dirs``) for the compose
+    API, as ``initialize_config_dir`` does for one folder; the previous global state (a running
+    ``@hydra.main`` app's) is restored afterwards."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
+    csp = search_path(config_dirs)
+    backup = get_gh_backup()
+    version.setbase("1.3")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    Hydra.create_main_hydra2(task_name="run", config_search_path=csp)
+    try:
+        yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config", config_dirs: ConfigDirs = ()) -> DictConfig:
+    """Compose the run config as ``run.py`` would (``config_dirs``: as ``--config-dir``; a
+    ``hydra.searchpath=[file://DIR]`` override works too), for tests, notebooks and scripts."""
+    from hydra import compose as hydra_compose
+
+    with hydra_context(config_dirs):
         return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=False)
 
 
-def method_config(name: str, output: str = "softmax", **overrides: Any) -> DictConfig:
-    """``configs/method/<name>.yaml`` on its own, resolved with the run settings it reads (the
-    ``output`` every method explains), plus ``overrides``: what scripts and tests instantiate."""
-    check_choice("method", name, group_options("method"))
+def method_config(name: str, output: str = "softmax", config_dirs: ConfigDirs = (), **overrides: Any) -> DictConfig:
+    """``<group dir>/method/<name>.yaml`` on its own (found on the search path, ``config_dirs``
+    first), resolved with the run settings it reads (the ``output`` every method explains), plus
+    ``overrides``: what scripts and tests instantiate."""
+    from hydra._internal.config_repository import ConfigRepository
+
+    check_choice("method", name, group_options("method", config_dirs))
     check_choice("output", output, CHOICES["output"])
-    root = OmegaConf.create({"output": output, "method": OmegaConf.load(CONFIG_DIR / "method" / f"{name}.yaml")})
+    loaded = ConfigRepository(search_path(config_dirs)).load_config(f"method/{name}")
+    assert loaded is not None
+    root = OmegaConf.create({"output": output, "method": loaded.config})
     resolved = OmegaConf.create(OmegaConf.to_container(root, resolve=True)["method"])
     return OmegaConf.merge(resolved, overrides) if overrides else resolved
 
@@ -125,28 +218,59 @@ def check_output_dirs(cfg: DictConfig) -> None:
         check_writable("cache_dir", cfg.cache_dir)
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def check_pairing(model_cfg: DictConfig, dataset_name: str, modality: str) -> None:
     """Refuse an image model on tabular data (and the like) with a clear line."""
     if model_cfg.modality != modality:
-        article = "an" if str(model_cfg.modality)[:1] in "aeiou" else "a"
         raise ConfigError(
             f"model {model_cfg.name!r} takes {model_cfg.modality} data but dataset {dataset_name!r} is {modality}; "
-            f"choose {article} {model_cfg.modality} dataset"
+            f"choose {_article(model_cfg.modality)} {model_cfg.modality} dataset"
         )
+
+
+def split_command_line(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """``run.py``'s arguments as (Hydra flags, ``--config-dir``/``-cd`` folders, overrides)."""
+    flags, dirs, overrides = [], [], []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        name, eq, value = arg.partition("=")
+        if name in ("--config-dir", "-cd"):
+            if not eq:
+                if not args:
+                    raise ConfigError(f"{name} needs a folder: {name} DIR")
+                value = args.pop(0)
+            dirs.append(value)
+        elif arg.startswith("-"):
+            flags.append(arg)
+        else:
+            overrides.append(arg)
+    return flags, dirs, overrides
 
 
 def check_overrides(argv: Sequence[str]) -> None:
     """Check command-line overrides of config groups and run settings before Hydra sees them,
-    so a typo is one line naming the bad value and the choices, not a composition traceback."""
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
+    so a typo is one line naming the bad value and the choices, not a composition traceback.
+    The choices are what Hydra finds on the search path: ``configs/``, every ``--config-dir``
+    and every ``hydra.searchpath`` folder."""
+    _, config_dirs, overrides = split_command_line(argv)
+    config_dirs = check_config_dirs(config_dirs)
+    searchpath = searchpath_overrides(overrides)
+    groups: list[str] | None = None
+    for arg in overrides:
+        if "=" not in arg:
             continue
         key, _, value = arg.partition("=")
         key = key.lstrip("+~")
-        if key.startswith("hydra") or "." in key or "/" in key:
+        if key.startswith("hydra") or "." in key or "/" in key or "@" in key:
             continue
-        if key in GROUPS:
-            options = group_options(key)
+        if groups is None:
+            groups = config_groups(config_dirs, searchpath) if (config_dirs or searchpath) else list(GROUPS)
+        if key in groups:
+            options = group_options(key, config_dirs, searchpath)
             if value.startswith(("range(", "glob(", "choice(", "interval(")):
                 continue
             for v in value.split(","):
@@ -155,7 +279,7 @@ def check_overrides(argv: Sequence[str]) -> None:
         elif key not in RUN_SETTINGS:
             raise ConfigError(
                 f"unknown setting {key!r}; valid settings: {', '.join(RUN_SETTINGS)} "
-                f"and the groups {', '.join(g for g in GROUPS if g != 'metric')}"
+                f"and the groups {', '.join(g for g in groups if g != 'metric')}"
             )
 
 
@@ -172,13 +296,13 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _unknown_key_message(key: str, overrides: list[str]) -> str | None:
+def _unknown_key_message(key: str, overrides: list[str], config_dirs: ConfigDirs = ()) -> str | None:
     """'unknown setting a.b; valid keys under a: ...' for an override of a key the config lacks."""
     parent, _, leaf = key.rpartition(".")
     if not parent:
         return None
     try:
-        cfg = compose([o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")])
+        cfg = compose([o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")], config_dirs=config_dirs)
     except Exception:
         return None
     node = OmegaConf.select(cfg, parent, default=None)
@@ -202,10 +326,11 @@ def check_command_line(argv: Sequence[str]) -> list[DictConfig]:
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    if any(a.startswith("-") and a not in _PLAIN_FLAGS for a in argv):
+    flags, config_dirs, overrides = split_command_line(argv)
+    if any(a not in _PLAIN_FLAGS for a in flags):
         return []
-    multirun = any(a in _PLAIN_FLAGS for a in argv)
-    overrides = [a for a in argv if not a.startswith("-")]
+    multirun = bool(flags)
+    config_dirs = check_config_dirs(config_dirs)
     parser = OverridesParser.create()
     parsed = []
     for text in overrides:
@@ -217,6 +342,8 @@ def check_command_line(argv: Sequence[str]) -> list[DictConfig]:
             raise ConfigError(f"malformed override {text!r}: {_first_line(exc)} "
                               f"(syntax: key=value, lists [a,b], quote values with special characters)") from None
     ours = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
+    # the search path Hydra will compose with: the extra folders stay in every job
+    searchpath = searchpath_overrides([o.input_line for o in parsed])
     if multirun:
         try:
             jobs = BasicSweeper.split_arguments(ours, None)[0]
@@ -224,21 +351,22 @@ def check_command_line(argv: Sequence[str]) -> list[DictConfig]:
             raise ConfigError(f"unsupported sweep: {_first_line(exc)}") from None
     else:
         jobs = [[o.input_line for o in ours]]
+    jobs = [[*searchpath, *job] for job in jobs]
     sweep_keys = {o.get_key_element() for o in ours if o.is_sweep_override()}
     configs, checked = [], set()
     for job in jobs:
         try:
-            cfg = compose(job)
+            cfg = compose(job, config_dirs=config_dirs)
         except (HydraException, OmegaConfBaseException) as exc:
             message = None
             if "Could not override" in str(exc) or "not in struct" in str(exc):
-                bad = [o for o in job if "." in o.split("=", 1)[0] and not o.startswith(("+", "~"))]
+                bad = [o for o in job if "." in o.split("=", 1)[0] and not o.startswith(("+", "~", "hydra"))]
                 for o in bad:
                     try:
-                        compose([x for x in job if x != o])
+                        compose([x for x in job if x != o], config_dirs=config_dirs)
                     except Exception:
                         continue
-                    message = _unknown_key_message(o.split("=", 1)[0], job)
+                    message = _unknown_key_message(o.split("=", 1)[0], job, config_dirs)
                     break
             if message is None and "Ambiguous value" in str(exc):
                 message = f"{_first_line(exc)}; add -m to sweep over several values"

@@ -395,10 +395,15 @@ def write_figures(data: TableData, figures: Path) -> list[Path]:
 
 
 def write_tables(results_dir: str | Path, out_dir: str | Path, only: Optional[str] = None,
-                 reference: Optional[str] = None) -> list[Path]:
-    """Build every table first (refusing the lot if one cannot be made), then write them."""
+                 reference: Optional[str] = None, readme: Optional[Path] = None,
+                 allow_smaller: bool = False) -> list[Path]:
+    """Build every table first (refusing the lot if one cannot be made, or, with ``readme``, if
+    it would replace a README table by one of fewer samples), then write them."""
     out = Path(out_dir)
     built = [(data, build(data, reference)) for data in collect(results_dir, {only} if only else None)]
+    if readme is not None:
+        check_readme(readme, out / "tables", {data.name: to_markdown(data, stats) for data, stats in built},
+                     allow_smaller)
     written = []
     for data, stats in built:
         tables = out / "tables"
@@ -413,16 +418,59 @@ def write_tables(results_dir: str | Path, out_dir: str | Path, only: Optional[st
     return written
 
 
-def update_readme(readme: Path, tables_dir: Path) -> None:
-    """Replace each ``<!-- table:NAME -->...<!-- /table -->`` block with the generated table."""
-    text = readme.read_text()
+_BLOCK = re.compile(r"<!-- table:([\w-]+) -->\n?(.*?)<!-- /table -->", flags=re.S)
+
+
+def sample_sizes(block: str) -> dict[str, int]:
+    """The sample sizes a table's heading states: ``"all"`` (test samples explained) and each
+    metric scored on fewer (``max_samples``)."""
+    sizes: dict[str, int] = {}
+    found = re.search(r"(\d+) test samples", block)
+    if found:
+        sizes["all"] = int(found.group(1))
+    for names, k in re.findall(r"([\w]+(?:, [\w]+)*): on the first (\d+) samples only", block):
+        sizes.update({name: int(k) for name in names.split(", ")})
+    return sizes
+
+
+def check_readme(readme: Path, tables_dir: Path, new: Optional[dict[str, str]] = None,
+                 allow_smaller: bool = False) -> dict[str, str]:
+    """The new body of each README table block (``new``, else ``tables_dir/<name>.md``; a block
+    with neither is left as it is), refused with one line if a table would shrink: fewer test
+    samples, or a metric scored on fewer, than the table it replaces (``allow_smaller``: replace
+    anyway). Nothing is written here."""
+    if not readme.is_file():
+        raise TableError(f"--readme {str(readme)!r} is not a file")
+    bodies: dict[str, str] = {}
+    for name, old in _BLOCK.findall(readme.read_text()):
+        md = tables_dir / f"{name}.md"
+        body = (new or {}).get(name) or (md.read_text() if md.exists() else None)
+        if body is None:
+            continue
+        before, after = sample_sizes(old), sample_sizes(body)
+        if "all" in before and "all" in after and not allow_smaller:
+            shrunk = [(key, n, after.get(key, after["all"])) for key, n in before.items()
+                      if after.get(key, after["all"]) < n]
+            if shrunk:
+                what = "; ".join(f"{'test samples' if key == 'all' else key + ' samples'} {n} -> {m}"
+                                 for key, n, m in shrunk)
+                raise TableError(f"table {name!r} in {readme} would shrink ({what}); nothing written: rerun with "
+                                 f"the README's sample sizes, or pass --allow-smaller to replace it anyway")
+        bodies[name] = body
+    return bodies
+
+
+def update_readme(readme: Path, tables_dir: Path, allow_smaller: bool = False) -> None:
+    """Replace each ``<!-- table:NAME -->...<!-- /table -->`` block with the generated table
+    (blocks whose table was never generated stay as they are); refuse, writing nothing, where a
+    table would shrink (:func:`check_readme`)."""
+    bodies = check_readme(readme, tables_dir, None, allow_smaller)
 
     def repl(match: re.Match[str]) -> str:
-        md = tables_dir / f"{match.group(1)}.md"
-        body = md.read_text() if md.exists() else "(not generated yet)\n"
-        return f"<!-- table:{match.group(1)} -->\n{body}<!-- /table -->"
+        name = match.group(1)
+        return f"<!-- table:{name} -->\n{bodies[name]}<!-- /table -->" if name in bodies else match.group(0)
 
-    readme.write_text(re.sub(r"<!-- table:([\w-]+) -->.*?<!-- /table -->", repl, text, flags=re.S))
+    readme.write_text(_BLOCK.sub(repl, readme.read_text()))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -433,9 +481,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--reference", default=None,
                         help="the method the paired tests compare every other against (default: backtrace when present)")
     parser.add_argument("--readme", default=None, help="also refresh the table blocks of this README")
+    parser.add_argument("--allow-smaller", action="store_true",
+                        help="let --readme replace a table by one of fewer samples (refused otherwise)")
     args = parser.parse_args(argv)
+    readme = Path(args.readme) if args.readme else None
     try:
-        written = write_tables(args.results_dir, args.out, args.table, args.reference)
+        written = write_tables(args.results_dir, args.out, args.table, args.reference, readme, args.allow_smaller)
+        if written and readme is not None:
+            update_readme(readme, Path(args.out) / "tables", args.allow_smaller)
     except TableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -444,8 +497,6 @@ def main(argv: Optional[list[str]] = None) -> int:
               + (f" for table {args.table!r}" if args.table else "")
               + "; run e.g. `python run.py -m +experiment=paper_tabular` first", file=sys.stderr)
         return 2
-    if args.readme:
-        update_readme(Path(args.readme), Path(args.out) / "tables")
     print("wrote:\n" + "\n".join(f"  {p}" for p in written))
     return 0
 

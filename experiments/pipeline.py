@@ -47,6 +47,10 @@ def load_dataset(cfg: DictConfig) -> Dataset:
         cause = exc.__cause__
         if isinstance(cause, (DataError, ConfigError, FileNotFoundError)):
             raise cause from None
+        if isinstance(cause, ImportError):
+            from experiments.config import unimportable
+
+            raise unimportable("dataset", cfg.dataset._target_, cause) from None
         if isinstance(cause, (TypeError, ValueError)):
             raise ConfigError(f"dataset: cannot load {cfg.dataset._target_} with these settings "
                               f"({type(cause).__name__}: {cause})".replace("\n", " ")) from None

@@ -35,6 +35,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. n_samples=16 dataset=cifar10")
     parser.add_argument("--out", default="results", help="where tables/ and figures/ go")
     parser.add_argument("--readme", default=None, help="also refresh this README's table block")
+    parser.add_argument("--allow-smaller", action="store_true",
+                        help="let --readme replace a table by one of fewer samples (refused otherwise)")
     args = parser.parse_args(argv)
     try:
         check_choice("table", args.table, group_options("experiment"))
@@ -52,7 +54,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     from experiments.paper_tables import main as write_tables
 
     table_args = ["--table", args.table, "--results-dir", results_dir, "--out", args.out]
-    return write_tables(table_args + (["--readme", args.readme] if args.readme else []))
+    return write_tables(table_args + (["--readme", args.readme] if args.readme else [])
+                        + (["--allow-smaller"] if args.allow_smaller else []))
 
 
 if __name__ == "__main__":

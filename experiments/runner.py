@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteInputError, check_finite_inputs,
                             for_scoring, reduce_channels, sign_profile, with_output)
-from experiments.config import ConfigError, check_output_dirs, validate
+from experiments.config import ConfigError, check_output_dirs, unimportable, validate
 from experiments.datasets import DataError
 from experiments.pipeline import Prepared, prepare
 from experiments.training import predict
@@ -68,7 +68,7 @@ def check_method(cfg: DictConfig) -> type:
     try:
         cls = get_class(cfg.method._target_)
     except Exception as exc:  # a config pointing at a missing class is a config error
-        raise ConfigError(f"method config names an unknown class {cfg.method._target_!r}") from exc
+        raise unimportable("method", cfg.method._target_, exc) from None
     try:
         cls.check_compatible(cfg.model.modality, cfg.model.kind, cfg.get("output"), cfg.model.get("framework", "torch"))
     except IncompatibleMethodError as exc:
@@ -173,6 +173,39 @@ def run(cfg: DictConfig) -> RunResult:
         seed=int(cfg.seed), device=device, feature_names=ds.feature_names,
         extras={"tokenizer": ds.info["tokenizer"]["tokenizer"]} if ds.modality == "text" else {},
     )
+    gt = ds.ground_truth[idx] if ds.ground_truth is not None else None
+    scores = pd.DataFrame({"sample": idx.numpy(), "label": labels.numpy(), "prediction": preds.numpy(),
+                           "target": targets.numpy()})
+    cell = explain_and_score(cfg, model, x, targets, context, metrics, scores, gt, idx, seconds)
+    return _record_cell(cfg, chash, prep, method_cls, cell, idx, x, targets, use_pred, requested, saturated, wall)
+
+
+@dataclass
+class ScoredCell:
+    """One method's attributions for a set of samples and every metric's scores of them: what a
+    run record is made of, and what :func:`experiments.api.evaluate` returns per method."""
+
+    explainer: Any
+    attributions: torch.Tensor          # as every metric received them (channels reduced; magnitudes if unsigned)
+    returned: dict[str, float]          # the sign the raw maps actually had (baselines.base.sign_profile)
+    extras: dict[str, list[torch.Tensor]]
+    scores: pd.DataFrame                # one row per sample, one column per metric
+    summary: dict[str, Any]             # per metric: its description, mean, n, n_nan
+    seconds: dict[str, float]
+    explain_seconds: float
+    forward_backward_seconds: float
+
+
+def explain_and_score(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                      context: ExplainContext, metrics: dict[str, Any], scores: pd.DataFrame,
+                      gt: Optional[torch.Tensor] = None, idx: Optional[torch.Tensor] = None,
+                      seconds: Optional[dict[str, float]] = None) -> ScoredCell:
+    """Build the method of ``cfg.method`` for ``model``, explain ``x`` for ``targets`` in batches of
+    ``cfg.batch_size``, and score the attributions with every metric: the part of a run that needs
+    no dataset or model config (``idx``: the samples' own indices, for error messages)."""
+    seconds = {} if seconds is None else seconds
+    idx = torch.arange(len(x)) if idx is None else idx
+    device = context.device
     start = time.perf_counter()
     explainer = instantiate(cfg.method, model=model, context=context)
     seconds["build_explainer"] = time.perf_counter() - start
@@ -202,9 +235,6 @@ def run(cfg: DictConfig) -> RunResult:
     fb = forward_backward_seconds(model, x, targets, bs, device)
     seconds["forward_backward"] = fb
 
-    gt = ds.ground_truth[idx] if ds.ground_truth is not None else None
-    scores = pd.DataFrame({"sample": idx.numpy(), "label": labels.numpy(), "prediction": preds.numpy(),
-                           "target": targets.numpy()})
     summary: dict[str, Any] = {}
     for name, metric in metrics.items():
         k = evaluated_count(metric, len(x))
@@ -225,6 +255,16 @@ def run(cfg: DictConfig) -> RunResult:
             "n_nan": int(k - finite.size),    # of those, scores that are undefined
         }
     explainer.memo = {}
+    return ScoredCell(explainer, attributions, returned, extras, scores, summary, seconds, explain_s, fb)
+
+
+def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, cell: ScoredCell, idx: torch.Tensor,
+                 x: torch.Tensor, targets: torch.Tensor, use_pred: torch.Tensor, requested: int, saturated: int,
+                 wall: float) -> RunResult:
+    """Write the run record of a scored cell (record.json, scores.csv, arrays.npz)."""
+    ds, seconds, scores, summary, extras = prep.dataset, cell.seconds, cell.scores, cell.summary, cell.extras
+    explainer, returned, attributions, explain_s, fb = (cell.explainer, cell.returned, cell.attributions,
+                                                        cell.explain_seconds, cell.forward_backward_seconds)
     seconds["total"] = time.perf_counter() - wall
 
     n = len(x)

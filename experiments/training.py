@@ -57,7 +57,12 @@ def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
     from hydra.errors import InstantiationException
     from hydra.utils import get_method, instantiate
 
-    factory = get_method(model_cfg.net._target_)
+    try:
+        factory = get_method(model_cfg.net._target_)
+    except ImportError as exc:
+        from experiments.config import unimportable
+
+        raise unimportable("model", model_cfg.net._target_, exc) from None
     params = inspect.signature(factory).parameters.values()
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     names = {p.name for p in params}

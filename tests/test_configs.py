@@ -56,3 +56,17 @@ def test_experiment_configs_compose():
 def test_config_dir_holds_only_yaml():
     stray = [p for p in CONFIG_DIR.rglob("*") if p.is_file() and p.suffix != ".yaml"]
     assert stray == []
+
+
+@pytest.mark.parametrize("model,dataset,message", [
+    ("resnet", "breast_cancer", "model 'resnet' takes image data but dataset 'breast_cancer' is tabular; "
+                                "choose an image dataset"),
+    ("mlp", "digits", "model 'mlp' takes tabular data but dataset 'digits' is image; choose a tabular dataset"),
+])
+def test_pairing_refusal_names_the_modality_to_choose(model, dataset, message):
+    from experiments.config import ConfigError, check_pairing
+
+    modality = "tabular" if dataset == "breast_cancer" else "image"
+    with pytest.raises(ConfigError) as err:
+        check_pairing(compose([f"model={model}"]).model, dataset, modality)
+    assert str(err.value) == message

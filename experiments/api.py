@@ -1,0 +1,286 @@
+"""The benchmark from Python (notebooks, scripts): a configured cell, a sweep, or a model of your own.
+
+- :func:`run_cell` composes the run config with Hydra's compose API (the same overrides and
+  config folders as ``run.py``), runs it with the runner, and returns its record as a DataFrame.
+- :func:`sweep` does that for a list of override sets and returns one DataFrame.
+- :func:`evaluate` scores any ``nn.Module`` on tensors you hold with chosen methods and metrics,
+  without a dataset or model config: each method and metric is built from its config (its YAML
+  on the search path, your own folders included) and run by the runner's own
+  :func:`experiments.runner.explain_and_score`.
+
+Bad input raises :class:`experiments.config.ConfigError` (or the error a method or metric raises)
+with the same one-line message ``run.py`` prints.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from experiments.config import (ConfigDirs, ConfigError, check_choice, check_command_line, check_overrides,
+                                group_options)
+
+# Columns of scores.csv that are not metric scores.
+SAMPLE_COLUMNS = ("sample", "label", "prediction", "target")
+MetricsArg = Union[str, Sequence[str], None]
+
+
+def _argv(overrides: Sequence[str], config_dirs: ConfigDirs) -> list[str]:
+    return [*(f"--config-dir={Path(d).expanduser().resolve()}" for d in config_dirs), *overrides]
+
+
+def compose_checked(overrides: Sequence[str] = (), config_dirs: ConfigDirs = ()) -> Any:
+    """The run config of ``overrides``, checked as ``run.py`` checks its command line (names and
+    choices on the search path, composition, run settings, output folders)."""
+    argv = _argv(overrides, config_dirs)
+    check_overrides(argv)
+    (cfg,) = check_command_line(argv)
+    return cfg
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """What a constructor raised, instead of Hydra's InstantiationException around it (as
+    ``run.py`` shows it)."""
+    from hydra.errors import InstantiationException
+
+    try:
+        yield
+    except InstantiationException as exc:
+        if exc.__cause__ is not None:
+            raise exc.__cause__ from None
+        raise
+
+
+def record_frame(folder: Union[str, Path]) -> pd.DataFrame:
+    """A run record as a DataFrame: one row per explained sample (``scores.csv``: index, label,
+    prediction, target, one column per metric) with the cell's model, dataset and method;
+    ``.attrs["summary"]`` holds each metric's mean, direction, n and n_nan and
+    ``.attrs["record"]`` the whole ``record.json``."""
+    from experiments.records import load_record
+
+    record, scores = load_record(folder)
+    frame = scores.copy()
+    frame.insert(0, "method", record["method"]["name"])
+    frame.insert(1, "model", record["model"]["name"])
+    frame.insert(2, "dataset", record["dataset"]["name"])
+    frame["config_hash"] = record["config_hash"]
+    frame.attrs["summary"] = {name: {k: m.get(k) for k in ("mean", "direction", "n", "n_nan")}
+                              for name, m in record["metrics"].items()}
+    frame.attrs["record"] = record
+    return frame
+
+
+def run_cell(overrides: Sequence[str] = (), config_dirs: ConfigDirs = ()) -> pd.DataFrame:
+    """Run one cell as ``run.py OVERRIDES`` would (``config_dirs``: as ``--config-dir``), or read
+    its record when one exists (``force=true`` reruns), and return the record as a DataFrame
+    (:func:`record_frame`)."""
+    from experiments.runner import run
+
+    cfg = compose_checked(overrides, config_dirs)
+    with _user_errors():
+        result = run(cfg)
+    return record_frame(result.path)
+
+
+def sweep(override_sets: Sequence[Sequence[str]], config_dirs: ConfigDirs = (),
+          common: Sequence[str] = ()) -> pd.DataFrame:
+    """:func:`run_cell` for each override set (plus ``common``), one after another; the records
+    stacked into one DataFrame with an ``overrides`` column. Every set is composed and checked
+    before the first cell runs, so a bad one fails before any work is done."""
+    for overrides in override_sets:
+        compose_checked([*common, *overrides], config_dirs)
+    frames = []
+    for overrides in override_sets:
+        frame = run_cell([*common, *overrides], config_dirs)
+        frame.insert(0, "overrides", " ".join(overrides))
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["summary"] = {" ".join(o): f.attrs["summary"] for o, f in zip(override_sets, frames)}
+    return out
+
+
+def model_kind(model: nn.Module) -> str:
+    """The kind of model a method must support (``baselines.base.MODEL_KINDS``): the model's own
+    ``kind`` attribute where it has one (the text classifiers), else read off its layers."""
+    from baselines.base import MODEL_KINDS
+
+    kind = getattr(model, "kind", None)
+    if kind in MODEL_KINDS:
+        return str(kind)
+    layers = list(model.modules())
+    if any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer)) for m in layers):
+        return "transformer"
+    if any(isinstance(m, nn.RNNBase) for m in layers):
+        return "recurrent"
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in layers):
+        return "conv"
+    return "mlp"
+
+
+def _metric_overrides(metrics: MetricsArg, config_dirs: ConfigDirs) -> list[str]:
+    """``metrics`` as overrides: a named set (``"quick"``) or a list of metric names."""
+    if metrics is None:
+        return []
+    if isinstance(metrics, str):
+        return [f"metrics={metrics}"]
+    names = list(metrics)
+    if not names:
+        raise ConfigError("metrics is empty; give a metric set name or a list of metric names")
+    options = group_options("metric", config_dirs)
+    for name in names:
+        check_choice("metric", name, options)
+    return ["~metrics", *(f"+metric@metrics.{name}={name}" for name in names)]
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters without gradients while the model is explained (as the runner holds its
+    models), restored afterwards: a forward+backward timing pass must not leave gradients in a
+    caller's model."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    try:
+        return torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a tensor or an array, got {type(value).__name__}") from exc
+
+
+def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = ("backtrace",),
+             metrics: MetricsArg = "quick", modality: str = "tabular", output: str = "softmax",
+             target: str = "label", *, x_train: Any = None, ground_truth: Any = None,
+             feature_names: Optional[list[str]] = None, method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+             overrides: Sequence[str] = (), config_dirs: ConfigDirs = (), seed: int = 0, batch_size: int = 16,
+             channel_reduction: str = "sum", device: Optional[Union[str, torch.device]] = None) -> pd.DataFrame:
+    """Explain ``model`` on ``x`` with each of ``methods`` and score every explanation with
+    ``metrics``; no dataset or model config needed.
+
+    ``model`` returns logits (N, classes); ``x`` holds the samples (tabular (N, F), images
+    (N, C, H, W), text token ids (N, L)) and ``y`` their labels (needed for ``target="label"``).
+    ``methods`` are method config names (``configs/method/``, or your ``config_dirs``);
+    ``method_params`` overrides their settings (``{"ig": {"n_steps": 16}}``). ``metrics`` is a
+    metric set (``configs/metrics/``) or a list of metric names (``configs/metric/``);
+    ``overrides`` are further config overrides (``metrics.faithfulness_correlation.nr_runs=10``).
+    ``output`` is the function every method explains and every metric reads (``softmax`` or
+    ``logits``). ``x_train`` is what methods draw backgrounds from (SHAP, LIME; default ``x``);
+    ``ground_truth`` (shaped like the reduced attributions) is for localisation metrics.
+
+    Returns one row per (method, sample): ``method``, ``sample``, ``label``, ``prediction``,
+    ``target`` and one column per metric (NaN where a score is undefined). ``.attrs`` holds
+    ``summary`` (method -> metric -> mean, direction, n, n_nan, plus the runtime) and
+    ``attributions`` (method -> array, as the metrics scored them).
+    """
+    from baselines.base import MODALITIES, ExplainContext, check_finite_inputs
+    from experiments.runner import build_metrics, explain_and_score
+    from experiments.training import predict
+
+    check_choice("modality", modality, MODALITIES)
+    check_choice("target", target, ("label", "prediction"))
+    if isinstance(methods, str):
+        methods = [methods]
+    if not methods:
+        raise ConfigError("methods is empty; give a list of method names, e.g. ['backtrace', 'ig']")
+    x = _as_tensor("x", x)
+    if x.dtype.is_floating_point:
+        x = x.float()
+    if x.ndim < 2 or len(x) == 0:
+        raise ConfigError(f"x must hold a batch of samples (N, ...), got shape {tuple(x.shape)}")
+    check_finite_inputs(x, torch.arange(len(x)), what="the inputs x")
+    method_params = dict(method_params or {})
+    unknown = sorted(set(method_params) - set(methods))
+    if unknown:
+        raise ConfigError(f"method_params names {', '.join(map(repr, unknown))}, which is not among the "
+                          f"methods {', '.join(methods)}")
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(dev).eval()
+    with torch.no_grad():
+        n_classes = int(model(x[:1].to(dev)).shape[-1])
+    preds = predict(model, x, batch_size)
+    if target == "label":
+        if y is None:
+            raise ConfigError("target='label' needs the labels y; pass y, or target='prediction'")
+        labels = _as_tensor("y", y).long().reshape(-1)
+        if labels.shape != (len(x),):
+            raise ConfigError(f"y must hold one label per sample ({len(x)}), got shape {tuple(labels.shape)}")
+        targets = labels
+    else:
+        labels = _as_tensor("y", y).long().reshape(-1) if y is not None else torch.full((len(x),), -1)
+        targets = preds
+    gt = _as_tensor("ground_truth", ground_truth) if ground_truth is not None else None
+    train = _as_tensor("x_train", x_train).to(x.dtype) if x_train is not None else x
+    context = ExplainContext(modality=modality, model_kind=model_kind(model), n_classes=n_classes, x_train=train,
+                             seed=int(seed), device=dev, feature_names=feature_names)
+    settings = [f"output={output}", f"seed={seed}", f"batch_size={batch_size}",
+                f"channel_reduction={channel_reduction}", *_metric_overrides(metrics, config_dirs), *overrides]
+
+    frames, summary, attributions = [], {}, {}
+    with _frozen(model):
+        for name in methods:
+            params = [f"method.{k}={_override_value(v)}" for k, v in method_params.get(name, {}).items()]
+            cfg = compose_checked([f"method={name}", *settings, *params], config_dirs)
+            torch.manual_seed(int(seed))
+            np.random.seed(int(seed))
+            scores = pd.DataFrame({"sample": np.arange(len(x)), "label": labels.numpy(),
+                                   "prediction": preds.numpy(), "target": targets.numpy()})
+            with _user_errors():
+                cell = explain_and_score(cfg, model, x, targets, context, build_metrics(cfg), scores, gt)
+            frame = cell.scores
+            frame.insert(0, "method", name)
+            for key, parts in cell.extras.items():  # one number per sample (backtrace's conservation)
+                values = torch.cat(parts)
+                if values.ndim == 1:
+                    frame[key] = values.double().numpy()
+            frames.append(frame)
+            n = len(x)
+            summary[name] = {
+                **{m: {k: s[k] for k in ("mean", "direction", "n", "n_nan")} for m, s in cell.summary.items()},
+                "runtime": {"seconds_per_sample": cell.explain_seconds / n,
+                            "forward_backward_units": (cell.explain_seconds / cell.forward_backward_seconds
+                                                       if cell.forward_backward_seconds > 0 else None)},
+            }
+            attributions[name] = cell.attributions.numpy()
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["summary"] = summary
+    out.attrs["attributions"] = attributions
+    return out
+
+
+def _override_value(value: Any) -> str:
+    """A Python value as a Hydra override value (lists and strings quoted as Hydra parses them)."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean score per method (rows) and metric (columns) of an :func:`evaluate` or :func:`sweep`
+    frame: a quick look, not the paper tables' statistics (``experiments.paper_tables``)."""
+    key = "overrides" if "overrides" in frame.columns else "method"
+    metric_cols = [c for c in frame.columns
+                   if c not in (*SAMPLE_COLUMNS, "method", "model", "dataset", "config_hash", "overrides")
+                   and pd.api.types.is_numeric_dtype(frame[c])]
+    return frame.groupby(key, sort=False)[metric_cols].mean()
