@@ -294,8 +294,8 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
     arrays = {"attributions": attributions.numpy(), "targets": targets.numpy(), "sample": idx.numpy()}
     if ds.modality in ("image", "text"):
         arrays["inputs"] = x.numpy()          # text: the token ids (N, L)
-    if gt is not None:  # figures outline it; text: the rationale per token (N, L)
-        arrays["ground_truth"] = gt.numpy()
+    if ds.ground_truth is not None:  # figures outline it; text: the rationale per token (N, L)
+        arrays["ground_truth"] = ds.ground_truth[idx].numpy()
     for key, v in extras.items():
         values = torch.cat(v)
         if values.ndim == 1:  # one number per sample (e.g. backtrace's conservation): a scores column
