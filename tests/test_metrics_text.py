@@ -227,6 +227,35 @@ def test_ties_are_broken_by_position():
                                [0.25 * (11.75 + 9.75 + 7.25 + 5.25)])
 
 
+class Counting(BagOfWords):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = 0
+
+    def forward(self, input_ids):
+        self.rows += len(input_ids)
+        return super().forward(input_ids)
+
+
+def test_each_distinct_sequence_is_run_once_and_a_run_memo_is_shared_across_metrics():
+    model = Counting().eval()
+    # the bins 1, 5, 10, 20 % all delete one token: the unperturbed sentence and two distinct ones
+    np.testing.assert_allclose(TextComprehensiveness(output="logits")(model, IDS, Y, A), [4.0])
+    assert model.rows == 3
+    explainer = ExactContributions(model, context())
+    explainer.memo = {}
+    model.rows = 0
+    morf = TextMoRFAUC(output="logits")(model, IDS, Y, A, explainer=explainer)
+    assert model.rows == 5
+    comprehensiveness = TextComprehensiveness(output="logits")(model, IDS, Y, A, explainer=explainer)
+    assert model.rows == 5  # MoRF's steps 0, 1, 2 are the unperturbed sentence and both bins
+    more_ids, more_a = padded(IDS, A, 3)
+    TextLeRFAUC(output="logits")(model, more_ids, Y, more_a, explainer=explainer)
+    assert model.rows == 8  # LeRF shares MoRF's first and last step, whatever the padding
+    np.testing.assert_allclose(morf, [6.75])
+    np.testing.assert_allclose(comprehensiveness, [4.0])
+
+
 # -- agreement with the rationale ---------------------------------------------------------------
 
 GT = torch.tensor([[1, 0, 1, 1, 0, 1, 0, 0],    # tokens 5 and 6 (and [CLS], [SEP]: ignored)
