@@ -11,8 +11,9 @@ Common parameters: ``output`` (``softmax``: the target's probability, or ``logit
 the run's setting) is what is read off the model; ``deletion`` is how a token is deleted:
 ``mask`` replaces it by ``[MASK]``, ``remove`` drops it and re-packs the sequence (the remaining
 tokens close up, padding stays on the right, the width is kept). Every metric stacks all its
-perturbed sequences of the batch and calls the model on chunks of ``chunk_size`` rows, trimmed
-to the widest real sequence of the batch.
+perturbed sequences of the batch and runs each distinct one once, in chunks of ``chunk_size``
+rows trimmed to their widest real sequence; the metrics of one run share those outputs through
+the explainer's memo (see :meth:`TextMetric.logits`).
 
 ferret-xai 0.4.2 is not used: it pins numpy<2, transformers<5, captum<0.8, shap<0.45 and
 pandas<3, and its AOPC drops bins whose rationale repeats, floors k and re-tokenises decoded text.
@@ -125,6 +126,7 @@ class TextMetric(Metric):
             raise ValueError(f"bad chunk_size {chunk!r} for metric {self.info.name!r}; use a positive integer")
         super().__init__(**merged)
         self.summary: dict[str, Any] = {}
+        self._memo: Optional[dict] = None  # the run's memo during a call (see logits)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **self.summary}
@@ -197,7 +199,7 @@ class TextMetric(Metric):
         lengths = distinct.ne(pad).sum(1)
         real = distinct.ne(pad)
         ends = torch.where(real.any(1), real.shape[1] - real.flip(1).int().argmax(1), 0)
-        memo = getattr(self, "_memo", None)
+        memo = self._memo
         keys = ([("text-logits", id(model), distinct[i, :int(ends[i])].numpy().tobytes()) for i in range(len(distinct))]
                 if memo is not None else None)
         known = [k in memo for k in keys] if keys is not None else [False] * len(distinct)
