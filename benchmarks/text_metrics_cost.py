@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--compare", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = {k: tokenizer_spec()[k] for k in ("vocab_size", "pad_token_id", "mask_token_id", "special_token_ids")}

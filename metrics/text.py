@@ -11,8 +11,9 @@ Common parameters: ``output`` (``softmax``: the target's probability, or ``logit
 the run's setting) is what is read off the model; ``deletion`` is how a token is deleted:
 ``mask`` replaces it by ``[MASK]``, ``remove`` drops it and re-packs the sequence (the remaining
 tokens close up, padding stays on the right, the width is kept). Every metric stacks all its
-perturbed sequences of the batch and calls the model on chunks of ``chunk_size`` rows, trimmed
-to the widest real sequence of the batch.
+perturbed sequences of the batch and runs each distinct one once, in chunks of ``chunk_size``
+rows trimmed to their widest real sequence; the metrics of one run share those outputs through
+the explainer's memo (see :meth:`TextMetric.logits`).
 
 ferret-xai 0.4.2 is not used: it pins numpy<2, transformers<5, captum<0.8, shap<0.45 and
 pandas<3, and its AOPC drops bins whose rationale repeats, floors k and re-tokenises decoded text.
@@ -125,6 +126,7 @@ class TextMetric(Metric):
             raise ValueError(f"bad chunk_size {chunk!r} for metric {self.info.name!r}; use a positive integer")
         super().__init__(**merged)
         self.summary: dict[str, Any] = {}
+        self._memo: Optional[dict] = None  # the run's memo during a call (see logits)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **self.summary}
@@ -161,8 +163,13 @@ class TextMetric(Metric):
             raise ValueError(f"metric {name!r}: {len(y)} targets for {len(x)} samples; give one target per sample")
         model.eval()
         feature = model.feature_mask(x.to(_device_of(model))).cpu().bool()
-        with np.errstate(all="ignore"):
-            scores = np.asarray(self.compute(model, x, y, a, feature, explainer, ground_truth), dtype=np.float64)
+        memo = getattr(explainer, "memo", None)
+        self._memo = memo if isinstance(memo, dict) else None
+        try:
+            with np.errstate(all="ignore"):
+                scores = np.asarray(self.compute(model, x, y, a, feature, explainer, ground_truth), dtype=np.float64)
+        finally:
+            self._memo = None
         scores = scores.reshape(-1)
         if scores.shape[0] != len(x):
             raise RuntimeError(f"metric {name!r} returned {scores.shape[0]} scores for {len(x)} samples")
@@ -179,24 +186,43 @@ class TextMetric(Metric):
         """The model's logits on ``ids``: each distinct sequence once (deletion bins and curve
         steps often repeat one, e.g. the top 1 % and 5 % of a short sentence), shortest first in
         chunks of ``chunk_size`` rows, each chunk trimmed to its widest real sequence (the
-        padding after it changes nothing)."""
+        padding after it changes nothing).
+
+        Where the explainer passed in carries a ``memo`` dict (the runner gives it one for the
+        run), the logits of every sequence are kept there, keyed by the model and the sequence
+        without its padding, so the metrics of one run share them: MoRF's steps are
+        comprehensiveness's bins, the unperturbed sentence is read by all of them."""
         device, pad = _device_of(model), int(model.pad_token_id)
         if len(ids) == 0:
             return torch.zeros(0, 0)
         distinct, inverse = torch.unique(ids, dim=0, return_inverse=True)
         lengths = distinct.ne(pad).sum(1)
-        order = torch.argsort(lengths, stable=True)
-        out = torch.empty(0)
+        real = distinct.ne(pad)
+        ends = torch.where(real.any(1), real.shape[1] - real.flip(1).int().argmax(1), 0)
+        memo = self._memo
+        keys = ([("text-logits", id(model), distinct[i, :int(ends[i])].numpy().tobytes()) for i in range(len(distinct))]
+                if memo is not None else None)
+        known = [k in memo for k in keys] if keys is not None else [False] * len(distinct)
+        todo = torch.tensor([i for i, hit in enumerate(known) if not hit], dtype=torch.long)
+        order = todo[torch.argsort(lengths[todo], stable=True)]
+        out: Optional[Tensor] = None
         step = int(self.params["chunk_size"])
         for start in range(0, len(order), step):
             rows = order[start:start + step]
-            chunk = distinct[rows]
-            real = chunk.ne(pad).any(0).nonzero()
-            width = int(real.max()) + 1 if len(real) else 1
-            logits = model(chunk[:, :width].to(device)).float().cpu()
-            if out.numel() == 0:
+            width = max(1, int(ends[rows].max()))
+            logits = model(distinct[rows][:, :width].to(device)).float().cpu()
+            if out is None:
                 out = torch.empty(len(distinct), logits.shape[1])
             out[rows] = logits
+            if keys is not None:
+                for r, row in zip(rows.tolist(), logits):
+                    memo[keys[r]] = row.clone()
+        if keys is not None and any(known):
+            cached = {i: memo[keys[i]] for i, hit in enumerate(known) if hit}
+            if out is None:
+                out = torch.empty(len(distinct), len(next(iter(cached.values()))))
+            for i, row in cached.items():
+                out[i] = row
         return out[inverse]
 
     def target_output(self, model: nn.Module, ids: Tensor, targets: Tensor) -> np.ndarray:

@@ -18,6 +18,8 @@ from metrics.text import (
     TextSufficiency, TokenAUPRC, TokenF1, bin_sizes, delete_tokens, randomised_copy, top_layers,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contended ones
+
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
 # Per-id weights of class 1's and class 0's logit. [CLS] weighs 5 and [SEP] -3: deleting either
 # would show. [MASK] weighs 0.5, so masking a token differs from removing it. Words are ids 4..9.
@@ -225,6 +227,35 @@ def test_ties_are_broken_by_position():
                                [0.25 * (11.75 + 9.75 + 7.25 + 5.25)])
 
 
+class Counting(BagOfWords):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = 0
+
+    def forward(self, input_ids):
+        self.rows += len(input_ids)
+        return super().forward(input_ids)
+
+
+def test_each_distinct_sequence_is_run_once_and_a_run_memo_is_shared_across_metrics():
+    model = Counting().eval()
+    # the bins 1, 5, 10, 20 % all delete one token: the unperturbed sentence and two distinct ones
+    np.testing.assert_allclose(TextComprehensiveness(output="logits")(model, IDS, Y, A), [4.0])
+    assert model.rows == 3
+    explainer = ExactContributions(model, context())
+    explainer.memo = {}
+    model.rows = 0
+    morf = TextMoRFAUC(output="logits")(model, IDS, Y, A, explainer=explainer)
+    assert model.rows == 5
+    comprehensiveness = TextComprehensiveness(output="logits")(model, IDS, Y, A, explainer=explainer)
+    assert model.rows == 5  # MoRF's steps 0, 1, 2 are the unperturbed sentence and both bins
+    more_ids, more_a = padded(IDS, A, 3)
+    TextLeRFAUC(output="logits")(model, more_ids, Y, more_a, explainer=explainer)
+    assert model.rows == 8  # LeRF shares MoRF's first and last step, whatever the padding
+    np.testing.assert_allclose(morf, [6.75])
+    np.testing.assert_allclose(comprehensiveness, [4.0])
+
+
 # -- agreement with the rationale ---------------------------------------------------------------
 
 GT = torch.tensor([[1, 0, 1, 1, 0, 1, 0, 0],    # tokens 5 and 6 (and [CLS], [SEP]: ignored)
@@ -374,15 +405,16 @@ def real_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("model", real_models(), ids=["bert", "lstm"])
 def test_real_models_scores_are_padding_and_batch_invariant(model):
     ids, y, a = real_batch()
-    for name in ("text_comprehensiveness", "text_sufficiency", "text_morf_auc", "text_lerf_auc"):
-        for deletion in ("mask", "remove"):
-            metric = TEXT_METRICS[name](deletion=deletion, chunk_size=7)
-            together = metric(model, ids, y, a)
-            assert np.isfinite(together).all()
-            extra_ids, extra_a = padded(ids, a, 6)
-            np.testing.assert_allclose(metric(model, extra_ids, y, extra_a), together, atol=1e-6)
-            alone = np.concatenate([metric(model, ids[i:i + 1], y[i:i + 1], a[i:i + 1]) for i in range(len(ids))])
-            np.testing.assert_allclose(alone, together, atol=1e-6)
+    for name, deletion in (("text_comprehensiveness", "mask"), ("text_sufficiency", "remove"),
+                           ("text_morf_auc", "remove"), ("text_lerf_auc", "mask")):
+        metric = TEXT_METRICS[name](deletion=deletion, chunk_size=7)
+        together = metric(model, ids, y, a)
+        assert np.isfinite(together).all()
+        extra_ids, extra_a = padded(ids, a, 6)
+        np.testing.assert_allclose(metric(model, extra_ids, y, extra_a), together, atol=1e-6)
+        # the longest sentence alone, the others without it (the batch's width changes)
+        apart = np.concatenate([metric(model, ids[:1], y[:1], a[:1]), metric(model, ids[1:], y[1:], a[1:])])
+        np.testing.assert_allclose(apart, together, atol=1e-6)
 
 
 @pytest.mark.parametrize("model", real_models(), ids=["bert", "lstm"])
