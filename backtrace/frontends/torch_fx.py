@@ -90,6 +90,7 @@ _WEIGHT_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvT
                    nn.InstanceNorm2d)
 _WEIGHT_FUNCTIONS = {F.linear, F.conv1d, F.conv2d}
 _LOOKUP_MODULES = (nn.Embedding, nn.EmbeddingBag)
+_ID_CASTS = {"long", "int"}        # integer casts: index moves of token ids on their way to a lookup
 
 
 class UnmappedOp(Exception):
@@ -123,7 +124,7 @@ def _is_index_move(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if n.op == "call_module":
         return isinstance(modules[n.target], _IDENTITY_MODULES + _RESHAPE_MODULES)
     if n.op == "call_method":
-        return n.target in _IDENTITY_METHODS | _RESHAPE_METHODS | _INDEX_METHODS
+        return n.target in _IDENTITY_METHODS | _RESHAPE_METHODS | _INDEX_METHODS | _ID_CASTS
     return n.op == "call_function" and (n.target in _IDENTITY_FUNCTIONS | _RESHAPE_FUNCTIONS | _INDEX_FUNCTIONS
                                         or n.target is operator.getitem)
 
@@ -437,6 +438,8 @@ class _Builder:
             emit(_PROPORTIONAL_FUNCTIONS[fn], data[:1], {"fn": self._closure(n)})
         elif (not is_method and fn in _ACTIVATION_FUNCTIONS) or (is_method and fn in _ACTIVATION_METHODS):
             emit(_ACTIVATION_FUNCTIONS[fn] if not is_method else _ACTIVATION_METHODS[fn])
+        elif is_method and fn in _ID_CASTS and n in self.index_path:
+            emit("identity")
         elif (not is_method and fn in _IDENTITY_FUNCTIONS) or (is_method and fn in _IDENTITY_METHODS):
             emit("dropout" if not is_method else "identity")
         elif (not is_method and fn in _RESHAPE_FUNCTIONS) or (is_method and fn in _RESHAPE_METHODS):

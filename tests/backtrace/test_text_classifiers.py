@@ -265,3 +265,22 @@ def test_masked_fill_and_where_on_id_masks_agree_between_front_ends(mode: str) -
         torch.testing.assert_close(a, b)
         assert a[ids == 1].abs().max() == 0          # filled with 0: its token takes none
     assert bool((sum(a.abs() for a in fx)[ids > 1] > 0).all())
+
+
+class CastIds(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(30, 6, padding_idx=0)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.fc(self.emb(ids.long()).sum(1) / ids.ne(0).sum(1, keepdim=True))
+
+
+def test_ids_cast_on_their_way_to_the_lookup_keep_their_relevance() -> None:
+    torch.manual_seed(0)
+    ids = torch.tensor([[3, 4, 7, 0], [5, 6, 2, 9]], dtype=torch.int32)
+    model = CastIds().eval()
+    fx = explain(model, ids, frontend="fx", dtype=DT)
+    torch.testing.assert_close(fx, explain(model, ids, frontend="export", dtype=DT))
+    assert fx[ids == 0].abs().max() == 0 and bool((fx[ids != 0] != 0).all())
