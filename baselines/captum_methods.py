@@ -8,14 +8,14 @@ Text (token ids have no gradient): the same methods on the output of the token-e
 (``model.embedding_layer()``), by captum's layer variants (LayerGradientXActivation,
 LayerIntegratedGradients); each token's attribution is the sum over its hidden units
 (``text_inputs.HIDDEN_REDUCTION``), the same for every method. Saliency takes the absolute value
-per hidden unit before that sum, as it does per pixel.
+per hidden unit before that sum, as it does per pixel; SmoothGrad multiplies by the embedding
+before it (see :class:`SmoothGradMethod`).
 """
 from __future__ import annotations
 
 from typing import Any, Optional, Union
 
 import torch
-
 from captum.attr import (
     InputXGradient,
     IntegratedGradients,

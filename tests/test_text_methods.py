@@ -320,3 +320,13 @@ def test_ig_internal_batch_size_below_the_batch_gives_no_warning(models, recwarn
 @pytest.mark.parametrize("name", ["attention_rollout", "attention_last"])
 def test_attention_configs_build_their_class(models, name):
     assert type(build(name, models["transformer"])) is METHODS[name]
+
+
+@pytest.mark.parametrize("name", ["lime", "smoothgrad", "random"])
+def test_stochastic_text_methods_follow_the_run_seed(models, name):
+    model = models["recurrent"]
+    ids = token_ids()
+    first = build(name, model, seed=3)(ids, TARGETS).values
+    again = build(name, model, seed=3)(ids, TARGETS).values
+    other = build(name, model, seed=4)(ids, TARGETS).values
+    assert torch.equal(first, again) and not torch.equal(first, other)
