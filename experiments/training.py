@@ -154,6 +154,8 @@ def train(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int, 
         for i in range(0, n, bs):
             idx = order[i:i + bs]
             xb, yb = dataset.x_train[idx].to(device), dataset.y_train[idx].to(device)
+            if dataset.modality == "text":  # drop the batch's all-padding columns: outputs do not depend on them
+                xb = xb[:, : int(xb.ne(int(dataset.info["tokenizer"]["pad_token_id"])).sum(1).max())]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()

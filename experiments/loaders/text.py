@@ -211,12 +211,12 @@ def rationale_label(words: Sequence[str], roles: Sequence[str], lex: Lexicon) ->
     return int(total > 0), total
 
 
-def generate_corpus(n: int, seed: int, negation_rate: float = 0.3, max_sentiment_words: int = 3,
+def generate_corpus(n: int, seed: int | Sequence[int], negation_rate: float = 0.3, max_sentiment_words: int = 3,
                     distractor_rate: float = 0.5, exclude: Sequence[str] = ()) -> list[Sentence]:
     """``n`` distinct sentences, half of each label in a seeded order, none of whose texts is in
     ``exclude``; deterministic from ``seed``."""
     lex = sentiment_lexicon()
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(list(seed) if isinstance(seed, (list, tuple)) else seed)
     labels = rng.permutation(np.arange(n) % 2)
     seen = set(exclude)
     out = []
@@ -295,7 +295,12 @@ def sentiment_rationales(n_train: int = 4000, n_test: int = 500, max_length: int
     from experiments.text_models import tokenizer_spec
 
     spec = tokenizer_spec(tokenizer)
-    sentences = generate_corpus(n_train + n_test, seed, negation_rate, max_sentiment_words, distractor_rate)
+    # The test split comes from its own seeded stream, so it does not change with n_train (a model
+    # fine-tuned on fewer sentences is scored on the same test sentences); training sentences
+    # repeat none of its texts.
+    settings = (negation_rate, max_sentiment_words, distractor_rate)
+    test = generate_corpus(n_test, [seed, 1], *settings)
+    sentences = generate_corpus(n_train, [seed, 0], *settings, exclude=[s.text for s in test]) + test
     ids, masks, _ = encode_words([s.words for s in sentences], [s.rationale for s in sentences], tokenizer,
                                  max_length, truncate=False, name=name)
     length = max(len(r) for r in ids)
