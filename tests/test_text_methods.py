@@ -11,7 +11,6 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 
-from backtrace import UnsupportedOperation
 from baselines import METHODS, ExplainContext, Explainer, IncompatibleMethodError
 from baselines.attention_methods import rollout
 from baselines.text_inputs import hide_tokens
@@ -68,9 +67,6 @@ def case(name: str, kind: str) -> Any:
     marks = []
     if name == "shap_partition":
         marks.append(pytest.mark.slow)   # shap's partition explainer compiles numba kernels on first use
-    if kind == "recurrent" and name.startswith("backtrace"):
-        marks.append(pytest.mark.xfail(raises=UnsupportedOperation, strict=False,
-                                       reason="the engine has no rule yet for Tensor.ne, the LSTM's padding mask"))
     return pytest.param(name, kind, marks=marks)
 
 
