@@ -37,7 +37,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from backtrace.errors import UnsupportedOperation
-from backtrace.frontends.torch_fx import _Recorder, module_attr  # shared by both front ends
+from backtrace.frontends.torch_fx import IntegerAliases, _Recorder, module_attr  # shared by both front ends
 from backtrace.inputs import check_integer, integer_input_error
 from backtrace.ir import Graph, Node
 from backtrace.rules import RULES
@@ -148,7 +148,7 @@ def _is_float(n: Any) -> bool:
     return isinstance(v, Tensor) and v.is_floating_point()
 
 
-class _Builder:
+class _Builder(IntegerAliases):
     """``integer``: input name -> dtype for inputs to treat as integer whatever the example value
     holds (an input cast to find where an integer input fails)."""
 
@@ -196,18 +196,6 @@ class _Builder:
         self.nodes.append(Node(name=name, kind=kind, inputs=tuple(self._operand(i) for i in inputs),
                                params=params or {}, source=self._source(n), meta={"fx": n.name}))
         self.ir_of[n] = name
-
-    def _operand(self, i: fx.Node) -> str:
-        """The IR name a node reads ``i`` under: a live op (not a lookup) reads an integer input
-        or an index move of one through an ``"aux"`` alias, so none of its relevance lands there."""
-        if not (self.reading_live and i in self.index_path):
-            return self.ir_of[i]
-        if i not in self.aliases:
-            name = self._unique(f"{self.ir_of[i]}:aux")
-            self.nodes.append(Node(name=name, kind="aux", inputs=(), source=f"integer value {self.ir_of[i]!r}",
-                                   meta={"fx": i.name}))
-            self.aliases[i] = name
-        return self.aliases[i]
 
     def _const(self, v: Any) -> Any:
         if isinstance(v, fx.Node):

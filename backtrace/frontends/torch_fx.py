@@ -145,7 +145,30 @@ def token_id_inputs(gm: fx.GraphModule) -> set[str]:
     return found
 
 
-class _Builder:
+class IntegerAliases:
+    """What both torch builders share: a live op (not a lookup) reads an integer input, or an
+    index move of one, through an ``"aux"`` alias, so none of its relevance lands on the ids.
+    The builder sets ``reading_live`` while it maps a live op and keeps ``index_path``."""
+
+    reading_live: bool
+    index_path: set
+    aliases: dict
+    ir_of: dict
+    nodes: list
+
+    def _operand(self, i: fx.Node) -> str:
+        """The IR name a node reads ``i`` under."""
+        if not (self.reading_live and i in self.index_path):
+            return self.ir_of[i]
+        if i not in self.aliases:
+            name = self._unique(f"{self.ir_of[i]}:aux")  # type: ignore[attr-defined]
+            self.nodes.append(Node(name=name, kind="aux", inputs=(), source=f"integer value {self.ir_of[i]!r}",
+                                   meta={"fx": i.name}))
+            self.aliases[i] = name
+        return self.aliases[i]
+
+
+class _Builder(IntegerAliases):
     """Walks the fx graph once and emits IR nodes."""
 
     def __init__(self, gm: fx.GraphModule, integer_inputs: Optional[dict[str, Any]] = None) -> None:
@@ -164,7 +187,7 @@ class _Builder:
         self.index_path: set[fx.Node] = set()     # integer inputs and index moves of them
         self.inert: set[fx.Node] = set()          # index path and aux values: they take no relevance
         self.aliases: dict[fx.Node, str] = {}     # an inert value read by a live op, as an aux node
-        self.mapping_live = False
+        self.reading_live = False
 
     # names ---------------------------------------------------------------------------------
     def _unique(self, base: str) -> str:
@@ -216,18 +239,6 @@ class _Builder:
                     meta={"fx": n.name})
         self.nodes.append(node)
         self.ir_of[n] = name
-
-    def _operand(self, i: fx.Node) -> str:
-        """The IR name a node reads ``i`` under: a live op reads an integer input or an index
-        move of one through an ``"aux"`` alias, so that none of its relevance lands on the ids."""
-        if not (self.mapping_live and i in self.index_path):
-            return self.ir_of[i]
-        if i not in self.aliases:
-            name = self._unique(f"{self.ir_of[i]}:aux")
-            self.nodes.append(Node(name=name, kind="aux", inputs=(), source=f"integer value {self.ir_of[i]!r}",
-                                   meta={"fx": i.name}))
-            self.aliases[i] = name
-        return self.aliases[i]
 
     def _closure(self, n: fx.Node) -> Callable[[Tensor], Tensor]:
         """Re-apply ``n``'s op to one tensor, every other argument a constant."""
@@ -303,11 +314,11 @@ class _Builder:
                 self.inert.add(n)
                 return
             self.inert.add(n)
-        self.mapping_live = n in self.live and not lookup     # a lookup hands its relevance to the ids
+        self.reading_live = n in self.live and not lookup     # a lookup hands its relevance to the ids
         try:
             self._map(n)
         finally:
-            self.mapping_live = False
+            self.reading_live = False
 
     def _map(self, n: fx.Node) -> None:
         try:
