@@ -47,6 +47,23 @@ def tokenizer_spec(name: str = "minilm") -> dict[str, Any]:
             "mask_token_id": int(tok.mask_token_id), "special_token_ids": sorted(int(i) for i in tok.all_special_ids)}
 
 
+def quietly(load: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a transformers loader without its progress bar and load report: the pretrained
+    encoder's unused pooler weights are expected (no pooling layer is built), and every cell of a
+    sweep would print them again."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 class TextClassifier(nn.Module):
     """Base of the text models: ids ``(N, L)`` -> logits ``(N, C)``.
 
@@ -109,7 +126,7 @@ class BertClassifier(TextClassifier):
                                 hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
             self.encoder = BertModel(config, add_pooling_layer=False)
         elif pretrained == "minilm":
-            self.encoder = AutoModel.from_pretrained(minilm_path(), add_pooling_layer=False)
+            self.encoder = quietly(AutoModel.from_pretrained, minilm_path(), add_pooling_layer=False)
             if self.encoder.config.vocab_size != vocab_size:
                 raise ConfigError(f"pretrained encoder {pretrained!r} has a vocabulary of {self.encoder.config.vocab_size}, "
                                   f"the dataset's tokenizer {vocab_size}; use the minilm tokenizer")
