@@ -20,7 +20,10 @@ from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteIn
                             for_scoring, reduce_channels, sign_profile, with_output)
 from experiments.config import ConfigError, check_output_dirs, validate
 from experiments.datasets import DataError
+from experiments.launchers import run_threads
 from experiments.pipeline import Prepared, prepare
+from experiments.progress import bar
+from experiments.sweep_index import record_cell
 from experiments.training import predict
 from experiments.records import (config_hash, package_versions, record_path, record_problem, recover,
                                  write_record)
@@ -115,8 +118,9 @@ def run(cfg: DictConfig) -> RunResult:
         print(f"record {path} is invalid ({problem}); recomputing it")
     method_cls = check_method(cfg)
     metrics = build_metrics(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    threads = run_threads(cfg.get("threads"))  # in a parallel sweep: cores / workers unless set
+    if threads:
+        torch.set_num_threads(threads)
 
     wall = time.perf_counter()
     prep = prepare(cfg)
@@ -157,12 +161,14 @@ def run(cfg: DictConfig) -> RunResult:
     seconds["warmup"] = time.perf_counter() - start
     parts, extras, explain_s = [], {}, 0.0
     bs = int(cfg.batch_size)
-    for i in range(0, len(x), bs):
-        att = explainer(x[i:i + bs].to(device), targets[i:i + bs].to(device))
-        explain_s += att.seconds
-        parts.append(att.values.float().cpu())
-        for k, v in att.extras.items():
-            extras.setdefault(k, []).append(v.float().cpu())
+    with bar(-(-len(x) // bs), f"explaining ({cfg.method._target_.rsplit('.', 1)[-1]})", "batch") as progress:
+        for i in range(0, len(x), bs):
+            att = explainer(x[i:i + bs].to(device), targets[i:i + bs].to(device))
+            explain_s += att.seconds
+            parts.append(att.values.float().cpu())
+            for k, v in att.extras.items():
+                extras.setdefault(k, []).append(v.float().cpu())
+            progress.update(1)
     raw = torch.cat(parts)
     bad = ~torch.isfinite(raw.reshape(len(raw), -1)).all(1)
     if bool(bad.any()):
@@ -179,7 +185,9 @@ def run(cfg: DictConfig) -> RunResult:
     scores = pd.DataFrame({"sample": idx.numpy(), "label": labels.numpy(), "prediction": preds.numpy(),
                            "target": targets.numpy()})
     summary: dict[str, Any] = {}
+    progress = bar(len(metrics), "metrics", "metric")
     for name, metric in metrics.items():
+        progress.set_postfix_str(name, refresh=True)
         k = evaluated_count(metric, len(x))
         start = time.perf_counter()
         part = np.asarray(metric(model, x[:k], targets[:k], attributions[:k], explainer=explainer,
@@ -197,6 +205,8 @@ def run(cfg: DictConfig) -> RunResult:
             "n": int(k),                      # samples scored: the first n rows of scores.csv
             "n_nan": int(k - finite.size),    # of those, scores that are undefined
         }
+        progress.update(1)
+    progress.close()
     explainer.memo = {}
     seconds["total"] = time.perf_counter() - wall
 
@@ -220,7 +230,8 @@ def run(cfg: DictConfig) -> RunResult:
         "saturated_samples": saturated,
         "targets_from_prediction": int(use_pred.sum()),
         "seconds": seconds,
-        "runtime": {"seconds_per_sample": explain_s / n, "forward_backward_units": explain_s / fb if fb > 0 else None},
+        "runtime": {"seconds_per_sample": explain_s / n, "forward_backward_units": explain_s / fb if fb > 0 else None,
+                    "threads": torch.get_num_threads()},
         "metrics": summary,
         "diagnostics": {},   # per-sample numbers a method reports about itself (scores.csv columns)
     }
@@ -272,19 +283,30 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, IncompatibleMethodE
 
 
 def run_cli(cfg: DictConfig) -> Optional[RunResult]:
-    """``run.py``'s job: user errors become one line on stderr and exit code 2."""
+    """``run.py``'s job: user errors become one line on stderr and exit code 2. In a multirun
+    each cell also adds its line (status, record, wall time) to the sweep index."""
+    start = time.perf_counter()
+    status, path, message = "error", None, ""
     try:
         try:
-            return run(cfg)
+            result = run(cfg)
         except InstantiationException as exc:  # hydra wraps what a constructor raised: show that
             if isinstance(exc.__cause__, USER_ERRORS + _engine_errors()):
                 raise exc.__cause__ from None
             raise
+        status, path = ("skipped" if result.skipped else "ok"), result.path
+        return result
     except USER_ERRORS + _engine_errors() as exc:
+        message = str(exc)
         if os.environ.get("BACKTRACE_BENCH_DEBUG") == "1":
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record_cell(status, path, time.perf_counter() - start, message)
 
 
 def _engine_errors() -> tuple[type[BaseException], ...]:
