@@ -185,28 +185,27 @@ def run(cfg: DictConfig) -> RunResult:
     scores = pd.DataFrame({"sample": idx.numpy(), "label": labels.numpy(), "prediction": preds.numpy(),
                            "target": targets.numpy()})
     summary: dict[str, Any] = {}
-    progress = bar(len(metrics), "metrics", "metric")
-    for name, metric in metrics.items():
-        progress.set_postfix_str(name, refresh=True)
-        k = evaluated_count(metric, len(x))
-        start = time.perf_counter()
-        part = np.asarray(metric(model, x[:k], targets[:k], attributions[:k], explainer=explainer,
-                                 ground_truth=None if gt is None else gt[:k]), dtype=float)
-        seconds[f"metric/{name}"] = time.perf_counter() - start
-        if part.shape != (k,):
-            raise RuntimeError(f"metric {name!r} returned shape {part.shape}, expected ({k},)")
-        values = np.full(len(x), np.nan)
-        values[:k] = np.where(np.isfinite(part), part, np.nan)
-        scores[name] = values
-        finite = part[np.isfinite(part)]
-        summary[name] = {
-            **metric.describe(),
-            "mean": float(finite.mean()) if finite.size else float("nan"),
-            "n": int(k),                      # samples scored: the first n rows of scores.csv
-            "n_nan": int(k - finite.size),    # of those, scores that are undefined
-        }
-        progress.update(1)
-    progress.close()
+    with bar(len(metrics), "metrics", "metric") as progress:
+        for name, metric in metrics.items():
+            progress.set_postfix_str(name, refresh=True)
+            k = evaluated_count(metric, len(x))
+            start = time.perf_counter()
+            part = np.asarray(metric(model, x[:k], targets[:k], attributions[:k], explainer=explainer,
+                                     ground_truth=None if gt is None else gt[:k]), dtype=float)
+            seconds[f"metric/{name}"] = time.perf_counter() - start
+            if part.shape != (k,):
+                raise RuntimeError(f"metric {name!r} returned shape {part.shape}, expected ({k},)")
+            values = np.full(len(x), np.nan)
+            values[:k] = np.where(np.isfinite(part), part, np.nan)
+            scores[name] = values
+            finite = part[np.isfinite(part)]
+            summary[name] = {
+                **metric.describe(),
+                "mean": float(finite.mean()) if finite.size else float("nan"),
+                "n": int(k),                      # samples scored: the first n rows of scores.csv
+                "n_nan": int(k - finite.size),    # of those, scores that are undefined
+            }
+            progress.update(1)
     explainer.memo = {}
     seconds["total"] = time.perf_counter() - wall
 

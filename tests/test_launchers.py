@@ -168,3 +168,18 @@ def test_index_lines_from_parallel_writers_never_interleave(tmp_path):
     assert set(df["message"]) == {'a, "quoted" line'} and path.read_text().count("job,overrides") == 1
     append_line(path, {"job": 999, "status": "error", "message": "x"})
     assert read_index(path)["status"].iloc[-1] == "error"
+
+
+@pytest.mark.slow
+def test_a_failing_cell_gets_an_error_line_in_the_index(tmp_path):
+    from faults_helpers import TINY, cli
+
+    args = [a for a in TINY if not a.startswith("method=")]
+    code, out, err = cli(["-m", *args, "method=gradcam,saliency", f"results_dir={tmp_path / 'runs'}",
+                          f"cache_dir={tmp_path / 'cache'}"])
+    assert code == 2 and err.strip() == ("error: method 'gradcam' does not support 'tabular' data; it supports: "
+                                         "image (model 'mlp')")
+    (path,) = (tmp_path / "cache" / "hydra").glob("*/index.csv")
+    index = read_index(path)
+    assert list(index["status"]) == ["error"] and list(index["job"]) == [0] and index["record"].iloc[0] == ""
+    assert "method=gradcam" in index["overrides"].iloc[0] and "does not support 'tabular'" in index["message"].iloc[0]
