@@ -1,10 +1,13 @@
 """Progress bars for explaining and metrics: drawn on a terminal, never in CI or into a pipe."""
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
+import struct
 import subprocess
 import sys
+import termios
 
 import pytest
 
@@ -19,6 +22,8 @@ def _run_on_a_terminal(tmp_path, env_extra: dict[str, str]) -> tuple[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "BACKTRACE_BENCH_NO_PROGRESS")}
     env.update(env_extra)
     master, slave = pty.openpty()
+    # a terminal 120 columns wide (a new pseudo-terminal has 0, and tqdm draws bars to fit)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *TINY, f"results_dir={tmp_path / 'runs'}",
                              f"cache_dir={tmp_path / 'cache'}", "force=true"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave, env=env)
@@ -41,7 +46,7 @@ def _run_on_a_terminal(tmp_path, env_extra: dict[str, str]) -> tuple[str, str]:
 @pytest.mark.slow
 def test_bars_on_a_terminal_and_none_in_ci(tmp_path):
     shown, out = _run_on_a_terminal(tmp_path, {})
-    assert "explaining (Saliency)" in shown and "/2 [" in shown          # two batches of four
+    assert "explaining (saliency)" in shown and "/2 [" in shown          # two batches of four
     assert "metrics" in shown and "faithfulness_correlation" in shown and "sparseness" in shown
     shown_ci, out_ci = _run_on_a_terminal(tmp_path, {"CI": "true"})
     assert "explaining" not in shown_ci and "metrics" not in shown_ci
