@@ -10,6 +10,11 @@ from pathlib import Path
 # bury the one-line errors below. The harness itself never runs TensorFlow models.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# Launchers that start fresh interpreters for the cells (submitit) import the task from this
+# checkout, wherever run.py was started from.
+_ROOT = str(Path(__file__).resolve().parent)
+if _ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

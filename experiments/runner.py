@@ -20,7 +20,10 @@ from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteIn
                             for_scoring, reduce_channels, sign_profile, with_output)
 from experiments.config import ConfigError, check_output_dirs, unimportable, validate
 from experiments.datasets import DataError
+from experiments.launchers import run_threads
 from experiments.pipeline import Prepared, prepare
+from experiments.progress import bar
+from experiments.sweep_index import record_cell
 from experiments.training import predict
 from experiments.records import (config_hash, package_versions, record_path, record_problem, recover,
                                  write_record)
@@ -141,8 +144,9 @@ def run(cfg: DictConfig) -> RunResult:
         print(f"record {path} is invalid ({problem}); recomputing it")
     method_cls = check_method(cfg)
     metrics = build_metrics(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    threads = run_threads(cfg.get("threads"))  # in a parallel sweep: cores / workers unless set
+    if threads:
+        torch.set_num_threads(threads)
 
     wall = time.perf_counter()
     prep = prepare(cfg)
@@ -217,12 +221,14 @@ def explain_and_score(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, 
     seconds["warmup"] = time.perf_counter() - start
     parts, extras, explain_s = [], {}, 0.0
     bs = int(cfg.batch_size)
-    for i in range(0, len(x), bs):
-        att = explainer(x[i:i + bs].to(device), targets[i:i + bs].to(device))
-        explain_s += att.seconds
-        parts.append(att.values.float().cpu())
-        for k, v in att.extras.items():
-            extras.setdefault(k, []).append(v.float().cpu())
+    with bar(-(-len(x) // bs), f"explaining ({getattr(method_cls, 'name', method_cls.__name__)})", "batch") as progress:
+        for i in range(0, len(x), bs):
+            att = explainer(x[i:i + bs].to(device), targets[i:i + bs].to(device))
+            explain_s += att.seconds
+            parts.append(att.values.float().cpu())
+            for k, v in att.extras.items():
+                extras.setdefault(k, []).append(v.float().cpu())
+            progress.update(1)
     raw = torch.cat(parts)
     bad = ~torch.isfinite(raw.reshape(len(raw), -1)).all(1)
     if bool(bad.any()):
@@ -236,24 +242,27 @@ def explain_and_score(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, 
     seconds["forward_backward"] = fb
 
     summary: dict[str, Any] = {}
-    for name, metric in metrics.items():
-        k = evaluated_count(metric, len(x))
-        start = time.perf_counter()
-        part = np.asarray(metric(model, x[:k], targets[:k], attributions[:k], explainer=explainer,
-                                 ground_truth=None if gt is None else gt[:k]), dtype=float)
-        seconds[f"metric/{name}"] = time.perf_counter() - start
-        if part.shape != (k,):
-            raise RuntimeError(f"metric {name!r} returned shape {part.shape}, expected ({k},)")
-        values = np.full(len(x), np.nan)
-        values[:k] = np.where(np.isfinite(part), part, np.nan)
-        scores[name] = values
-        finite = part[np.isfinite(part)]
-        summary[name] = {
-            **metric.describe(),
-            "mean": float(finite.mean()) if finite.size else float("nan"),
-            "n": int(k),                      # samples scored: the first n rows of scores.csv
-            "n_nan": int(k - finite.size),    # of those, scores that are undefined
-        }
+    with bar(len(metrics), "metrics", "metric") as progress:
+        for name, metric in metrics.items():
+            progress.set_postfix_str(name, refresh=True)
+            k = evaluated_count(metric, len(x))
+            start = time.perf_counter()
+            part = np.asarray(metric(model, x[:k], targets[:k], attributions[:k], explainer=explainer,
+                                     ground_truth=None if gt is None else gt[:k]), dtype=float)
+            seconds[f"metric/{name}"] = time.perf_counter() - start
+            if part.shape != (k,):
+                raise RuntimeError(f"metric {name!r} returned shape {part.shape}, expected ({k},)")
+            values = np.full(len(x), np.nan)
+            values[:k] = np.where(np.isfinite(part), part, np.nan)
+            scores[name] = values
+            finite = part[np.isfinite(part)]
+            summary[name] = {
+                **metric.describe(),
+                "mean": float(finite.mean()) if finite.size else float("nan"),
+                "n": int(k),                      # samples scored: the first n rows of scores.csv
+                "n_nan": int(k - finite.size),    # of those, scores that are undefined
+            }
+            progress.update(1)
     explainer.memo = {}
     return ScoredCell(explainer, attributions, returned, extras, scores, summary, seconds, explain_s, fb)
 
@@ -287,7 +296,8 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
         "saturated_samples": saturated,
         "targets_from_prediction": int(use_pred.sum()),
         "seconds": seconds,
-        "runtime": {"seconds_per_sample": explain_s / n, "forward_backward_units": explain_s / fb if fb > 0 else None},
+        "runtime": {"seconds_per_sample": explain_s / n, "forward_backward_units": explain_s / fb if fb > 0 else None,
+                    "threads": torch.get_num_threads()},
         "metrics": summary,
         "diagnostics": {},   # per-sample numbers a method reports about itself (scores.csv columns)
     }
@@ -341,19 +351,30 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, IncompatibleMethodE
 
 
 def run_cli(cfg: DictConfig) -> Optional[RunResult]:
-    """``run.py``'s job: user errors become one line on stderr and exit code 2."""
+    """``run.py``'s job: user errors become one line on stderr and exit code 2. In a multirun
+    each cell also adds its line (status, record, wall time) to the sweep index."""
+    start = time.perf_counter()
+    status, path, message = "error", None, ""
     try:
         try:
-            return run(cfg)
+            result = run(cfg)
         except InstantiationException as exc:  # hydra wraps what a constructor raised: show that
             if isinstance(exc.__cause__, USER_ERRORS + _engine_errors()):
                 raise exc.__cause__ from None
             raise
+        status, path = ("skipped" if result.skipped else "ok"), result.path
+        return result
     except USER_ERRORS + _engine_errors() as exc:
+        message = str(exc)
         if os.environ.get("BACKTRACE_BENCH_DEBUG") == "1":
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record_cell(status, path, time.perf_counter() - start, message)
 
 
 def _engine_errors() -> tuple[type[BaseException], ...]:
