@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .base import ExplainContext, Explainer, check_choice, numpy_predictor
-from .text_inputs import TEXT_MASKS, feature_mask, hide_tokens
+from .text_inputs import TEXT_MASKS, feature_mask, hide_tokens, unpadded
 
 SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb")
 HIDDEN_WORD = "UNKWORDZ"  # lime's own default mask string, stated: text perturbations are parsed back by it
@@ -141,8 +141,9 @@ colour, which on small grey images hides almost nothing and leaves the surrogate
             if len(positions) == 0:
                 continue  # nothing to explain: no feature tokens
             sentence = " ".join(f"t{k}" for k in range(len(positions)))
-            exp = self.text.explain_instance(sentence, partial(self._classify, ids[i], positions), labels=(t,),
-                                             num_features=len(positions), num_samples=self.num_samples)
+            classify = partial(self._classify, unpadded(self.model, ids[i]), positions)
+            exp = self.text.explain_instance(sentence, classify, labels=(t,), num_features=len(positions),
+                                             num_samples=self.num_samples)
             for feature, weight in exp.local_exp[t]:
                 out[i, positions[feature]] = weight
         return out.to(torch.float32).to(inputs.device)

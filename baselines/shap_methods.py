@@ -20,7 +20,7 @@ import shap
 import torch
 from torch import Tensor, nn
 
-from .text_inputs import TEXT_MASKS, feature_mask, hide_tokens
+from .text_inputs import TEXT_MASKS, feature_mask, hide_tokens, unpadded
 from .base import (
     ExplainContext,
     Explainer,
@@ -179,7 +179,7 @@ class ShapPartitionMethod(Explainer):
             positions = torch.nonzero(features[i]).flatten()
             if len(positions) == 0:
                 continue  # nothing to explain: no feature tokens
-            row = ids[i]
+            row = unpadded(model, ids[i])
 
             def predict(masked: np.ndarray, row: Tensor = row, positions: Tensor = positions) -> np.ndarray:
                 masked = torch.from_numpy(np.asarray(masked, dtype=np.int64)).reshape(-1, len(positions))

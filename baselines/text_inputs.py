@@ -39,6 +39,14 @@ def feature_mask(model: nn.Module, ids: Tensor) -> Tensor:
     return model.feature_mask(ids).to(torch.bool)
 
 
+def unpadded(model: nn.Module, row: Tensor) -> Tensor:
+    """One right-padded row without its padding. The perturbation methods call the model on
+    hundreds of copies of one sentence: padding changes nothing in a text model's output (its
+    attention mask hides it) but costs the same as real tokens, and a batch is padded to its
+    longest sentence."""
+    return row[: int(row.ne(int(model.pad_token_id)).sum())]
+
+
 def hide_tokens(ids: Tensor, keep: Tensor, how: str, mask_token_id: int, pad_token_id: int) -> Tensor:
     """Copies of the rows ``ids`` ``(M, L)`` with the tokens where ``keep`` ``(M, L)`` is False
     hidden: replaced by ``mask_token_id`` (``mask_token``) or removed, the row closed up and padded

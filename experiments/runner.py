@@ -221,7 +221,7 @@ def explain_and_score(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, 
     seconds["warmup"] = time.perf_counter() - start
     parts, extras, explain_s = [], {}, 0.0
     bs = int(cfg.batch_size)
-    with bar(-(-len(x) // bs), f"explaining ({getattr(method_cls, 'name', method_cls.__name__)})", "batch") as progress:
+    with bar(-(-len(x) // bs), f"explaining ({getattr(explainer, 'name', type(explainer).__name__)})", "batch") as progress:
         for i in range(0, len(x), bs):
             att = explainer(x[i:i + bs].to(device), targets[i:i + bs].to(device))
             explain_s += att.seconds
