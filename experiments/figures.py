@@ -383,7 +383,7 @@ def token_heatmap(data: "TableData", path: Path, n_samples: int = 4) -> Optional
     fig = token_heatmap_figure(data, n_samples)
     if fig is None:
         return None
-    return _save(fig, path, dpi=130)
+    return _save(fig, path, dpi=110, palette=True)
 
 
 TOKEN_CSS = """
