@@ -53,12 +53,12 @@ def test_no_records_is_a_clear_error(tmp_path, capsys):
 
 
 def _chromium() -> tuple[str, str]:
+    """The system chromium and its driver: `make test` installs them (Debian packages), so a
+    missing browser is a failed set-up, not a reason to check nothing."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver; "
-                    "`make test` installs them where apt exists)")
-    pytest.importorskip("selenium", reason="selenium is a test extra: pip install -e '.[test]'")
+    assert browser and driver, ("chromium and chromedriver are not installed; `make browser` installs them where "
+                                "apt exists (Debian: apt-get install chromium chromium-driver)")
     return browser, driver
 
 
