@@ -1,0 +1,125 @@
+"""Decoders as next-token classifiers: the wrapper reads the causal LM at the last real token
+(padding changes nothing), its training loss scores every recall of a row, the engine explains
+it as it explains the LM's own next-token logit, and SmolLM2 loads from the model cache (slow)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backtrace import explain
+from experiments.data.decoder_tasks import KVTokenizer, kv_retrieval
+from experiments.zoo.decoders import NextTokenClassifier, TinyDecoder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return kv_retrieval(n_train=40, n_test=12, seed=1)
+
+
+@pytest.fixture(scope="module")
+def decoder(data):
+    torch.manual_seed(0)
+    return TinyDecoder(**data.model_kwargs(), hidden=16, layers=2, heads=4, kv_heads=2, intermediate=32,
+                       query_token_id=KVTokenizer().query_token_id).eval()
+
+
+def test_the_wrapper_reads_the_last_real_token_and_padding_changes_nothing(decoder, data):
+    x = data.x_test[:4]
+    lengths = x.ne(0).sum(1)
+    with torch.no_grad():
+        out = decoder(x)
+        full = decoder.lm(input_ids=x, attention_mask=x.ne(0).long()).logits
+        for i, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(out[i], full[i, n - 1])
+            alone = decoder.lm(input_ids=x[i:i + 1, :n]).logits[0, -1]
+            torch.testing.assert_close(out[i], alone, rtol=1e-5, atol=1e-5)
+    assert out.shape == (4, data.n_classes)
+    assert decoder.last_position(torch.tensor([[5, 6, 0, 7, 0, 0]])).tolist() == [3]
+
+
+def test_vocabulary_and_sizes_are_checked(data):
+    from experiments.config import ConfigError
+
+    kwargs = data.model_kwargs()
+    with pytest.raises(ConfigError, match=r"its classes are the vocabulary \(35\), but the dataset has 2 classes"):
+        TinyDecoder(**{**kwargs, "num_classes": 2})
+    with pytest.raises(ConfigError, match=r"TinyDecoder needs hidden \(30\) divisible by heads \(4\)"):
+        TinyDecoder(**kwargs, hidden=30)
+
+
+def test_training_loss_scores_every_recall_of_a_row(decoder, data):
+    row = data.x_train[[int(torch.argmax(data.x_train.eq(2).sum(1)))]]     # the row with the most queries
+    y = data.y_train[[int(torch.argmax(data.x_train.eq(2).sum(1)))]]
+    loss_fn = torch.nn.CrossEntropyLoss()
+    logits = decoder.lm(input_ids=row, attention_mask=row.ne(0).long()).logits[0]
+    real = row[0][row[0].ne(0)].tolist()
+    by_hand = []
+    for i in range(1, len(real)):
+        if real[i - 1] == 2:                                                 # a queried key
+            target = real[i + 1] if i + 1 < len(real) else int(y)
+            by_hand.append(torch.nn.functional.cross_entropy(logits[i][None], torch.tensor([target])))
+    assert len(by_hand) >= 2
+    torch.testing.assert_close(decoder.training_loss(row, y, loss_fn), torch.stack(by_hand).mean())
+
+
+@pytest.mark.parametrize("mode", ["default", "contrastive"])
+def test_the_engine_explains_the_wrapper_as_the_lms_next_token(decoder, data, mode):
+    x, y = data.x_test[:3], data.y_test[:3]
+    mask = x.ne(0).long()
+    probs = torch.nn.Sequential(decoder, torch.nn.Softmax(dim=-1)).eval()
+    wrapped = explain(probs, x, target=y, mode=mode)
+
+    class LMProbabilities(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask):
+            return torch.softmax(self.lm(input_ids=input_ids, attention_mask=attention_mask).logits, dim=-1)
+
+    direct = explain(LMProbabilities(decoder.lm).eval(), {"input_ids": x, "attention_mask": mask}, target=y,
+                     mode=mode, task="generation")
+    for a, b in zip(wrapped if isinstance(wrapped, tuple) else (wrapped,), direct if isinstance(direct, tuple) else (direct,)):
+        assert a.shape == x.shape and a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert a.masked_select(mask == 0).abs().max() == 0
+
+
+def test_attentions_are_eager_and_causal(decoder, data):
+    before = decoder.lm.config._attn_implementation
+    maps = decoder.attentions(data.x_test[:2])
+    assert decoder.lm.config._attn_implementation == before                 # restored after the call
+    assert len(maps) == 2 and maps[0].shape == (2, 4, data.x_test.shape[1], data.x_test.shape[1])
+    assert float(torch.triu(maps[0], diagonal=1).abs().max()) == 0.0
+    torch.testing.assert_close(maps[0].sum(-1)[:, :, :5], torch.ones(2, 4, 5))
+    assert decoder.top_layers() == ["lm.lm_head", "lm.model.layers.1"]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    pytest.importorskip("gguf")
+    from experiments.zoo.decoders import SmolLM2, smollm2_paths, smollm2_spec
+
+    spec = smollm2_spec()
+    return SmolLM2(spec["vocab_size"], spec["vocab_size"]).eval(), spec, smollm2_paths()
+
+
+@pytest.mark.slow
+def test_smollm2_from_the_cache(smollm2):
+    from experiments.training import _load
+    from experiments.zoo.decoders import smollm2_tokenizer
+
+    model, spec, (weights, tokenizer_dir) = smollm2
+    assert isinstance(model, NextTokenClassifier) and model.vocab_size == spec["vocab_size"] == 49152
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert model.lm.lm_head.weight is model.embedding_layer().weight              # tied, as in the GGUF
+    meta, state = _load(weights)                                                   # checksummed
+    assert "quantization_config" not in meta["config"] and set(state) >= {"model.embed_tokens.weight"}
+    assert (tokenizer_dir / "tokenizer.json").is_file()
+    tok = smollm2_tokenizer()
+    ids = torch.tensor([tok("The capital of France is")["input_ids"] + [spec["pad_token_id"]] * 3])
+    with torch.no_grad():
+        assert tok.decode([int(model(ids).argmax())]) == " Paris"
+    assert model.top_layers() == ["lm.model.layers.29"]                             # the head is tied
