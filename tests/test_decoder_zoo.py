@@ -123,3 +123,45 @@ def test_smollm2_from_the_cache(smollm2):
     with torch.no_grad():
         assert tok.decode([int(model(ids).argmax())]) == " Paris"
     assert model.top_layers() == ["lm.model.layers.29"]                             # the head is tied
+
+
+DECODER_METHODS = ["backtrace", "backtrace_contrastive", "saliency", "gradxinput", "ig", "attention_rollout",
+                   "attention_last", "random"]
+
+
+@pytest.mark.parametrize("name", DECODER_METHODS)
+def test_every_method_explains_the_target_token_of_the_wrapper(decoder, data, name):
+    """Each method built from its config explains class = the answer's token id; attributions are
+    per token, zero on the special tokens and padding, and the same when the rows are padded
+    further (the deterministic methods)."""
+    from hydra.utils import instantiate
+
+    from baselines import ExplainContext
+    from experiments.config import method_config
+
+    cfg = method_config(name, "softmax", **({"n_steps": 8} if name == "ig" else {}))
+    ctx = ExplainContext(modality="text", model_kind="transformer", n_classes=data.n_classes, seed=0)
+    method = instantiate(cfg, model=decoder, context=ctx)
+    x, y = data.x_test[:3], data.y_test[:3]
+    width = int(x.ne(0).sum(1).max())
+    a = method(x[:, :width], y).values
+    assert a.shape == (3, width) and bool(torch.isfinite(a).all())
+    special = ~data.token_feature_mask(x[:, :width])
+    assert a.masked_select(special).abs().max() == 0 and a.abs().sum() > 0
+    if method.deterministic:
+        longer = method(x, y).values
+        torch.testing.assert_close(longer[:, :width], a, rtol=1e-4, atol=1e-5)
+        assert longer[:, width:].abs().max() == 0
+
+
+def test_attention_last_reads_the_last_real_tokens_row(decoder, data):
+    from baselines import METHODS, ExplainContext
+
+    x = data.x_test[:2]
+    method = METHODS["attention_last"](decoder, ExplainContext(modality="text", model_kind="transformer",
+                                                               n_classes=data.n_classes))
+    values = method(x, data.y_test[:2]).values
+    last = decoder.attentions(x)[-1].mean(1)                   # causal: no mass on later tokens or pads
+    for i, n in enumerate(x.ne(0).sum(1).tolist()):
+        expected = last[i, n - 1] * data.token_feature_mask(x[i:i + 1])[0]
+        torch.testing.assert_close(values[i], expected)
