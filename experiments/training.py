@@ -157,8 +157,7 @@ def train(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int, 
             if dataset.modality == "text":  # drop the batch's all-padding columns: outputs do not depend on them
                 xb = xb[:, : int(xb.ne(int(dataset.info["tokenizer"]["pad_token_id"])).sum(1).max())]
             opt.zero_grad(set_to_none=True)
-            # a model may score a batch itself (a decoder: every recall in a row, not only the last)
-            loss = model.training_loss(xb, yb, loss_fn) if hasattr(model, "training_loss") else loss_fn(model(xb), yb)
+            loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
             bar.update(1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from experiments.data.decoder_tasks import (
-    KVTokenizer, TEMPLATES, CopyPrompt, copy_prompt, encode_prompt, kv_retrieval, kv_sample, query_targets,
+    KVTokenizer, TEMPLATES, CopyPrompt, copy_prompt, encode_prompt, kv_retrieval, kv_sample,
 )
 from experiments.loaders.base import DataError
 
@@ -24,8 +24,8 @@ def test_kv_answers_have_exactly_one_source_which_is_the_ground_truth(kv):
     tok = KVTokenizer()
     for row, y, gt in zip(kv.x_test.tolist(), kv.y_test.tolist(), kv.ground_truth):
         row = [t for t in row if t != tok.pad_token_id]
-        assert row[-2] == tok.query_token_id
-        context, key = row[:-2], row[-1]
+        assert row[-3] == tok.query_token_id and row[-1] == tok.answer_token_id
+        context, key = row[:-3], row[-2]
         assert context.count(y) == 1                                      # the answer occurs once
         pairs = dict(zip(context[0::2], context[1::2]))
         assert len(pairs) == len(context) // 2 and len(set(pairs.values())) == len(pairs)
@@ -47,31 +47,18 @@ def test_kv_is_deterministic_and_its_splits_do_not_overlap(kv):
     assert bool((feature == (kv.x_test >= len(tok.all_special_ids))).all())
 
 
-def test_masks_only_in_training_rows_and_never_on_a_queried_pair(kv):
+def test_masks_only_in_training_rows_and_never_on_the_queried_pair(kv):
     tok = KVTokenizer()
     assert not bool(kv.x_test.eq(tok.mask_token_id).any())
     masked = 0
     for row, y in zip(kv.x_train.tolist(), kv.y_train.tolist()):
         first = row.index(tok.query_token_id)
-        context, queries = row[:first], row[first:]
+        context, key = row[:first], row[first + 1]
         masked += context.count(tok.mask_token_id)
-        asked = [queries[i + 1] for i, t in enumerate(queries) if t == tok.query_token_id]
-        for key in asked:
-            assert key in context and context[context.index(key) + 1] != tok.mask_token_id
+        assert key in context and context[context.index(key) + 1] == y        # the queried pair is intact
     assert masked > 0
-
-
-def test_query_targets_by_hand():
-    tok = KVTokenizer(4, 4)
-    k, v = tok.key, tok.value
-    # k0 v1 k2 v3 | k2 v3 | k0 (pad): recalls at the two queried keys
-    ids = torch.tensor([[k(0), v(1), k(2), v(3), 2, k(2), v(3), 2, k(0), 0]])
-    out = query_targets(ids, torch.tensor([v(1)]), tok.query_token_id, tok.pad_token_id)
-    assert out.tolist() == [[-100, -100, -100, -100, -100, v(3), -100, -100, v(1), -100]]
-    sample = kv_sample(np.random.default_rng(0), tok, 3, n_queries=3)
-    ids = torch.tensor([sample.ids])
-    wanted = query_targets(ids, torch.tensor([sample.target]), tok.query_token_id, tok.pad_token_id)
-    assert int((wanted != -100).sum()) == 3 and int(wanted[0, -1]) == sample.target
+    sample = kv_sample(np.random.default_rng(0), tok, 3)
+    assert tok.decode(sample.ids).endswith(" ->") and len(sample.ids) == 9
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,7 +1,7 @@
 """Next-token tasks for decoders whose evidence is known by construction.
 
-``kv_retrieval``: sequences of key-value pairs and a query, ``k3 v7 k1 v2 k9 v4 | k1``, whose
-answer, the next token (``v2``), is the value stored under the queried key. Keys and values are distinct within a
+``kv_retrieval``: sequences of key-value pairs and a query, ``k3 v7 k1 v2 k9 v4 | k1 ->``, whose
+answer (``v2``) is the value stored under the queried key. Keys and values are distinct within a
 sequence, so the answer token occurs exactly once in the context; the ground truth is that value
 token and its key there. Its vocabulary is its own (:class:`KVTokenizer`).
 
@@ -34,13 +34,13 @@ from experiments.loaders.text import pad
 
 # -- kv_retrieval ------------------------------------------------------------------------------------
 
-KV_SPECIAL = ("<pad>", "<mask>", "|")   # ids 0..2: never features; keys and values follow
+KV_SPECIAL = ("<pad>", "<mask>", "|", "->")   # ids 0..3: never features; keys and values follow
 
 
 @dataclass(frozen=True)
 class KVTokenizer:
-    """The vocabulary of ``kv_retrieval``: ``<pad>``, ``<mask>``, the query mark ``|``, keys
-    ``k0..k{n_keys-1}`` and values ``v0..v{n_values-1}``, in that order of ids."""
+    """The vocabulary of ``kv_retrieval``: ``<pad>``, ``<mask>``, the separators ``|`` and ``->``,
+    keys ``k0..k{n_keys-1}`` and values ``v0..v{n_values-1}``, in that order of ids."""
 
     n_keys: int = 16
     n_values: int = 16
@@ -56,6 +56,7 @@ class KVTokenizer:
     pad_token_id: int = 0
     mask_token_id: int = 1
     query_token_id: int = 2
+    answer_token_id: int = 3
 
     @property
     def all_special_ids(self) -> list[int]:
@@ -72,7 +73,7 @@ class KVTokenizer:
         return [vocab[int(i)] for i in ids]
 
     def encode(self, text: str) -> list[int]:
-        """Ids of a space-separated sequence of tokens (``"k3 v7 | k3"``)."""
+        """Ids of a space-separated sequence of tokens (``"k3 v7 | k3 ->"``)."""
         index = {t: i for i, t in enumerate(self.vocabulary)}
         try:
             return [index[t] for t in text.split()]
@@ -97,56 +98,30 @@ class KVSample:
     source: tuple[int, int]       # positions of the answer's key and value in the context
 
 
-def kv_sample(rng: np.random.Generator, tok: KVTokenizer, n_pairs: int, n_queries: int = 1,
-              mask_rate: float = 0.0) -> KVSample:
-    """One sequence of ``n_pairs`` distinct keys with distinct values, then ``n_queries`` queries of
-    distinct keys (``| k``), each but the last followed by its answer; the target is the last
-    query's answer. Training rows hold several queries (:func:`query_targets` reads the answers
-    inside them), so each row teaches several recalls; test rows hold one. With ``mask_rate``,
-    each token of the pairs no query asks for is replaced by ``<mask>`` with that probability
-    (training only: the model learns that ``<mask>`` holds nothing, which makes masking a token
-    a way to delete it)."""
+def kv_sample(rng: np.random.Generator, tok: KVTokenizer, n_pairs: int, mask_rate: float = 0.0) -> KVSample:
+    """One sequence of ``n_pairs`` distinct keys with distinct values, a query of one of them
+    (``| k ->``), and its answer. With ``mask_rate``, each token of the other pairs is replaced by
+    ``<mask>`` with that probability (training only: the model learns that ``<mask>`` holds
+    nothing, which makes masking a token a way to delete it)."""
     keys = rng.choice(tok.n_keys, n_pairs, replace=False)
     values = rng.choice(tok.n_values, n_pairs, replace=False)
-    asked = [int(q) for q in rng.choice(n_pairs, n_queries, replace=False)]
+    q = int(rng.integers(n_pairs))
     ids: list[int] = []
     for i, (k, v) in enumerate(zip(keys, values)):
         pair = [tok.key(k), tok.value(v)]
-        if i not in asked and mask_rate > 0:
+        if i != q and mask_rate > 0:
             pair = [tok.mask_token_id if rng.random() < mask_rate else t for t in pair]
         ids += pair
-    for j, q in enumerate(asked):
-        ids += [tok.query_token_id, tok.key(keys[q])]
-        if j < n_queries - 1:
-            ids.append(tok.value(values[q]))
-    q = asked[-1]
+    ids += [tok.query_token_id, tok.key(keys[q]), tok.answer_token_id]
     return KVSample(tuple(int(t) for t in ids), tok.value(values[q]), (2 * q, 2 * q + 1))
 
 
-def query_targets(ids: torch.Tensor, targets: torch.Tensor, query_token_id: int, pad_token_id: int) -> torch.Tensor:
-    """Per position of right-padded rows ``(N, L)``, the token a recall there must give: at every
-    queried key (the token after ``|``) but the row's last, the token that follows it; at the
-    last, ``targets``; -100 (no target) elsewhere."""
-    out = torch.full_like(ids, -100)
-    arrow = torch.cat([torch.zeros_like(ids[:, :1], dtype=torch.bool), ids[:, :-1].eq(query_token_id)], dim=1)
-    nxt = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], pad_token_id)], dim=1)
-    out = torch.where(arrow, nxt, out)
-    steps = torch.arange(1, ids.shape[1] + 1)
-    last = (arrow.long() * steps).argmax(dim=1)
-    rows = torch.arange(len(ids))
-    has = arrow.any(dim=1)
-    out[rows[has], last[has]] = targets[has]
-    return out
-
-
 def _kv_split(rng: np.random.Generator, tok: KVTokenizer, n: int, min_pairs: int, max_pairs: int,
-              mask_rate: float, exclude: set[tuple[int, ...]], multi_query: bool) -> list[KVSample]:
+              mask_rate: float, exclude: set[tuple[int, ...]]) -> list[KVSample]:
     out: list[KVSample] = []
     seen = set(exclude)
     while len(out) < n:
-        n_pairs = int(rng.integers(min_pairs, max_pairs + 1))
-        n_queries = int(rng.integers(1, n_pairs + 1)) if multi_query else 1
-        s = kv_sample(rng, tok, n_pairs, n_queries, mask_rate)
+        s = kv_sample(rng, tok, int(rng.integers(min_pairs, max_pairs + 1)), mask_rate)
         if s.ids not in seen:
             seen.add(s.ids)
             out.append(s)
@@ -174,11 +149,10 @@ def kv_retrieval(n_train: int = 20000, n_test: int = 500, n_keys: int = 16, n_va
     if isinstance(mask_rate, bool) or not isinstance(mask_rate, (int, float)) or not 0 <= mask_rate < 1:
         raise DataError(f"mask_rate={mask_rate!r} is invalid for dataset {name}; choose a number in [0, 1)")
     tok = KVTokenizer(n_keys, n_values)
-    test = _kv_split(np.random.default_rng([seed, 1]), tok, n_test, min_pairs, max_pairs, 0.0, set(), False)
+    test = _kv_split(np.random.default_rng([seed, 1]), tok, n_test, min_pairs, max_pairs, 0.0, set())
     train = _kv_split(np.random.default_rng([seed, 0]), tok, n_train, min_pairs, max_pairs, float(mask_rate),
-                      {s.ids for s in test}, True)
-    # one width for both splits (the training rows, with several queries, are the longer)
-    width = max(len(s.ids) for s in train + test)
+                      {s.ids for s in test})
+    width = 2 * max_pairs + 3
     x_train = pad([s.ids for s in train], width, tok.pad_token_id)
     x_test = pad([s.ids for s in test], width, tok.pad_token_id)
     gt = torch.zeros(x_test.shape, dtype=torch.float32)

@@ -116,13 +116,11 @@ def _check_vocabulary(name: str, num_classes: int, vocab_size: int) -> None:
 
 class TinyDecoder(NextTokenClassifier):
     """A small Llama-style decoder (``LlamaForCausalLM``: RMSNorm, rotary positions, grouped-query
-    attention, gated SiLU MLP) built from a config, for the ``kv_retrieval`` task.
-    ``query_token_id``: the mark before a queried key (``|``), for the training loss."""
+    attention, gated SiLU MLP) built from a config, for the ``kv_retrieval`` task."""
 
     def __init__(self, num_classes: int, vocab_size: int, pad_token_id: int, mask_token_id: int,
                  special_token_ids: Sequence[int], hidden: int = 64, layers: int = 2, heads: int = 4,
-                 kv_heads: int = 2, intermediate: int = 128, max_positions: int = 64,
-                 query_token_id: Optional[int] = None) -> None:
+                 kv_heads: int = 2, intermediate: int = 128, max_positions: int = 64) -> None:
         from transformers import LlamaConfig, LlamaForCausalLM
 
         _check_vocabulary("tiny_decoder", num_classes, vocab_size)
@@ -138,22 +136,6 @@ class TinyDecoder(NextTokenClassifier):
                              max_position_embeddings=max_positions, pad_token_id=pad_token_id,
                              bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
         super().__init__(LlamaForCausalLM(config), pad_token_id, mask_token_id, special_token_ids)
-        self.query_token_id = int(query_token_id) if query_token_id is not None else None
-
-    def training_loss(self, input_ids: Tensor, targets: Tensor, loss_fn: nn.Module) -> Tensor:
-        """The loss of every recall in a training row: a row of ``kv_retrieval``'s training split
-        asks several queries (``| k v | k``), and the logits at each queried key are scored against
-        the token that follows it (the last against ``targets``), so one forward pass teaches
-        several recalls. Without a ``query_token_id``: the next-token loss of the last position."""
-        if self.query_token_id is None:
-            return loss_fn(self(input_ids), targets)
-        from experiments.data.decoder_tasks import query_targets
-
-        wanted = query_targets(input_ids.cpu(), targets.cpu(), self.query_token_id, self.pad_token_id)
-        wanted = wanted.to(input_ids.device)
-        rows, cols = (wanted != -100).nonzero(as_tuple=True)
-        logits = self.lm(input_ids=input_ids, attention_mask=self.attention_mask(input_ids)).logits
-        return loss_fn(logits[rows, cols], wanted[rows, cols])
 
 
 # -- SmolLM2 ----------------------------------------------------------------------------------------
