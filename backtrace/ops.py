@@ -3,12 +3,22 @@
 A front end lowers a model's ops onto these kinds; the engine applies the rule registered for
 each (:mod:`backtrace.rules`, one rule per kind). Every group of kinds the code needs (the
 activations, the kinds an integer input may feed, the layers BatchNorm folds into, ...) is read
-from the traits here, so a new kind is described once: its line below (or an :class:`OpKind`
-given to :func:`backtrace.rules.register`), its rule, and one table line in each front end
-that can produce it.
+from the traits here. ``params`` names what a front end may put in ``node.params`` for the kind
+(what its rule reads); every front end fills them alike.
 
-``params`` names what a front end may put in ``node.params`` for the kind (what its rule reads);
-every front end fills them alike.
+Adding a layer or an op:
+
+1. its kind: a line below (name, params, traits); a kind defined outside the package is
+   declared by registering its rule with an :class:`OpKind` instead of a name;
+2. its rule: a :class:`~backtrace.rules.base.Rule` with ``@register("kind")`` in
+   ``backtrace/rules/<family>.py`` (a new module is added to the imports of
+   ``backtrace/rules/__init__.py``). An activation needs none: the pass-through rule serves
+   every kind with the ``activation`` trait (its saturation bounds, if the reference gives it
+   any, go in ``backtrace.rules.base.SATURATION_BOUNDS``);
+3. one line in the table of each front end that can produce it: ``torch_fx.TABLE`` (the
+   module class, functions and tensor method names in one tuple), ``torch_export.TABLE`` (the
+   ATen ops), and for Keras ``keras_layers.LAYERS`` (layer type -> mapper) or
+   ``keras_layers.ACTIVATIONS`` (activation name -> the torch module computing it).
 """
 from __future__ import annotations
 
