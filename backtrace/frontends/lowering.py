@@ -207,7 +207,6 @@ class Lowering:
     messages name it) of the inputs known to hold integers. A front end says how to read its
     graph (the methods that raise ``NotImplementedError``) and gives its table."""
 
-    no_rule = "no rule for this operation"     # the detail of an op missing from the table
     how_to = ""                                # appended to an unmapped op's detail
 
     def __init__(self, gm: fx.GraphModule, integer: Optional[dict[str, Any]] = None) -> None:
@@ -233,7 +232,12 @@ class Lowering:
         """Where ``n`` comes from in the user's model, for error messages."""
         raise NotImplementedError
 
+    def no_rule(self, n: fx.Node) -> str:
+        """The detail of the error for an op missing from the table."""
+        return "no rule for this operation"
+
     def input_name(self, n: fx.Node) -> str:
+        """The name of the graph input a placeholder is (the IR input's name)."""
         raise NotImplementedError
 
     def is_integer_input(self, n: fx.Node, name: str) -> bool:
@@ -340,7 +344,7 @@ class Lowering:
         try:
             h = self.handler_of(n)
             if h is None:
-                raise Unmapped(self.no_rule)
+                raise Unmapped(self.no_rule(n))
             h(self, n, ins)
         except Unmapped as exc:
             raise UnsupportedOperation(n.name, self.source(n), RULES, f"{exc}{self.how_to}") from None

@@ -244,7 +244,6 @@ class ExportLowering(Lowering):
     ``integer``: input name -> dtype for inputs to treat as integer whatever the example value
     holds (an input cast to find where an integer input fails)."""
 
-    no_rule = _NO_RULE
     how_to = f"; {_HOW_TO}"
 
     def __init__(self, gm: fx.GraphModule, names: Sequence[str], integer: Optional[dict[str, Any]] = None) -> None:
@@ -255,6 +254,9 @@ class ExportLowering(Lowering):
 
     def handler_of(self, n: fx.Node) -> Optional[Handler]:
         return TABLE.get(_packet(n.target))
+
+    def no_rule(self, n: fx.Node) -> str:
+        return _NO_RULE
 
     def source(self, n: fx.Node) -> str:
         stack = n.meta.get("nn_module_stack") or {}

@@ -173,7 +173,7 @@ def _max_pool_function(b: Lowering, n: fx.Node, ins: list) -> None:
 def _id_cast(b: Lowering, n: fx.Node, ins: list) -> None:
     """``ids.long()``, ``ids.int()``: an index move of token ids on their way to a lookup."""
     if n not in b.index_path:
-        raise Unmapped(b.no_rule)
+        raise Unmapped(b.no_rule(n))
     b.emit(n, "identity", ins[:1])
 
 
@@ -222,7 +222,7 @@ def _div(b: Lowering, n: fx.Node, ins: list) -> None:
 @handler("where")
 def _where(b: Lowering, n: fx.Node, ins: list) -> None:
     if len(n.args) != 3 or n.kwargs:
-        raise Unmapped(b.no_rule)
+        raise Unmapped(b.no_rule(n))
     cond, x, y = n.args
     if cond not in b.inert or not all(isinstance(t, fx.Node) for t in (x, y)):
         raise Unmapped("where needs a condition computed from integer inputs alone and two tensors")
@@ -317,9 +317,8 @@ class FxLowering(Lowering):
     def handler_of(self, n: fx.Node) -> Optional[Handler]:
         return handler_of(self.gm, n)
 
-    def lower(self, n: fx.Node, ins: list[fx.Node]) -> None:
-        self.no_rule = "no rule for this module type" if n.op == "call_module" else "no rule for this operation"
-        super().lower(n, ins)
+    def no_rule(self, n: fx.Node) -> str:
+        return "no rule for this module type" if n.op == "call_module" else "no rule for this operation"
 
     def skip(self, n: fx.Node) -> bool:
         if n.op == "call_method" and n.target in _META_METHODS:
