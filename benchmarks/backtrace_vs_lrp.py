@@ -4,6 +4,7 @@ part, layer by layer on small networks, and how alike their maps are on the tabl
     python benchmarks/backtrace_vs_lrp.py layers               # per-layer differences on small nets (seconds)
     python benchmarks/backtrace_vs_lrp.py tables --n-samples 64 # Spearman on mlp, resnet, bert (trains them once)
     python benchmarks/backtrace_vs_lrp.py tables cache_dir=/path    # extra overrides for the run configs
+    python benchmarks/backtrace_vs_lrp.py conservation          # total relevance / logit of lrp and attnlrp
 
 ``layers``: small random networks in float64, explaining the target logit (the argmax). For each
 layer, the relevance at its input is computed by both methods on the network's suffix from that
@@ -205,9 +206,11 @@ def attention_agreement(n: int, seed: int) -> tuple[float, float]:
 TABLE_MODELS = (("mlp", "lrp"), ("resnet", "lrp"), ("bert", "attnlrp"))
 
 
-def table_agreement(model: str, other: str, n_samples: int, overrides: list[str]) -> np.ndarray:
+def table_agreement(model: str, other: str, n_samples: int, overrides: list[str]) -> dict[str, np.ndarray]:
     """Per-sample Spearman rho of |backtrace| and |other| on the first test samples of ``model``'s
-    default dataset, as a table run explains them (softmax output, label as the target)."""
+    default dataset, as a table run explains them (softmax output, label as the target); for the
+    dense and conv models also of |backtrace| and the |z| rule on every layer started as backtrace
+    starts (the target logit gets the target probability), on the same model."""
     from hydra.utils import instantiate
 
     from baselines import ExplainContext, reduce_channels
@@ -225,23 +228,84 @@ def table_agreement(model: str, other: str, n_samples: int, overrides: list[str]
         method = instantiate(method_config(name, "softmax"), model=prep.model, context=ctx)
         parts = [method(x[i:i + 16], y[i:i + 16]).values for i in range(0, len(x), 16)]
         maps[name] = reduce_channels(torch.cat(parts), "sum").cpu().numpy()
-    keep = text_feature_positions(maps["backtrace"], maps[other]) if ds.modality == "text" else None
-    return spearman_per_sample(maps["backtrace"], maps[other], magnitude=True, keep=keep)
+    if ds.modality != "text":
+        parts = [lrp_relevance(prep.model, x[i:i + 16].float(), y[i:i + 16], "abs_z", softmax=True)
+                 for i in range(0, len(x), 16)]
+        maps["abs_z"] = reduce_channels(torch.cat(parts), "sum").cpu().numpy()
+    out = {}
+    for name in maps:
+        if name == "backtrace":
+            continue
+        keep = text_feature_positions(maps["backtrace"], maps[name]) if ds.modality == "text" else None
+        out[name] = spearman_per_sample(maps["backtrace"], maps[name], magnitude=True, keep=keep)
+    return out
 
 
 def print_tables(n_samples: int, overrides: list[str]) -> None:
-    print(f"Spearman rho of |backtrace| vs |LRP| maps per sample, first {n_samples} test samples, output=softmax\n")
+    print(f"Spearman rho of |backtrace| vs |LRP| maps per sample, first {n_samples} test samples, output=softmax "
+          f"(abs_z: the |z| rule on every layer, started at the target logit with p_t)\n")
     for model, other in TABLE_MODELS:
-        rho = table_agreement(model, other, n_samples, overrides)
-        rho = rho[np.isfinite(rho)]
-        q1, q3 = np.percentile(rho, [25, 75])
-        print(f"{model:8s} backtrace vs {other:8s}: mean {rho.mean():.3f}, quartiles {q1:.3f} to {q3:.3f} "
-              f"({rho.size} samples)", flush=True)
+        for name, rho in table_agreement(model, other, n_samples, overrides).items():
+            rho = rho[np.isfinite(rho)]
+            q1, q3 = np.percentile(rho, [25, 75])
+            print(f"{model:8s} backtrace vs {name:8s}: mean {rho.mean():.3f}, quartiles {q1:.3f} to {q3:.3f} "
+                  f"({rho.size} samples)", flush=True)
+
+
+def conservation(model: str, n_samples: int, overrides: list[str]) -> np.ndarray:
+    """Per sample: total input relevance over the explained target logit (``output=logits``), for
+    ``lrp`` (dense/conv models) or AttnLRP (text; the word, position and token-type embeddings'
+    relevance together, every token), on the trained model with its biases."""
+    from baselines import ExplainContext
+    from baselines.attnlrp import attnlrp_rules
+    from baselines.lrp_methods import LRPMethod
+    from experiments.config import compose
+    from experiments.pipeline import prepare
+
+    prep = prepare(compose([f"model={model}", *overrides]))
+    ds, net = prep.dataset, prep.model
+    x, y = ds.x_test[:n_samples], ds.y_test[:n_samples].long()
+    with torch.no_grad():
+        logit = net(x).gather(1, y[:, None]).flatten()
+    if ds.modality != "text":
+        ctx = ExplainContext(modality=ds.modality, model_kind=prep.model_kind, n_classes=ds.n_classes)
+        total = LRPMethod(net, ctx, output="logits")(x, y).values.flatten(1).sum(1)
+        return (total / logit).numpy()
+    emb = net.encoder.embeddings
+    ratios = []
+    for i in range(len(x)):     # one sentence at a time: the position embeddings are shared by a batch
+        outs: list[Tensor] = []
+
+        def keep(_m: nn.Module, _i: Any, o: Tensor) -> None:
+            o.retain_grad() if o.requires_grad else o.requires_grad_(True)   # frozen embeddings: a leaf
+            outs.append(o)
+
+        hooks = [m.register_forward_hook(keep) for m in (emb.word_embeddings, emb.position_embeddings,
+                                                           emb.token_type_embeddings)]
+        try:
+            with attnlrp_rules(net, "bert"), torch.enable_grad():
+                z = net(x[i:i + 1])[0, y[i]]
+                z.backward()
+        finally:
+            for h in hooks:
+                h.remove()
+        ratios.append(float(sum((o * o.grad).sum() for o in outs).detach()) / float(z.detach()))
+    return np.array(ratios)
+
+
+def print_conservation(n_samples: int, overrides: list[str]) -> None:
+    print(f"total input relevance / target logit (output=logits), first {n_samples} test samples; trained "
+          f"models with their biases\n")
+    for model, method in (("mlp", "lrp"), ("resnet", "lrp"), ("bert_tiny", "attnlrp"), ("bert", "attnlrp")):
+        r = conservation(model, n_samples, overrides)
+        q1, med, q3 = np.percentile(r, [25, 50, 75])
+        print(f"{model:10s} {method:8s}: median {med:.3f}, quartiles {q1:.3f} to {q3:.3f} ({len(r)} samples)",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("layers", "tables"))
+    parser.add_argument("part", choices=("layers", "tables", "conservation"))
     parser.add_argument("--n-samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -250,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.part == "layers":
         print_layers(min(args.n_samples, 16), args.seed)
-    else:
+    elif args.part == "tables":
         print_tables(args.n_samples, args.overrides)
+    else:
+        print_conservation(args.n_samples, args.overrides)
     return 0
 
 
