@@ -173,6 +173,12 @@ class LRPMethod(Explainer):
     model_kinds = ("mlp", "conv")
     frameworks = ("torch",)
 
+    @classmethod
+    def check_compatible(cls, modality: str, model_kind: str, output: Optional[str] = None,
+                         framework: str = "torch") -> None:
+        super().check_compatible(modality, model_kind, output, framework)
+        zennit_modules()   # refused before any work where zennit is not installed
+
     def __init__(self, model: nn.Module, context: ExplainContext, composite: str = "auto",
                  epsilon: float = 1e-6, stabilizer: float = 1e-6, output: str = "logits") -> None:
         super().__init__(model, context, composite=composite, epsilon=epsilon, stabilizer=stabilizer, output=output)
@@ -229,10 +235,15 @@ class AttnLRPMethod(_TextGradients, Explainer):
     model_kinds = ("transformer",)
     frameworks = ("torch",)
 
+    @classmethod
+    def check_compatible(cls, modality: str, model_kind: str, output: Optional[str] = None,
+                         framework: str = "torch") -> None:
+        super().check_compatible(modality, model_kind, output, framework)
+        lxt_efficient()   # refused before any work where lxt is not installed
+
     def __init__(self, model: nn.Module, context: ExplainContext, output: str = "logits") -> None:
         super().__init__(model, context, output=output)
         text_model_check(model)
-        lxt_efficient()
         family = family_of(model)
         if family is None:
             raise IncompatibleMethodError(

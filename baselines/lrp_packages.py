@@ -28,6 +28,8 @@ import sys
 from types import ModuleType
 from typing import Optional
 
+from .base import IncompatibleMethodError
+
 # the versions these entries were written for (pinned in constraints.txt)
 ZENNIT_VERSION = "0.5.1"
 LXT_VERSION = "2.1"
@@ -37,8 +39,9 @@ INSTALL_HINT = {
 }
 
 
-class MissingPackageError(ImportError):
-    """An LRP package is not installed: the message says how to install it."""
+class MissingPackageError(IncompatibleMethodError):
+    """An LRP package is not installed: the method cannot run here; the message says how to
+    install it (one line, like every refusal)."""
 
 
 def _enter(name: str) -> Optional[ModuleType]:

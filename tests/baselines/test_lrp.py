@@ -239,3 +239,16 @@ def test_quantus_imports_with_zennit_installed():
     after = subprocess.run([sys.executable, "-c", "import baselines, quantus"], capture_output=True, text=True,
                            cwd=ROOT, timeout=300)
     assert after.returncode == 0, after.stderr
+
+
+@pytest.mark.parametrize("name,modality,kind,message", [
+    ("lrp", "tabular", "mlp", "method 'lrp' needs the package zennit (pip install --no-deps zennit==0.5.1)"),
+    ("attnlrp", "text", "transformer", "method 'attnlrp' needs the package lxt (pip install --no-deps lxt==2.1)"),
+])
+def test_a_missing_package_is_a_one_line_refusal(monkeypatch, name, modality, kind, message):
+    from baselines import lrp_packages
+
+    monkeypatch.setattr(lrp_packages, "_enter", lambda _name: None)   # as if neither package were installed
+    with pytest.raises(IncompatibleMethodError) as err:
+        METHODS[name].check_compatible(modality, kind)
+    assert str(err.value) == message
