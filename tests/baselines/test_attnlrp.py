@@ -96,9 +96,10 @@ class SoftmaxLedger:
     def leak(self) -> Tensor:
         total = 0
         for x, out in self.calls:
+            x_grad, out_grad, x, out = x.grad, out.grad, x.detach(), out.detach()
             finite = torch.isfinite(x) & (x > torch.finfo(x.dtype).min / 2)   # masked scores carry no relevance
-            inner = torch.where(finite, x * x.grad, torch.zeros_like(x))
-            total = total + (out * out.grad).flatten(1).sum(1) - inner.flatten(1).sum(1)
+            inner = torch.where(finite, x * x_grad, torch.zeros_like(x))
+            total = total + (out * out_grad).flatten(1).sum(1) - inner.flatten(1).sum(1)
         return total / 2
 
 
@@ -136,8 +137,8 @@ def bert_totals(model: BertClassifier, x: Tensor, target: int, monkeypatch: Any,
         for h in hooks:
             h.remove()
         monkeypatch.undo()
-    total = sum(float((o * o.grad).sum()) for o in outputs.values())
-    return total, float(ledger.leak()), float(logit)
+    total = sum(float((o * o.grad).sum().detach()) for o in outputs.values())
+    return total, float(ledger.leak()), float(logit.detach())
 
 
 def test_bert_conserves_relevance_up_to_the_softmax_terms(monkeypatch):
@@ -199,7 +200,7 @@ def test_decoders_conserve_relevance_up_to_the_softmax_terms(family, monkeypatch
     token_relevance = (embeds * embeds.grad).sum(-1)
     torch.testing.assert_close(relevance, token_relevance.detach())
     assert float(chosen.detach()) == pytest.approx(float(logit[0]), rel=1e-12)
-    total = float(token_relevance.sum()) + sum(float((p * p.grad).sum()) for p in positions)
+    total = float(token_relevance.sum().detach()) + sum(float((p * p.grad).sum().detach()) for p in positions)
     # Llama's eager attention takes its softmax in float32: the identity holds to float32 rounding
     rtol = 1e-5 if family == "llama" else IDENTITY_RTOL
     assert total + float(ledger.leak()) == pytest.approx(float(chosen.detach()), rel=rtol)
