@@ -13,6 +13,8 @@ from .captum_methods import GradientXInputMethod, IntegratedGradientsMethod, Sal
 from .controls import RandomMethod, SobelMethod
 from .gradcam import GradCAMMethod
 from .lime_methods import LimeMethod
+from .lrp_methods import AttnLRPMethod, LRPMethod
+from .lrp_packages import enter_zennit
 from .shap_methods import ShapDeepMethod, ShapGradientMethod, ShapKernelMethod, ShapPartitionMethod
 
 METHODS: dict[str, type[Explainer]] = {
@@ -21,9 +23,13 @@ METHODS: dict[str, type[Explainer]] = {
         BacktraceMethod, BacktraceContrastiveMethod, SaliencyMethod, GradientXInputMethod,
         IntegratedGradientsMethod, SmoothGradMethod, GradCAMMethod, ShapKernelMethod,
         ShapPartitionMethod, ShapGradientMethod, ShapDeepMethod, LimeMethod, RandomMethod, SobelMethod,
-        AttentionRolloutMethod, AttentionLastMethod,
+        AttentionRolloutMethod, AttentionLastMethod, LRPMethod, AttnLRPMethod,
     )
 }
+
+# zennit's __init__ imports torchvision; Quantus imports zennit whenever it is installed: enter
+# zennit narrowly now, so a later `import quantus` in this process works (baselines.lrp_packages).
+enter_zennit()
 
 __all__ = [
     "Attribution", "ExplainContext", "Explainer", "IncompatibleMethodError", "METHODS", "reduce_channels",

@@ -37,6 +37,8 @@ METHOD_TITLES = {
     "shap_deep": "DeepSHAP",
     "attention_rollout": "Attention rollout",
     "attention_last": "Last-layer attention",
+    "lrp": "LRP",
+    "attnlrp": "AttnLRP",
     "random": "Random (control)",
     "sobel": "Sobel edges (control)",
 }

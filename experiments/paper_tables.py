@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.records import iter_records
+from metrics.map_agreement import agreement_note
 from metrics.statistics import MARKS, best_methods, table_statistics
 
 REFERENCE = "backtrace"
@@ -326,6 +327,8 @@ def to_markdown(data: TableData, stats: dict[str, Any]) -> str:
                   _fmt(row["forward_backward_units"] or np.nan)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + method_notes(data)
+    agreement = agreement_note(data.folders, text=data.modality == "text")   # backtrace vs lrp / attnlrp maps
+    lines += [""] + agreement if agreement else []
     fr = stats["friedman"]
     if len(fr):
         lines += ["", "Friedman test across methods (samples as blocks): " + "; ".join(
