@@ -19,13 +19,14 @@ if _ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from experiments.config import ConfigError, check_command_line, check_overrides  # noqa: E402
+from experiments.errors import ConfigError  # noqa: E402
+from experiments.run.config import check_command_line, check_overrides  # noqa: E402
 
 
 # An absolute config path, so that run.main() also works when run.py is imported (tests).
 @hydra.main(config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    from experiments.runner import run_cli
+    from experiments.run.runner import run_cli
 
     run_cli(cfg)
 

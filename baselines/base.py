@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 MODALITIES = ("tabular", "image", "text")
 MODEL_KINDS = ("mlp", "conv", "transformer", "recurrent")
-FRAMEWORKS = ("torch", "keras")  # Keras models come wrapped (experiments.keras_models.KerasClassifier)
+FRAMEWORKS = ("torch", "keras")  # Keras models come wrapped (experiments.zoo.keras_models.KerasClassifier)
 CHANNEL_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs", "none")
 OUTPUTS = ("logits", "softmax")  # what a method explains: the raw class scores or their softmax
 

@@ -117,7 +117,7 @@ class FeatureTokens:
         return {"input_ids": [int(v) for v in s.split()]}
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        from experiments.text_models import load_tokenizer
+        from experiments.data.tokenizer import load_tokenizer
 
         return load_tokenizer().convert_ids_to_tokens([int(i) for i in ids])
 

@@ -1,7 +1,7 @@
 """What every text method shares: which tokens are features, how a token is hidden, and how a
 gradient method sees the token embeddings as its input.
 
-Text inputs are right-padded int64 token ids ``(N, L)``; a text model (``experiments.text_models``)
+Text inputs are right-padded int64 token ids ``(N, L)``; a text model (``experiments.zoo.text_models``)
 says which of them are features (:meth:`feature_mask`: real, non-special tokens). Methods that hide
 tokens (lime, shap, the IG baseline) hide only features, never ``[CLS]``, ``[SEP]`` or padding.
 """
@@ -29,7 +29,7 @@ def text_model_check(model: nn.Module) -> None:
     pad and mask ids); anything else is refused in one line."""
     missing = [a for a in ("feature_mask", "embedding_layer", "pad_token_id", "mask_token_id") if not hasattr(model, a)]
     if missing:
-        raise TypeError(f"text methods need a text model (experiments.text_models.TextClassifier); "
+        raise TypeError(f"text methods need a text model (experiments.zoo.text_models.TextClassifier); "
                         f"{type(model).__name__} lacks {', '.join(missing)}")
 
 

@@ -6,9 +6,9 @@
 - :func:`evaluate` scores any ``nn.Module`` on tensors you hold with chosen methods and metrics,
   without a dataset or model config: each method and metric is built from its config (its YAML
   on the search path, your own folders included) and run by the runner's own
-  :func:`experiments.runner.explain_and_score`.
+  :func:`experiments.run.runner.explain_and_score`.
 
-Bad input raises :class:`experiments.config.ConfigError` (or the error a method or metric raises)
+Bad input raises :class:`experiments.errors.ConfigError` (or the error a method or metric raises)
 with the same one-line message ``run.py`` prints.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from experiments.config import (ConfigDirs, ConfigError, check_choice, check_command_line, check_overrides,
-                                group_options)
+from experiments.errors import ConfigError
+from experiments.run.config import ConfigDirs, check_choice, check_command_line, check_overrides, group_options
 
 # Columns of scores.csv that are not metric scores.
 SAMPLE_COLUMNS = ("sample", "label", "prediction", "target")
@@ -62,7 +62,7 @@ def record_frame(folder: Union[str, Path]) -> pd.DataFrame:
     prediction, target, one column per metric) with the cell's model, dataset and method;
     ``.attrs["summary"]`` holds each metric's mean, direction, n and n_nan and
     ``.attrs["record"]`` the whole ``record.json``."""
-    from experiments.records import load_record
+    from experiments.run.records import load_record
 
     record, scores = load_record(folder)
     frame = scores.copy()
@@ -80,7 +80,7 @@ def run_cell(overrides: Sequence[str] = (), config_dirs: ConfigDirs = ()) -> pd.
     """Run one cell as ``run.py OVERRIDES`` would (``config_dirs``: as ``--config-dir``), or read
     its record when one exists (``force=true`` reruns), and return the record as a DataFrame
     (:func:`record_frame`)."""
-    from experiments.runner import run
+    from experiments.run.runner import run
 
     cfg = compose_checked(overrides, config_dirs)
     with _user_errors():
@@ -189,8 +189,8 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
     ``attributions`` (method -> array, as the metrics scored them).
     """
     from baselines.base import MODALITIES, ExplainContext, check_finite_inputs
-    from experiments.runner import build_metrics, explain_and_score
-    from experiments.training import predict
+    from experiments.run.runner import build_metrics, explain_and_score
+    from experiments.zoo.training import predict
 
     check_choice("modality", modality, MODALITIES)
     check_choice("target", target, ("label", "prediction"))
@@ -278,7 +278,7 @@ def _override_value(value: Any) -> str:
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean score per method (rows) and metric (columns) of an :func:`evaluate` or :func:`sweep`
-    frame: a quick look, not the paper tables' statistics (``experiments.paper_tables``)."""
+    frame: a quick look, not the paper tables' statistics (``experiments.report.paper_tables``)."""
     key = "overrides" if "overrides" in frame.columns else "method"
     metric_cols = [c for c in frame.columns
                    if c not in (*SAMPLE_COLUMNS, "method", "model", "dataset", "config_hash", "overrides")

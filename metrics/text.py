@@ -2,7 +2,7 @@
 that re-explain (class sensitivity, randomisation), written from their definitions.
 
 Inputs are right-padded token ids ``(N, L)`` with attributions ``(N, L)``; the features are the
-tokens :meth:`experiments.text_models.TextClassifier.feature_mask` marks (never ``[CLS]``,
+tokens :meth:`experiments.zoo.text_models.TextClassifier.feature_mask` marks (never ``[CLS]``,
 ``[SEP]`` or padding): only they are ranked, deleted, scored or compared, so a sample's score does
 not depend on its padding. Tokens are ranked by the attributions as given (signed for signed
 methods; the runner passes magnitudes for unsigned ones), highest first, ties in position order.
@@ -146,7 +146,7 @@ class TextMetric(Metric):
             raise ValueError(f"metric {name!r}: attributions hold non-finite values; they are refused")
         if not callable(getattr(model, "feature_mask", None)):
             raise ValueError(f"metric {name!r} needs a text model with feature_mask(ids) "
-                             f"(experiments.text_models.TextClassifier); got {type(model).__name__}")
+                             f"(experiments.zoo.text_models.TextClassifier); got {type(model).__name__}")
         if self.needs_explainer and explainer is None:
             raise ValueError(f"metric {name!r} re-runs the explainer: pass explainer=<baselines.base.Explainer>")
         if self.needs_ground_truth:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.datasets import Dataset
+from experiments.data.datasets import Dataset
 
 
 def toy_dataset() -> Dataset:

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.config import ROOT
+from experiments.run.config import ROOT
 
 # A cell that trains and explains in about a second: the fast MLP on breast cancer.
 TINY = ["model=mlp", "model.train.epochs=2", "method=saliency", "metrics=quick", "n_samples=4", "batch_size=4"]

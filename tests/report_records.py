@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.records import write_record
+from experiments.run.records import write_record
 
 METRICS = {"faith": "higher", "complexity": "lower"}
 IMAGE_METHODS = ("backtrace", "backtrace_contrastive", "ig", "saliency", "random")
@@ -73,7 +73,7 @@ def write_tabular_table(root: Path, n: int = 10) -> None:
 def token_ids(length: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """The sentences as right-padded ids of the benchmark's tokenizer, and their rationale masks
     (every word piece of a rationale word)."""
-    from experiments.text_models import load_tokenizer
+    from experiments.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer("minilm")
     ids = np.zeros((len(SENTENCES), length), dtype=np.int64)

@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from baselines import METHODS, ExplainContext, Explainer, IncompatibleMethodError, reduce_channels
-from experiments.config import ConfigError, method_config
 from baselines.base import CHANNEL_REDUCTIONS
+from experiments.errors import ConfigError
+from experiments.run.config import method_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "method"
 N_CLASSES = 3

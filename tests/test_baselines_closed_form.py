@@ -11,7 +11,7 @@ from torch import nn
 from baselines import METHODS, ExplainContext
 from baselines.gradcam import find_last_conv_map
 from baselines.shap_methods import sample_background
-from experiments.models import ResNet
+from experiments.zoo.models import ResNet
 
 F, C = 6, 3
 

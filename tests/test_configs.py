@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from hydra.utils import get_class
 
-from experiments.config import CONFIG_DIR, compose, group_options
+from experiments.run.config import CONFIG_DIR, compose, group_options
 
 MODELS = group_options("model")
 
@@ -64,7 +64,8 @@ def test_config_dir_holds_only_yaml():
     ("mlp", "digits", "model 'mlp' takes tabular data but dataset 'digits' is image; choose a tabular dataset"),
 ])
 def test_pairing_refusal_names_the_modality_to_choose(model, dataset, message):
-    from experiments.config import ConfigError, check_pairing
+    from experiments.errors import ConfigError
+    from experiments.run.config import check_pairing
 
     modality = "tabular" if dataset == "breast_cancer" else "image"
     with pytest.raises(ConfigError) as err:

@@ -23,11 +23,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from experiments import datasets
-from experiments.datasets import Dataset
-from experiments.loaders import formats, image
-from experiments.loaders.synthetic import pattern_templates
-from experiments.loaders.tabular import parse_numeric
+from experiments.data import datasets
+from experiments.data import formats, image
+from experiments.data.datasets import Dataset
+from experiments.data.synthetic import pattern_templates
+from experiments.data.tabular import parse_numeric
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dataset"
 FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
@@ -65,7 +65,7 @@ def test_every_config_names_its_loader_and_only_its_parameters() -> None:
                             "lending_club", "synthetic_tabular", "synthetic_image", "sentiment_rationales", "sst2"])
     for name in names:
         raw = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
-        assert raw._target_ == f"experiments.datasets.{name}"
+        assert raw._target_ == f"experiments.data.datasets.{name}"
         assert OmegaConf.to_container(raw)["seed"] == "${seed}"  # the run seed, not a fixed one
         params = set(inspect.signature(getattr(datasets, name)).parameters)
         assert set(raw) - {"_target_"} <= params, name

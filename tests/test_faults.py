@@ -23,12 +23,13 @@ import torch
 
 from baselines import METHODS, ExplainContext
 from baselines.base import NonFiniteInputError, check_finite_inputs
-from experiments import datasets
-from experiments.config import ConfigError, compose, method_config
-from experiments.datasets import DataError, Dataset
-from experiments.records import (cell_lock, iter_records, load_record, record_exists, record_path, record_problem,
-                                 recover, write_record)
-from experiments.runner import run, run_cli
+from experiments.data import datasets
+from experiments.data.datasets import Dataset
+from experiments.errors import ConfigError, DataError
+from experiments.run.config import compose, method_config
+from experiments.run.records import (cell_lock, iter_records, load_record, record_exists, record_path, record_problem,
+                                     recover, write_record)
+from experiments.run.runner import run, run_cli
 from faults_helpers import LOAN_COLUMNS, TINY, cli, cli_process, loan_rows, one_error_line, write_csv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -165,7 +166,7 @@ def test_finite_check_names_dataset_indices_and_ignores_integer_inputs():
 
 
 def test_runner_refuses_non_finite_test_inputs_before_explaining(run_dirs, monkeypatch, capsys):
-    import experiments.pipeline as pipeline
+    import experiments.run.pipeline as pipeline
 
     real = pipeline.load_dataset
 
@@ -228,7 +229,7 @@ def test_an_invalid_record_does_not_count_and_readers_skip_it(tmp_path, case, ca
 
 
 def test_paper_tables_collect_skips_a_corrupt_record(tmp_path, capsys):
-    from experiments.paper_tables import collect
+    from experiments.report.paper_tables import collect
 
     for method in ("backtrace", "saliency"):
         write_record(tmp_path / "runs", method, *_record(3, method))
@@ -268,7 +269,7 @@ _KILL_AT_SWAP = """
 import os, signal, sys
 import numpy as np, pandas as pd
 sys.path[:0] = [{root!r}, {tests!r}]
-import experiments.records as records
+import experiments.run.records as records
 real = os.replace
 def replace(src, dst):
     if os.path.basename(str(src)).startswith(".tmp-"):
@@ -363,7 +364,7 @@ def test_two_forced_runs_of_one_cell_both_succeed(tmp_path):
 # unwritable output folders: refused before any data is loaded or model trained
 
 def _refuse_loading(monkeypatch) -> None:
-    import experiments.pipeline as pipeline
+    import experiments.run.pipeline as pipeline
 
     def never(cfg):
         raise AssertionError("data was loaded before the output folders were checked")
@@ -401,7 +402,7 @@ def test_read_only_folder_is_refused(tmp_path):
     locked.chmod(0o500)
     try:
         with pytest.raises(ConfigError, match=r"^results_dir=.* is not writable"):
-            from experiments.config import check_writable
+            from experiments.run.config import check_writable
             check_writable("results_dir", locked / "runs")
     finally:
         locked.chmod(0o700)
@@ -435,7 +436,7 @@ def test_rejected_overrides_are_one_line_exit_2(args, message, tmp_path):
 
 
 def test_resnet_depth_is_checked_where_the_model_is_built():
-    from experiments.models import ResNet
+    from experiments.zoo.models import ResNet
 
     with pytest.raises(ConfigError, match=r"^ResNet depth=7 is invalid; choose 6n\+2 with n >= 1: 8, 14, 20, 26"):
         ResNet(1, 10, depth=7)

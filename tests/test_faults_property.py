@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments.config import ROOT
-from experiments.records import iter_records, record_problem
+from experiments.run.config import ROOT
+from experiments.run.records import iter_records, record_problem
 from faults_helpers import LOAN_COLUMNS, TINY, cli, loan_rows, write_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

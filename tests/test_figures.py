@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.figures import (heatmap_figure, method_title, rank_chart, token_heatmap, token_heatmap_html,
-                                 token_rows, write_token_heatmap_html)
-from experiments.paper_tables import collect, main as write_tables
+from experiments.report.figures import (heatmap_figure, rank_chart, token_heatmap, token_heatmap_html, token_rows,
+                                        write_token_heatmap_html)
+from experiments.report.methods import method_title
+from experiments.report.paper_tables import collect, main as write_tables
 from metrics.statistics import bootstrap_mean_ranks, common_samples, rank_methods, summarise
 from tests.report_records import SENTENCES, write_image_table, write_tabular_table, write_text_table
 

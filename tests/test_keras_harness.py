@@ -20,12 +20,12 @@ from baselines.base import ExplainContext, IncompatibleMethodError  # noqa: E402
 from baselines.captum_methods import IntegratedGradientsMethod, SaliencyMethod  # noqa: E402
 from baselines.gradcam import GradCAMMethod  # noqa: E402
 from baselines.shap_methods import ShapDeepMethod  # noqa: E402
-from experiments.config import compose  # noqa: E402
-from experiments.keras_models import keras_cnn, keras_mlp  # noqa: E402
-from experiments.models import MLP, SmallCNN  # noqa: E402
-from experiments.runner import run  # noqa: E402
-from experiments.training import load_or_train  # noqa: E402
 from dataset_helpers import toy_dataset  # noqa: E402
+from experiments.run.config import compose  # noqa: E402
+from experiments.run.runner import run  # noqa: E402
+from experiments.zoo.keras_models import keras_cnn, keras_mlp  # noqa: E402
+from experiments.zoo.models import MLP, SmallCNN  # noqa: E402
+from experiments.zoo.training import load_or_train  # noqa: E402
 
 
 def _t(v) -> torch.Tensor:
@@ -114,7 +114,7 @@ def test_layer_reset_is_seeded_and_copies_are_independent():
 
 MODEL = OmegaConf.create({
     "name": "keras_mlp", "kind": "mlp", "modality": "tabular", "framework": "keras", "pretrained": False,
-    "net": {"_target_": "experiments.keras_models.keras_mlp", "hidden": [8]},
+    "net": {"_target_": "experiments.zoo.keras_models.keras_mlp", "hidden": [8]},
     "train": {"epochs": 3, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0},
 })
 DATA = OmegaConf.create({"_target_": "toy"})
@@ -159,9 +159,9 @@ def test_the_torch_harness_does_not_import_tensorflow():
     import subprocess
     import sys
 
-    from experiments.config import ROOT
+    from experiments.run.config import ROOT
 
-    code = ("import sys, metrics.quantus_metrics, experiments.runner, baselines; "
+    code = ("import sys, metrics.quantus_metrics, experiments.run.runner, baselines; "
             "from metrics.quantus_metrics import FaithfulnessCorrelation; "
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=300)

@@ -17,9 +17,9 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
-from experiments import launchers
-from experiments.config import CONFIG_DIR, ROOT
-from experiments.sweep_index import COLUMNS, append_line, read_index
+from experiments.run import launchers
+from experiments.run.config import CONFIG_DIR, ROOT
+from experiments.run.sweep_index import COLUMNS, append_line, read_index
 
 # Two cells of the fast MLP, one torch thread each, so every launcher computes the same floats.
 CELLS = ["model=mlp", "model.train.epochs=2", "method=saliency,smoothgrad", "metrics=quick",
@@ -155,7 +155,7 @@ def test_workers_times_threads_is_the_core_count(overrides, cores, expected):
 def test_index_lines_from_parallel_writers_never_interleave(tmp_path):
     """Four processes append 50 lines each (long overrides) to one index under its lock."""
     path = tmp_path / "index.csv"
-    code = ("import sys; from pathlib import Path; from experiments.sweep_index import append_line\n"
+    code = ("import sys; from pathlib import Path; from experiments.run.sweep_index import append_line\n"
             "w = int(sys.argv[1])\n"
             "for i in range(50):\n"
             "    append_line(Path(sys.argv[2]), {'job': w * 100 + i, 'overrides': 'method=ig ' + 'x' * 3000,"

@@ -7,7 +7,7 @@ import json
 import pytest
 from hydra.utils import instantiate
 
-from experiments.config import compose, group_options
+from experiments.run.config import compose, group_options
 from metrics.quantus_metrics import QUANTUS_METRICS
 from metrics.tabular import TABULAR_METRICS
 from metrics.text import TEXT_METRICS

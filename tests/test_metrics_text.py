@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from baselines.base import ExplainContext, Explainer
-from experiments.text_models import BertClassifier, LSTMClassifier, TextClassifier
+from experiments.zoo.text_models import BertClassifier, LSTMClassifier, TextClassifier
 from metrics.text import (
     TEXT_METRICS, TextClassSensitivity, TextComprehensiveness, TextLeRFAUC, TextMoRFAUC, TextRandomisation,
     TextSufficiency, TokenAUPRC, TokenF1, bin_sizes, delete_tokens, randomised_copy, top_layers,

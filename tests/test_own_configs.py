@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from experiments.config import (ROOT, ConfigError, check_command_line, check_overrides, compose, group_options,
-                                method_config, split_command_line)
+from experiments.errors import ConfigError
+from experiments.run.config import (ROOT, check_command_line, check_overrides, compose, group_options, method_config,
+                                    split_command_line)
 from faults_helpers import cli, one_error_line
 
 EXAMPLE = ROOT / "experiments" / "examples" / "extend"

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.config import ROOT
-from experiments.paper_tables import collect, main, update_readme
-from experiments.records import write_record
+from experiments.report.paper_tables import collect, main, update_readme
+from experiments.run.config import ROOT
+from experiments.run.records import write_record
 
 DIRECTIONS = {"faith": "higher", "complexity": "lower"}
 
@@ -138,7 +138,7 @@ def test_readme_table_of_as_many_samples_is_replaced_and_a_shrunk_metric_subset_
 
 
 def update_readme_refused(readme, out) -> str:
-    from experiments.paper_tables import TableError
+    from experiments.errors import TableError
 
     before = readme.read_text()
     with pytest.raises(TableError) as err:
@@ -196,7 +196,7 @@ def test_any_reference_method_and_a_clear_error_for_an_unknown_one(records, tmp_
 def test_tiny_paper_tabular_sweep_end_to_end(tmp_path):
     env = {**os.environ, "BACKTRACE_BENCH_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
     runs, cache, out = tmp_path / "runs", tmp_path / "cache", tmp_path / "results"
-    cmd = [sys.executable, "-m", "experiments.reproduce", "paper_tabular", "n_samples=6", "model.train.epochs=5",
+    cmd = [sys.executable, "-m", "experiments.report.reproduce", "paper_tabular", "n_samples=6", "model.train.epochs=5",
            f"results_dir={runs}", f"cache_dir={cache}", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -210,7 +210,7 @@ def test_tiny_paper_tabular_sweep_end_to_end(tmp_path):
 
 
 def test_reproduce_refuses_an_unknown_table(capsys):
-    from experiments.reproduce import main as reproduce
+    from experiments.report.reproduce import main as reproduce
 
     assert reproduce(["nope"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -11,8 +11,8 @@ import termios
 
 import pytest
 
-from experiments import progress
-from experiments.config import ROOT
+from experiments.run import progress
+from experiments.run.config import ROOT
 
 TINY = ["model=mlp", "model.train.epochs=2", "method=saliency", "metrics=quick", "n_samples=8", "batch_size=4"]
 

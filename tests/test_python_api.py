@@ -13,8 +13,9 @@ from torch import nn
 
 from baselines.base import IncompatibleMethodError, NonFiniteInputError
 from experiments.api import evaluate, model_kind, record_frame, run_cell, summary_table, sweep
-from experiments.config import ROOT, ConfigError, compose
-from experiments.pipeline import prepare
+from experiments.errors import ConfigError
+from experiments.run.config import ROOT, compose
+from experiments.run.pipeline import prepare
 
 TINY = ["model=mlp", "model.train.epochs=2", "metrics=quick", "n_samples=6", "batch_size=4"]
 
@@ -125,7 +126,7 @@ def test_model_kind_is_read_off_the_layers():
 
 
 def test_record_frame_of_a_cut_record_names_the_fault(tmp_path):
-    from experiments.records import InvalidRecord
+    from experiments.run.records import InvalidRecord
 
     (tmp_path / "cell").mkdir()
     with pytest.raises(InvalidRecord, match="^missing record.json, scores.csv, arrays.npz$"):

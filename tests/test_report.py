@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.config import ROOT
-from experiments.report import main
+from experiments.report.page import main
+from experiments.run.config import ROOT
 from tests.report_records import write_all
 
 TABLES = ("toy_image", "toy_tabular", "toy_text")   # no paper_ table: by name

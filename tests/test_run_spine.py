@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.config import ROOT, compose
-from experiments.records import config_hash, iter_records
-from experiments.runner import run
+from experiments.run.config import ROOT, compose
+from experiments.run.records import config_hash, iter_records
+from experiments.run.runner import run
 
 TINY_MLP = ["model=mlp", "model.train.epochs=3", "method=saliency", "metrics=quick", "n_samples=6", "batch_size=4"]
 TINY_CNN = ["model=cnn", "model.train.epochs=2", "method=saliency", "metrics=quick", "n_samples=6", "batch_size=4"]
@@ -77,7 +77,7 @@ def test_rerun_is_skipped_and_force_reruns(run_dirs, tmp_path):
 
 
 def test_killed_write_leaves_no_record(run_dirs, tmp_path, monkeypatch):
-    import experiments.records as records
+    import experiments.run.records as records
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as if the process were interrupted mid-write

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments import datasets
-from experiments.datasets import DataError, Dataset
-from experiments.loaders import text
-from experiments.text_models import load_tokenizer, tokenizer_spec
+from experiments.data import datasets
+from experiments.data import text
+from experiments.data.datasets import Dataset
+from experiments.data.tokenizer import load_tokenizer, tokenizer_spec
+from experiments.errors import DataError
 
 SPEC = tokenizer_spec()
 SPECIAL = set(SPEC["special_token_ids"]) | {SPEC["pad_token_id"]}

@@ -14,12 +14,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from experiments import datasets
-from experiments.config import ROOT, ConfigError, compose
-from experiments.records import record_problem
-from experiments.runner import forward_backward_seconds, run
-from experiments.text_models import BertClassifier, LSTMClassifier, tokenizer_spec
-from experiments.training import check_train_config, train
+from experiments.data import datasets
+from experiments.data.tokenizer import tokenizer_spec
+from experiments.errors import ConfigError
+from experiments.run.config import ROOT, compose
+from experiments.run.records import record_problem
+from experiments.run.runner import forward_backward_seconds, run
+from experiments.zoo.text_models import BertClassifier, LSTMClassifier
+from experiments.zoo.training import check_train_config, train
 
 KW = {k: tokenizer_spec()[k] for k in ("vocab_size", "pad_token_id", "mask_token_id", "special_token_ids")}
 TINY_DATA = ["dataset.n_train=64", "dataset.n_test=16", "model.train.epochs=1"]

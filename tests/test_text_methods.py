@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from baselines import METHODS, ExplainContext, Explainer, IncompatibleMethodError
 from baselines.attention_methods import rollout
 from baselines.text_inputs import hide_tokens
-from experiments.config import method_config
-from experiments.text_models import BertClassifier, LSTMClassifier, TextClassifier, load_tokenizer, tokenizer_spec
+from experiments.data.tokenizer import load_tokenizer, tokenizer_spec
+from experiments.run.config import method_config
+from experiments.zoo.text_models import BertClassifier, LSTMClassifier, TextClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from experiments.training import load_or_train, model_cache_key
 from dataset_helpers import toy_dataset
+from experiments.zoo.training import load_or_train, model_cache_key
 
 
 MODEL = OmegaConf.create({
     "name": "mlp", "kind": "mlp", "modality": "tabular", "pretrained": False,
-    "net": {"_target_": "experiments.models.MLP", "hidden": [8]},
+    "net": {"_target_": "experiments.zoo.models.MLP", "hidden": [8]},
     "train": {"epochs": 5, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0},
 })
 DATA = OmegaConf.create({"_target_": "toy"})

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.base import Explainer, with_output
-from experiments.datasets import Dataset
+from experiments.data.datasets import Dataset
 from metrics.base import Metric, MetricInfo
 
 

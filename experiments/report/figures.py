@@ -4,7 +4,7 @@
 Every figure says how to read it: methods by their written-out names, the class, target and
 prediction of each sample, a colour bar for the scale (each map is scaled to its own largest
 |value|, so the bar runs from -1 to 1 of that), and the ground-truth mask outlined where the data
-have one. Figures read the record folders of a :class:`~experiments.paper_tables.TableData`.
+have one. Figures read the record folders of a :class:`~experiments.report.table_data.TableData`.
 """
 from __future__ import annotations
 
@@ -14,42 +14,17 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:  # paper_tables imports this module
-    from experiments.paper_tables import TableData
+from experiments.report.methods import method_order, method_title
+from experiments.report.table_data import TableData
 
-METHOD_TITLES = {
-    "backtrace": "DLBacktrace",
-    "backtrace_contrastive": "DLBacktrace (contrastive)",
-    "ig": "Integrated Gradients",
-    "smoothgrad": "SmoothGrad",
-    "saliency": "Saliency",
-    "gradxinput": "Gradient × Input",
-    "gradcam": "Grad-CAM",
-    "lime": "LIME",
-    "shap_kernel": "KernelSHAP",
-    "shap_partition": "PartitionSHAP",
-    "shap_gradient": "GradientSHAP",
-    "shap_deep": "DeepSHAP",
-    "attention_rollout": "Attention rollout",
-    "attention_last": "Last-layer attention",
-    "random": "Random (control)",
-    "sobel": "Sobel edges (control)",
-}
 GROUND_TRUTH_COLOUR = "#00c853"
 SIGNED_CMAP, UNSIGNED_CMAP = "bwr", "Reds"
 SCALE_NOTE = "each map scaled to its own max |relevance|"
-
-
-def method_title(variant: str) -> str:
-    """``ig (n_steps=4)`` -> ``Integrated Gradients (n_steps=4)``; unknown names stay as they are."""
-    base, _, rest = variant.partition(" ")
-    title = METHOD_TITLES.get(base, base)
-    return f"{title} {rest}" if rest else title
 
 
 def _plt() -> Any:
@@ -103,7 +78,7 @@ def _rebuild_dataset(record: dict[str, Any]) -> Any:
         return None
 
 
-def sample_info(data: "TableData") -> SampleInfo:
+def sample_info(data: TableData) -> SampleInfo:
     """Read the samples' classes from the table's first record (every record of a table explained
     the same samples), class names from ``record.json``, ground truth from ``arrays.npz``, each
     rebuilt from the dataset config where the record predates them."""
@@ -126,7 +101,7 @@ def sample_info(data: "TableData") -> SampleInfo:
     return SampleInfo(samples, labels, np.asarray(targets), preds, names, gt)
 
 
-def _one_signed(data: "TableData", method: str) -> bool:
+def _one_signed(data: TableData, method: str) -> bool:
     """Maps drawn on a sequential scale: no sample of the method had both signs."""
     returns = data.methods.get(method, {}).get("returns") or {}
     return returns.get("mixed_sign_samples", 1.0 if data.signed.get(method, True) else 0.0) <= 0
@@ -153,11 +128,10 @@ def _colour_bars(fig: Any, kinds: set[str], rect: Sequence[float]) -> None:
 
 # -- image heatmap grid ------------------------------------------------------------------------
 
-def heatmap_figure(data: "TableData", n_rows: int = 6) -> Any:
+def heatmap_figure(data: TableData, n_rows: int = 6) -> Any:
     """Samples as rows (class, target, prediction at the left), the input then each method as
     columns; the ground-truth mask outlined on every cell where the data have one. None when the
     records hold no inputs."""
-    from experiments.paper_tables import method_order
 
     plt = _plt()
     methods = method_order(list(data.folders))
@@ -206,7 +180,7 @@ def heatmap_figure(data: "TableData", n_rows: int = 6) -> Any:
     return fig
 
 
-def heatmap_grid(data: "TableData", path: Path, n_rows: int = 6, dpi: int = 110) -> Optional[Path]:
+def heatmap_grid(data: TableData, path: Path, n_rows: int = 6, dpi: int = 110) -> Optional[Path]:
     """Draw :func:`heatmap_figure` to ``path`` (PNG); None when the records hold no inputs."""
     fig = heatmap_figure(data, n_rows)
     if fig is None:
@@ -250,11 +224,10 @@ def _special_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-def token_rows(data: "TableData", n_samples: int = 4) -> list[TokenRow]:
+def token_rows(data: TableData, n_samples: int = 4) -> list[TokenRow]:
     """The first ``n_samples`` samples of a text table: special and pad tokens left out, each
     method's values scaled by its largest |value| on that sample."""
-    from experiments.paper_tables import method_order
-    from experiments.text_models import load_tokenizer
+    from experiments.data.tokenizer import load_tokenizer
 
     folder = next(iter(data.folders.values()))
     record = json.loads((folder / "record.json").read_text())
@@ -305,7 +278,7 @@ def _display(tokens: list[str]) -> list[tuple[str, bool]]:
     return [(t[2:], False) if t.startswith("##") and k else (t, k > 0) for k, t in enumerate(tokens)]
 
 
-def token_heatmap_figure(data: "TableData", n_samples: int = 4, width_chars: int = 96) -> Any:
+def token_heatmap_figure(data: TableData, n_samples: int = 4, width_chars: int = 96) -> Any:
     """A PNG-ready figure: per sample a header (class, target, prediction), then one line per
     method with every token on a background coloured by its relevance; rationale tokens are
     underlined. Laid out in a monospace font, so positions are exact in character units."""
@@ -378,7 +351,7 @@ def _wrap(row: TokenRow, method: str, width: int) -> list[list[tuple[int, str, f
     return lines
 
 
-def token_heatmap(data: "TableData", path: Path, n_samples: int = 4) -> Optional[Path]:
+def token_heatmap(data: TableData, path: Path, n_samples: int = 4) -> Optional[Path]:
     """Draw :func:`token_heatmap_figure` to ``path`` (PNG); None when the records hold no token ids."""
     fig = token_heatmap_figure(data, n_samples)
     if fig is None:
@@ -397,7 +370,7 @@ TOKEN_CSS = """
 """
 
 
-def token_heatmap_html(data: "TableData", n_samples: int = 4) -> str:
+def token_heatmap_html(data: TableData, n_samples: int = 4) -> str:
     """The token heatmap as an HTML fragment: coloured spans (title: the recorded value),
     rationale tokens underlined. Empty when the records hold no token ids."""
     rows = token_rows(data, n_samples)
@@ -425,7 +398,7 @@ def token_heatmap_html(data: "TableData", n_samples: int = 4) -> str:
     return "\n".join(out)
 
 
-def write_token_heatmap_html(data: "TableData", path: Path, n_samples: int = 4) -> Optional[Path]:
+def write_token_heatmap_html(data: TableData, path: Path, n_samples: int = 4) -> Optional[Path]:
     """A standalone page holding :func:`token_heatmap_html`."""
     body = token_heatmap_html(data, n_samples)
     if not body:
@@ -440,7 +413,7 @@ def write_token_heatmap_html(data: "TableData", path: Path, n_samples: int = 4) 
 
 # -- ranks and cost ----------------------------------------------------------------------------
 
-def rank_chart(data: "TableData", path: Path, n_boot: int = 1000) -> Optional[Path]:
+def rank_chart(data: TableData, path: Path, n_boot: int = 1000) -> Optional[Path]:
     """Each method's mean rank over the table's metrics (1 = best) with its bootstrap 95%
     interval over samples (:func:`metrics.statistics.bootstrap_mean_ranks`); best at the top."""
     from metrics.statistics import bootstrap_mean_ranks
@@ -467,10 +440,9 @@ def rank_chart(data: "TableData", path: Path, n_boot: int = 1000) -> Optional[Pa
     return _save(fig, path, palette=True)
 
 
-def cost_chart(data: "TableData", path: Path) -> Optional[Path]:
+def cost_chart(data: TableData, path: Path) -> Optional[Path]:
     """Seconds per explained sample and the same time in forward+backward passes of the model
     (both from the records' ``runtime``), one bar per method, log scales."""
-    from experiments.paper_tables import method_order
 
     methods = method_order(list(data.runtime))
     seconds = [data.runtime[m].get("seconds_per_sample") for m in methods]

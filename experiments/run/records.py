@@ -35,7 +35,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.training import stable_hash
+from experiments.zoo.training import stable_hash
 
 # Settings that change where or how fast a run happens, not what it computes.
 NON_SEMANTIC = ("results_dir", "cache_dir", "force", "device", "batch_size", "threads")

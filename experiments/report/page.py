@@ -1,6 +1,6 @@
 """One static page of every results table: ``python -m experiments.report``.
 
-Reads the run records under ``--results-dir`` the way ``experiments.paper_tables`` does (the same
+Reads the run records under ``--results-dir`` the way ``experiments.report.paper_tables`` does (the same
 tables, statistics and refusals) and writes ``--out``/``index.html`` with its images next to it.
 Per table: its heading and run settings, the table with intervals, bold best sets and the paired
 tests' marks, the method notes (budgets, absent values, signs), the sample figure (heatmap grid
@@ -17,8 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from experiments import figures
-from experiments.paper_tables import TableData, TableError, build, collect, method_order, to_markdown
+from experiments.errors import TableError
+from experiments.report import figures
+from experiments.report.methods import method_order, method_title
+from experiments.report.paper_tables import build, collect, to_markdown
+from experiments.report.table_data import TableData
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1500px;
@@ -71,7 +74,7 @@ def run_settings(data: TableData) -> list[tuple[str, str]]:
             ("samples", n + (f", selection {cfg['sample_selection']}" if cfg.get("sample_selection") else "")),
             ("output explained", str(s.get("output"))), ("target", f"{s.get('target')} class"),
             ("seed", str(cfg.get("seed", "-"))), ("channel reduction", str(cfg.get("channel_reduction", "-"))),
-            ("methods", ", ".join(figures.method_title(m) for m in method_order(list(data.folders))))]
+            ("methods", ", ".join(method_title(m) for m in method_order(list(data.folders))))]
     return rows
 
 

@@ -3,7 +3,7 @@
 ``python -m experiments.paper_tables`` reads every record under ``--results-dir`` and writes one
 table per (table, model, dataset): ``results/tables/<name>.{md,csv,tex}`` and, for images,
 ``results/figures/<name>_heatmaps.png`` (for text, ``<name>_tokens.{png,html}``; the figures
-themselves are drawn by ``experiments.figures``). Records of the paper's experiments carry their table's
+themselves are drawn by ``experiments.report.figures``). Records of the paper's experiments carry their table's
 name (``table=`` set by ``configs/experiment/``); any other sweep becomes a table named after its
 model and dataset, so ``--results-dir DIR`` turns any sweep into a table.
 
@@ -27,18 +27,19 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 
-from experiments.records import iter_records
+from experiments.errors import TableError
+from experiments.report.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
+from experiments.report.methods import REFERENCE, method_order
+from experiments.report.table_data import TableData
+from experiments.run.records import iter_records
 from metrics.statistics import MARKS, best_methods, table_statistics
 
-REFERENCE = "backtrace"
-CONTROLS = ("random", "sobel")
 ARROW = {"higher": "↑", "lower": "↓"}
 TEX_ARROW = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
 # What every cell of one table must share (read from the record's resolved config).
@@ -48,39 +49,6 @@ SHARED_SETTINGS = ("dataset", "model", "output", "target", "seed", "n_samples", 
 METRIC_ABSENT_PARAMS = ("perturb_baseline", "baseline")
 
 
-class TableError(ValueError):
-    """A set of records that cannot make an honest table; the message is one line."""
-
-
-@dataclass
-class TableData:
-    """Everything one table is made of: the per-sample scores of each method variant and their
-    context."""
-
-    name: str
-    table: str
-    model: str
-    dataset: str
-    modality: str
-    scores: pd.DataFrame                       # long: method (variant), metric, sample, score
-    directions: dict[str, str]
-    runtime: dict[str, dict[str, Optional[float]]]
-    accuracy: Optional[float]
-    folders: dict[str, Path] = field(default_factory=dict)
-    signed: dict[str, bool] = field(default_factory=dict)
-    methods: dict[str, dict[str, Any]] = field(default_factory=dict)    # variant -> what it declared/returned
-    metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)              # output, target, samples, ...
-
-
-def method_order(methods: list[str]) -> list[str]:
-    """backtrace variants first, then the other methods alphabetically, the controls last."""
-    def key(m: str) -> tuple[int, str]:
-        base = m.split(" ", 1)[0]
-        return (0 if base.startswith(REFERENCE) else 2 if base in CONTROLS else 1, m)
-    return sorted(methods, key=key)
-
-
 # -- variants ------------------------------------------------------------------------------------
 
 def _method_defaults(target: str, output: str) -> Optional[dict[str, Any]]:
@@ -88,7 +56,7 @@ def _method_defaults(target: str, output: str) -> Optional[dict[str, Any]]:
     method that has no config file here)."""
     from omegaconf import OmegaConf
 
-    from experiments.config import CONFIG_DIR, method_config
+    from experiments.run.config import CONFIG_DIR, method_config
 
     for path in sorted((CONFIG_DIR / "method").glob("*.yaml")):
         if OmegaConf.load(path).get("_target_") == target:
@@ -383,8 +351,6 @@ def to_latex(data: TableData, stats: dict[str, Any]) -> str:
 def write_figures(data: TableData, figures: Path) -> list[Path]:
     """The table's sample figure: a heatmap grid for images, a token heatmap (PNG and HTML) for
     text; nothing for tabular data."""
-    from experiments.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
-
     made: list[Optional[Path]] = []
     if data.modality == "image":
         made.append(heatmap_grid(data, figures / f"{data.name}_heatmaps.png"))

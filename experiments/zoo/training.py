@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from experiments.config import ConfigError
-from experiments.datasets import Dataset
+from experiments.data.datasets import Dataset
+from experiments.errors import ConfigError, unimportable
 
 
 @dataclass
@@ -60,8 +60,6 @@ def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
     try:
         factory = get_method(model_cfg.net._target_)
     except ImportError as exc:
-        from experiments.config import unimportable
-
         raise unimportable("model", model_cfg.net._target_, exc) from None
     params = inspect.signature(factory).parameters.values()
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
@@ -131,7 +129,7 @@ def train(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int, 
     ``label_smoothing`` (0 when absent) keeps the model from saturating: a softmax output of
     exactly 1.0 in float32 has zero gradient and does not move when a feature is removed, which
     leaves gradient explanations and drop-one faithfulness scores of that sample undefined.
-    A Keras model (``experiments.keras_models``) trains with Keras's own ``fit``, likewise."""
+    A Keras model (``experiments.zoo.keras_models``) trains with Keras's own ``fit``, likewise."""
     if getattr(model, "framework", "torch") == "keras":
         return model.fit(dataset.x_train, dataset.y_train, epochs=int(train_cfg.epochs),
                          batch_size=int(train_cfg.batch_size), lr=float(train_cfg.lr),
@@ -208,13 +206,13 @@ def load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Datas
     ``model.torch_copy_of`` (a Keras model's name, with that model's ``net`` and ``train``) gives
     the torch version of that same trained Keras network: the Keras model is loaded from (or
     trained into) its own cache entry, then its weights go into the zoo's torch network
-    (``experiments.keras_models.torch_copy``); nothing is retrained."""
+    (``experiments.zoo.keras_models.torch_copy``); nothing is retrained."""
     source = model_cfg.get("torch_copy_of")
     if not source:
         return _load_or_train(model_cfg, dataset_cfg, dataset, seed, cache_dir, device)
     keras_cfg = OmegaConf.merge(model_cfg, {"name": source, "framework": "keras"})
     trained = _load_or_train(keras_cfg, dataset_cfg, dataset, seed, cache_dir, device)
-    from experiments.keras_models import torch_copy
+    from experiments.zoo.keras_models import torch_copy
 
     net = torch_copy(trained.model).to(device).eval()
     acc = accuracy(net, dataset.x_test, dataset.y_test)

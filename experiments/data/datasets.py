@@ -7,11 +7,12 @@ statistics; text ones (N, L) int64 token ids, right-padded; labels are int64. Th
 """
 from __future__ import annotations
 
-from experiments.loaders.base import UNKNOWN_LABEL, DataError, Dataset
-from experiments.loaders.image import cifar10, digits, fashion_mnist, imagenet_samples, mnist
-from experiments.loaders.synthetic import synthetic_image, synthetic_tabular
-from experiments.loaders.tabular import breast_cancer, lending_club
-from experiments.loaders.text import sentiment_rationales, sst2
+from experiments.data.base import UNKNOWN_LABEL, Dataset
+from experiments.data.image import cifar10, digits, fashion_mnist, imagenet_samples, mnist
+from experiments.data.synthetic import synthetic_image, synthetic_tabular
+from experiments.data.tabular import breast_cancer, lending_club
+from experiments.data.text import sentiment_rationales, sst2
+from experiments.errors import DataError
 
 __all__ = [
     "DataError", "Dataset", "UNKNOWN_LABEL",

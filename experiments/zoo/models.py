@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from experiments.config import ConfigError  # a bad model argument is a config error: one line, exit 2
+from experiments.errors import ConfigError  # a bad model argument is a config error: one line, exit 2
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "silu": nn.SiLU}
 

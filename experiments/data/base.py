@@ -13,12 +13,10 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
+from experiments.errors import DataError
+
 MODALITIES = ("tabular", "image", "text")
 UNKNOWN_LABEL = -1  # a test label with no class in the label set (explain the prediction instead)
-
-
-class DataError(ValueError):
-    """Bad data or a bad loader argument; its message is the one line shown to the user."""
 
 
 @dataclass
@@ -31,7 +29,7 @@ class Dataset:
     the test inputs that define the label: images ``(N, 1, H, W)``, tabular and text ``(N, F)`` /
     ``(N, L)`` (a rationale per token), values in {0, 1}. ``info`` holds only JSON-serialisable
     values (lists, not tensors) so a run record can store it as it is; a text dataset keeps its
-    tokenizer's ids there (``info["tokenizer"]``, see ``experiments.text_models.tokenizer_spec``)
+    tokenizer's ids there (``info["tokenizer"]``, see ``experiments.data.tokenizer.tokenizer_spec``)
     and its test sentences in ``texts_test``.
     """
 
@@ -89,7 +87,7 @@ class Dataset:
         if not isinstance(spec, dict) or not {"vocab_size", "pad_token_id", "mask_token_id",
                                               "special_token_ids"} <= set(spec):
             raise DataError(f"dataset {self.name}: a text dataset needs info['tokenizer'] "
-                            f"(experiments.text_models.tokenizer_spec())")
+                            f"(experiments.data.tokenizer.tokenizer_spec())")
         bad = (x < 0) | (x >= int(spec["vocab_size"]))
         if bool(bad.any()):
             sample, position = (int(i) for i in torch.nonzero(bad)[0])
@@ -137,7 +135,7 @@ class Dataset:
         return tuple(self.x_test.shape[2:]) if self.modality == "image" else None  # type: ignore[return-value]
 
     def model_kwargs(self) -> dict[str, Any]:
-        """The data-dependent constructor arguments of the model zoo (see experiments.models)."""
+        """The data-dependent constructor arguments of the model zoo (see experiments.zoo.models)."""
         if self.modality == "tabular":
             return {"in_features": self.n_features, "num_classes": self.n_classes}
         if self.modality == "text":

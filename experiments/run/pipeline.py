@@ -9,9 +9,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from experiments.config import check_pairing, validate
-from experiments.datasets import Dataset
-from experiments.training import TrainedModel, load_or_train
+from experiments.data.datasets import Dataset
+from experiments.errors import ConfigError, DataError, unimportable
+from experiments.run.config import check_pairing, validate
+from experiments.zoo.training import TrainedModel, load_or_train
 
 
 @dataclass
@@ -28,8 +29,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from experiments.config import ConfigError
-
         raise ConfigError("device 'cuda' requested but no CUDA device is available; valid choices here: cpu, auto")
     return torch.device(name)
 
@@ -38,9 +37,6 @@ def load_dataset(cfg: DictConfig) -> Dataset:
     """The dataset a config names; a value of the wrong kind in ``dataset.*`` is one config line."""
     from hydra.errors import InstantiationException
 
-    from experiments.config import ConfigError
-    from experiments.datasets import DataError
-
     try:
         return instantiate(cfg.dataset)
     except InstantiationException as exc:
@@ -48,8 +44,6 @@ def load_dataset(cfg: DictConfig) -> Dataset:
         if isinstance(cause, (DataError, ConfigError, FileNotFoundError)):
             raise cause from None
         if isinstance(cause, ImportError):
-            from experiments.config import unimportable
-
             raise unimportable("dataset", cfg.dataset._target_, cause) from None
         if isinstance(cause, (TypeError, ValueError)):
             raise ConfigError(f"dataset: cannot load {cfg.dataset._target_} with these settings "

@@ -12,7 +12,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .base import DataError, Dataset, as_inputs, as_labels, standardise, stratified_split, subset
+from experiments.errors import DataError
+
+from .base import Dataset, as_inputs, as_labels, standardise, stratified_split, subset
 
 
 def breast_cancer(n_train: int | None = None, n_test: int | None = None, seed: int = 0,

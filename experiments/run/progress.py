@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from experiments.launchers import in_parallel_worker
+from experiments.run.launchers import in_parallel_worker
 
 
 def in_ci() -> bool:

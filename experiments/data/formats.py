@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import DataError
+from experiments.errors import DataError
 
 # IDX type codes (the third byte of the magic number) and their big-endian numpy types.
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

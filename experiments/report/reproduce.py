@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Optional
 
-from experiments.config import ROOT, ConfigError, check_choice, group_options
+from experiments.errors import ConfigError
+from experiments.run.config import ROOT, check_choice, group_options
 
 
 def warm_up_model(table: str, overrides: list[str]) -> None:
@@ -21,8 +22,8 @@ def warm_up_model(table: str, overrides: list[str]) -> None:
     sweep itself."""
     if any("," in o for o in overrides):
         return
-    from experiments.config import compose
-    from experiments.pipeline import prepare
+    from experiments.run.config import compose
+    from experiments.run.pipeline import prepare
 
     start = time.perf_counter()
     prepare(compose([f"+experiment={table}", *overrides]))
@@ -51,7 +52,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if sweep.returncode != 0:
         return sweep.returncode
     print(f"sweep {args.table}: {seconds:.0f} s wall")
-    from experiments.paper_tables import main as write_tables
+    from experiments.report.paper_tables import main as write_tables
 
     table_args = ["--table", args.table, "--results-dir", results_dir, "--out", args.out]
     return write_tables(table_args + (["--readme", args.readme] if args.readme else [])

@@ -16,8 +16,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from experiments.errors import DataError
+
 from . import formats
-from .base import UNKNOWN_LABEL, DataError, Dataset, as_inputs, as_labels, stratified_split, subset
+from .base import UNKNOWN_LABEL, Dataset, as_inputs, as_labels, stratified_split, subset
 
 DIGIT_NAMES = [str(i) for i in range(10)]
 

@@ -174,7 +174,7 @@ def _init_seed() -> int:
 
 def keras_mlp(in_features: int, num_classes: int, hidden: Sequence[int] = (64, 32),
               activation: str = "relu") -> KerasClassifier:
-    """The zoo's MLP (``experiments.models.MLP``) in Keras: Dense layers, logits out."""
+    """The zoo's MLP (``experiments.zoo.models.MLP``) in Keras: Dense layers, logits out."""
     keras = _keras()
     keras.utils.set_random_seed(_init_seed())
     L = keras.layers
@@ -186,7 +186,7 @@ def keras_mlp(in_features: int, num_classes: int, hidden: Sequence[int] = (64, 3
 
 def keras_cnn(in_channels: int, num_classes: int, input_size: Sequence[int] = (28, 28),
               channels: Sequence[int] = (16, 32), hidden: int = 64) -> KerasClassifier:
-    """The zoo's small CNN (``experiments.models.SmallCNN``) in Keras, channels-last."""
+    """The zoo's small CNN (``experiments.zoo.models.SmallCNN``) in Keras, channels-last."""
     keras = _keras()
     keras.utils.set_random_seed(_init_seed())
     L = keras.layers
@@ -208,7 +208,7 @@ def torch_copy(net: KerasClassifier) -> nn.Module:
     Keras kernels are (in, out) and (kh, kw, in, out), torch's (out, in) and (out, in, kh, kw);
     Keras flattens an image channels-last (HWC), torch channels-first (CHW), so the first dense
     layer's rows are reordered."""
-    from experiments.models import MLP, SmallCNN
+    from experiments.zoo.models import MLP, SmallCNN
 
     weighted = [layer for layer in net.keras_model.layers if layer.weights]
     kinds = [type(layer).__name__ for layer in weighted]

@@ -13,7 +13,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-ROOT = Path(__file__).resolve().parent.parent
+from experiments.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
 GROUPS = ("model", "dataset", "method", "metrics", "metric", "experiment")
 RUN_SETTINGS = (
@@ -27,10 +29,6 @@ CHOICES = {
     "sample_selection": ("first", "random"),
     "channel_reduction": ("sum", "mean", "abs_sum", "max_abs", "none"),
 }
-
-
-class ConfigError(ValueError):
-    """A bad config value; its message is the one line shown to the user."""
 
 
 ConfigDirs = Sequence["str | os.PathLike[str]"]
@@ -93,17 +91,6 @@ def config_groups(config_dirs: ConfigDirs = (), overrides: Sequence[str] = ()) -
     found = loader.get_group_options("", results_filter=ObjectType.GROUP, config_name="config",
                                      overrides=searchpath_overrides(overrides))
     return [g for g in GROUPS if g in found] + sorted(g for g in found if g not in GROUPS and g != "hydra")
-
-
-def unimportable(what: str, target: Any, exc: BaseException) -> ConfigError:
-    """One line for a ``_target_`` whose module cannot be imported (a user's own class whose
-    folder is not on ``PYTHONPATH``, or a typo)."""
-    cause: BaseException = exc
-    while cause.__cause__ is not None and not isinstance(cause, ModuleNotFoundError):
-        cause = cause.__cause__
-    detail = f"{type(cause).__name__}: {cause}" if isinstance(cause, ModuleNotFoundError) else "no such name"
-    return ConfigError(f"{what} config names {str(target)!r}, which cannot be imported ({detail}); "
-                       f"check the name, and put the folder of its module on PYTHONPATH")
 
 
 def check_choice(kind: str, value: Any, choices: Iterable[str]) -> None:

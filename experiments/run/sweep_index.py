@@ -20,7 +20,7 @@ from filelock import FileLock
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from experiments.launchers import hydra_runtime, in_sweep
+from experiments.run.launchers import hydra_runtime, in_sweep
 
 INDEX_NAME = "index.csv"
 COLUMNS = ("job", "overrides", "status", "record", "seconds", "message")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import DataError, Dataset, as_inputs, as_labels, check_size, standardise
+from experiments.errors import DataError
+
+from .base import Dataset, as_inputs, as_labels, check_size, standardise
 
 TABULAR_RULES = ("linear", "quadratic")
 IMAGE_PATTERNS = ("plus", "ring", "cross", "checker")  # class k gets pattern k

@@ -1,6 +1,6 @@
 """Text datasets: a generated sentiment corpus with known rationales, and GLUE SST-2.
 
-Both are tokenised with the benchmark's one tokenizer (``experiments.text_models``): int64 ids
+Both are tokenised with the benchmark's one tokenizer (``experiments.zoo.text_models``): int64 ids
 ``(N, L)``, ``[CLS] ... [SEP]`` then right padding with the pad id, ``L`` the longest sequence of
 either split (at most ``max_length``). Labels: 0 negative, 1 positive.
 
@@ -26,8 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from experiments.errors import DataError
+
 from . import formats
-from .base import DataError, Dataset, as_labels, check_size, subset
+from .base import Dataset, as_labels, check_size, subset
 
 SENTIMENT_CLASSES = ["negative", "positive"]
 
@@ -235,7 +237,7 @@ def generate_corpus(n: int, seed: int | Sequence[int], negation_rate: float = 0.
 # -- tokenisation ---------------------------------------------------------------------------------
 
 def _tokenizer(name: str) -> Any:
-    from experiments.text_models import load_tokenizer
+    from experiments.data.tokenizer import load_tokenizer
 
     return load_tokenizer(name)
 
@@ -292,7 +294,7 @@ def sentiment_rationales(n_train: int = 4000, n_test: int = 500, max_length: int
         raise DataError(f"distractor_rate={distractor_rate!r} is invalid for dataset {name}; choose a number in [0, 1]")
     if isinstance(max_sentiment_words, bool) or max_sentiment_words not in (1, 2, 3):
         raise DataError(f"max_sentiment_words={max_sentiment_words!r} is invalid for dataset {name}; choose 1, 2 or 3")
-    from experiments.text_models import tokenizer_spec
+    from experiments.data.tokenizer import tokenizer_spec
 
     spec = tokenizer_spec(tokenizer)
     # The test split comes from its own seeded stream, so it does not change with n_train (a model
@@ -415,7 +417,7 @@ def sst2(data_dir: str = "data/sst2", download: bool = True, n_train: int | None
         sentences, y = read_sst2_file(files[split])  # type: ignore[arg-type]
         idx = subset(name, arg, n, len(sentences), rng)
         texts[split], labels[split] = [sentences[i] for i in idx], y[idx]
-    from experiments.text_models import tokenizer_spec
+    from experiments.data.tokenizer import tokenizer_spec
 
     spec = tokenizer_spec(tokenizer)
     words = {split: [t.split() for t in texts[split]] for split in texts}

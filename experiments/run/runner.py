@@ -18,15 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteInputError, check_finite_inputs,
                             for_scoring, reduce_channels, sign_profile, with_output)
-from experiments.config import ConfigError, check_output_dirs, unimportable, validate
-from experiments.datasets import DataError
-from experiments.launchers import run_threads
-from experiments.pipeline import Prepared, prepare
-from experiments.progress import bar
-from experiments.sweep_index import record_cell
-from experiments.training import predict
-from experiments.records import (config_hash, package_versions, record_path, record_problem, recover,
-                                 write_record)
+from experiments.errors import ConfigError, DataError, unimportable
+from experiments.run.config import check_output_dirs, validate
+from experiments.run.launchers import run_threads
+from experiments.run.pipeline import Prepared, prepare
+from experiments.run.progress import bar
+from experiments.run.records import (config_hash, package_versions, record_path, record_problem, recover,
+                                     write_record)
+from experiments.run.sweep_index import record_cell
+from experiments.zoo.training import predict
 
 
 class NonFiniteResultError(RuntimeError):
