@@ -16,7 +16,7 @@ from experiments.run.config import (ROOT, check_command_line, check_overrides, c
                                     split_command_line)
 from faults_helpers import cli, one_error_line
 
-EXAMPLE = ROOT / "experiments" / "examples" / "extend"
+EXAMPLE = ROOT / "examples" / "extend"
 PROJECT_METHODS = sorted(p.stem for p in (ROOT / "configs" / "method").glob("*.yaml"))
 
 

@@ -57,7 +57,7 @@ def test_evaluate_an_own_model_with_an_own_method_and_metric(tmp_path, monkeypat
     folder: its method (gradient x (input - 0)) matches the project's gradient x input, and its
     metric's value is checked by hand for one sample."""
     user = tmp_path / "mine"
-    shutil.copytree(ROOT / "experiments" / "examples" / "extend", user, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "examples" / "extend", user, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.syspath_prepend(str(user))
     model = _net()
     x = torch.randn(7, 5, generator=torch.Generator().manual_seed(1))

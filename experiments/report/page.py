@@ -157,7 +157,7 @@ against each other one (green: the reference is better, red: worse).</p>
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", default="results/runs", help="records to report (any sweep's results_dir)")
     parser.add_argument("--out", default="results/report", help="folder of index.html and its images")
     parser.add_argument("--reference", default=None,

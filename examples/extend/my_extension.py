@@ -1,7 +1,7 @@
 """A method, a metric, a model and a dataset of your own, kept outside the project.
 
 Each is one class or function here plus one YAML file under ``conf/``; with this folder on
-``PYTHONPATH`` and ``--config-dir experiments/examples/extend/conf`` (or ``hydra.searchpath=[file://...]``),
+``PYTHONPATH`` and ``--config-dir examples/extend/conf`` (or ``hydra.searchpath=[file://...]``),
 ``run.py`` takes them like the project's own: ``model=tiny method=my_method metrics=mine``.
 """
 from __future__ import annotations
