@@ -59,7 +59,9 @@ def check_token_ids(inputs: Tensor) -> None:
 @dataclass
 class ExplainContext:
     """What a method may need besides the model: the data it may draw a background from, the
-    run seed (every stochastic method seeds from it), and the kind of model and data."""
+    run seed (every stochastic method seeds from it), and the kind of model and data. ``extras``
+    holds what only some methods read; for text, ``extras["tokenizer"]`` is the tokenizer of the
+    token ids (a transformers tokenizer: ``convert_ids_to_tokens``), handed over by the harness."""
 
     modality: str
     model_kind: str

@@ -189,6 +189,7 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
     ``attributions`` (method -> array, as the metrics scored them).
     """
     from baselines.base import MODALITIES, ExplainContext, check_finite_inputs
+    from experiments.data.tokenizer import load_tokenizer
     from experiments.run.runner import build_metrics, explain_and_score
     from experiments.zoo.training import predict
 
@@ -227,7 +228,8 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
     gt = _as_tensor("ground_truth", ground_truth) if ground_truth is not None else None
     train = _as_tensor("x_train", x_train).to(x.dtype) if x_train is not None else x
     context = ExplainContext(modality=modality, model_kind=model_kind(model), n_classes=n_classes, x_train=train,
-                             seed=int(seed), device=dev, feature_names=feature_names)
+                             seed=int(seed), device=dev, feature_names=feature_names,
+                             extras={"tokenizer": load_tokenizer()} if modality == "text" else {})
     settings = [f"output={output}", f"seed={seed}", f"batch_size={batch_size}",
                 f"channel_reduction={channel_reduction}", *_metric_overrides(metrics, config_dirs), *overrides]
 

@@ -56,7 +56,8 @@ def build(name: str, model: nn.Module, seed: int = 0, **over: Any) -> Explainer:
     """As the harness builds a method: its yaml through hydra.utils.instantiate."""
     params = {**SMALL.get(name, {}), **over}
     cfg = method_config(name, params.pop("output", "softmax"), **params)
-    ctx = ExplainContext(modality="text", model_kind=model.kind, n_classes=2, seed=seed)
+    ctx = ExplainContext(modality="text", model_kind=model.kind, n_classes=2, seed=seed,
+                         extras={"tokenizer": load_tokenizer()})
     return instantiate(cfg, model=model, context=ctx)
 
 

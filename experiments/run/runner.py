@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteInputError, check_finite_inputs,
                             for_scoring, reduce_channels, sign_profile, with_output)
+from experiments.data.tokenizer import load_tokenizer
 from experiments.errors import ConfigError, DataError, unimportable
 from experiments.run.config import check_output_dirs, validate
 from experiments.run.launchers import run_threads
@@ -175,7 +176,7 @@ def run(cfg: DictConfig) -> RunResult:
     context = ExplainContext(
         modality=ds.modality, model_kind=prep.model_kind, n_classes=ds.n_classes, x_train=ds.x_train,
         seed=int(cfg.seed), device=device, feature_names=ds.feature_names,
-        extras={"tokenizer": ds.info["tokenizer"]["tokenizer"]} if ds.modality == "text" else {},
+        extras={"tokenizer": load_tokenizer(ds.info["tokenizer"]["tokenizer"])} if ds.modality == "text" else {},
     )
     gt = ds.ground_truth[idx] if ds.ground_truth is not None else None
     scores = pd.DataFrame({"sample": idx.numpy(), "label": labels.numpy(), "prediction": preds.numpy(),
