@@ -33,6 +33,7 @@ def test_end_to_end_run_writes_a_record_with_finite_scores(overrides, run_dirs, 
     assert rec["config"]["model"]["name"] == cfg.model.name
     assert 0.5 < rec["model"]["test_accuracy"] <= 1.0
     assert set(rec["metrics"]) == set(cfg.metrics)
+    assert rec["dataset"]["ground_truth"] is False  # said by the record: figures never rebuild the data
     for m in rec["metrics"].values():
         assert m["direction"] in ("higher", "lower")
         assert np.isfinite(m["mean"]) and m["n"] == 6 and m["n_nan"] == 0

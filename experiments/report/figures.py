@@ -61,6 +61,11 @@ class SampleInfo:
                          f"prediction: {self.name(int(self.predictions[i]))}"])
 
 
+# Where the dataset registry was (experiments/datasets.py) when records did not yet keep class
+# names and ground truth; such records' dataset configs name it.
+LEGACY_REGISTRY = "experiments.datasets."
+
+
 def _rebuild_dataset(record: dict[str, Any]) -> Any:
     """The table's dataset rebuilt from the record's own config, for records written before the
     class names and ground truth were stored with them; never downloads."""
@@ -70,6 +75,8 @@ def _rebuild_dataset(record: dict[str, Any]) -> Any:
     from hydra.utils import instantiate
 
     cfg = {**cfg, **({"download": False} if "download" in cfg else {})}
+    if str(cfg["_target_"]).startswith(LEGACY_REGISTRY):  # such records name the registry's old module
+        cfg["_target_"] = "experiments.data.datasets." + str(cfg["_target_"])[len(LEGACY_REGISTRY):]
     try:
         return instantiate(cfg)
     except Exception as exc:  # a loader whose files are not here: the figure goes without
@@ -81,7 +88,8 @@ def _rebuild_dataset(record: dict[str, Any]) -> Any:
 def sample_info(data: TableData) -> SampleInfo:
     """Read the samples' classes from the table's first record (every record of a table explained
     the same samples), class names from ``record.json``, ground truth from ``arrays.npz``, each
-    rebuilt from the dataset config where the record predates them."""
+    rebuilt from the dataset config only where the record predates them (a record that says
+    whether its data have ground truth keeps everything a figure needs)."""
     folder = next(iter(data.folders.values()))
     record = json.loads((folder / "record.json").read_text())
     scores = pd.read_csv(folder / "scores.csv")
@@ -92,7 +100,8 @@ def sample_info(data: TableData) -> SampleInfo:
     labels = scores["label"].to_numpy() if "label" in scores else np.full(len(scores), -1)
     preds = scores["prediction"].to_numpy() if "prediction" in scores else np.full(len(scores), -1)
     names = record["dataset"].get("class_names")
-    if names is None or (gt is None and data.modality in ("image", "text")):
+    legacy = "ground_truth" not in record["dataset"]
+    if legacy and (names is None or (gt is None and data.modality in ("image", "text"))):
         ds = _rebuild_dataset(record)
         if ds is not None:
             names = names or ds.class_names
