@@ -21,7 +21,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .base import MODALITIES, ExplainContext, Explainer, check_choice
+from .base import ExplainContext, Explainer
+from .vocabulary import MODALITIES, check_choice
 
 CONTRASTIVE_OUTPUTS = ("positive", "difference")
 

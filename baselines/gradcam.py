@@ -22,7 +22,8 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
-from .base import ExplainContext, Explainer, check_choice, framework_of, leaf_calls
+from .base import ExplainContext, Explainer, framework_of, leaf_calls
+from .vocabulary import check_choice
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
 

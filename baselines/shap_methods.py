@@ -25,12 +25,11 @@ from .base import (
     ExplainContext,
     Explainer,
     SelectOutput,
-    check_choice,
     group_by_target,
     leaf_calls,
     numpy_predictor,
-    seeded,
 )
+from .vocabulary import check_choice, seeded
 
 KERNEL_BACKGROUNDS = ("kmeans", "sample", "full")
 

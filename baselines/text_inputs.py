@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .vocabulary import check_choice
+
 # How a hidden token is taken out of a sentence: replaced by the tokenizer's [MASK] id, or
 # removed (the later tokens move up and the row is padded at the end, as the tokenizer pads).
 TEXT_MASKS = ("mask_token", "remove")
@@ -53,8 +55,7 @@ def hide_tokens(ids: Tensor, keep: Tensor, how: str, mask_token_id: int, pad_tok
     with ``pad_token_id`` at the end (``remove``). Vectorised over the rows."""
     if how == "mask_token":
         return torch.where(keep, ids, torch.full_like(ids, mask_token_id))
-    if how != "remove":
-        raise ValueError(f"unknown text mask {how!r}; choose one of: {', '.join(TEXT_MASKS)}")
+    check_choice("text mask", how, TEXT_MASKS)
     # a stable sort on "hidden" moves the kept tokens to the front in their order
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
     moved = torch.gather(ids, 1, order)
@@ -66,8 +67,7 @@ def hide_tokens(ids: Tensor, keep: Tensor, how: str, mask_token_id: int, pad_tok
 def baseline_ids(model: nn.Module, ids: Tensor, token: str) -> Tensor:
     """``ids`` with every feature token replaced by the baseline token (``mask`` or ``pad``);
     ``[CLS]``, ``[SEP]`` and padding stay, so the baseline is the same sentence frame, empty."""
-    if token not in TOKEN_BASELINES:
-        raise ValueError(f"unknown token baseline {token!r}; choose one of: {', '.join(TOKEN_BASELINES)}")
+    check_choice("token baseline", token, TOKEN_BASELINES)
     fill = model.mask_token_id if token == "mask" else model.pad_token_id
     return torch.where(feature_mask(model, ids), torch.full_like(ids, fill), ids)
 

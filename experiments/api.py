@@ -22,8 +22,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from baselines.vocabulary import MODALITIES, check_choice
 from experiments.errors import ConfigError
-from experiments.run.config import ConfigDirs, check_choice, check_command_line, check_overrides, group_options
+from experiments.run.config import CHOICES, ConfigDirs, check_command_line, check_overrides, group_options
 
 # Columns of scores.csv that are not metric scores.
 SAMPLE_COLUMNS = ("sample", "label", "prediction", "target")
@@ -188,13 +189,13 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
     ``summary`` (method -> metric -> mean, direction, n, n_nan, plus the runtime) and
     ``attributions`` (method -> array, as the metrics scored them).
     """
-    from baselines.base import MODALITIES, ExplainContext, check_finite_inputs
+    from baselines.base import ExplainContext, check_finite_inputs
     from experiments.data.tokenizer import load_tokenizer
     from experiments.run.runner import build_metrics, explain_and_score
     from experiments.zoo.training import predict
 
     check_choice("modality", modality, MODALITIES)
-    check_choice("target", target, ("label", "prediction"))
+    check_choice("target", target, CHOICES["target"])
     if isinstance(methods, str):
         methods = [methods]
     if not methods:

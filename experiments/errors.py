@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# A bad configured value: defined with the shared vocabulary, whose check_choice raises it for
+# methods and metrics as for run settings.
+from baselines.vocabulary import ConfigError
 
-class ConfigError(ValueError):
-    """A bad config value; its message is the one line shown to the user."""
+__all__ = ["ConfigError", "DataError", "TableError", "unimportable"]
 
 
 class DataError(ValueError):

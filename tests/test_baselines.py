@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from baselines import METHODS, ExplainContext, Explainer, IncompatibleMethodError, reduce_channels
-from baselines.base import CHANNEL_REDUCTIONS
+from baselines.vocabulary import CHANNEL_REDUCTIONS
 from experiments.errors import ConfigError
 from experiments.run.config import method_config
 
@@ -291,15 +291,15 @@ def test_unsupported_pairs_are_refused_before_running(name, modality, kind, mess
 
 
 @pytest.mark.parametrize("name,over,message", [
-    ("ig", {"baseline": "noise"}, "unknown ig baseline 'noise'; choose one of: zero, mean"),
+    ("ig", {"baseline": "noise"}, "unknown ig baseline 'noise'; valid choices: zero, mean"),
     ("lime", {"segmentation": "watershed"},
-     "unknown lime segmentation 'watershed'; choose one of: quickshift, slic, felzenszwalb"),
-    ("shap_kernel", {"background": "median"}, "unknown shap_kernel background 'median'; choose one of: kmeans, sample, full"),
+     "unknown lime segmentation 'watershed'; valid choices: quickshift, slic, felzenszwalb"),
+    ("shap_kernel", {"background": "median"}, "unknown shap_kernel background 'median'; valid choices: kmeans, sample, full"),
     ("shap_deep", {"output": "softmax"},
      "method 'shap_deep' cannot explain output 'softmax' (shap's DeepExplainer has no correct softmax rule); "
      "valid choices: logits"),
     ("backtrace_contrastive", {"contrastive_output": "negative"},
-     "unknown contrastive_output 'negative'; choose one of: positive, difference"),
+     "unknown contrastive_output 'negative'; valid choices: positive, difference"),
     ("gradcam", {"layer": "head"}, "gradcam layer 'head' is not a module of the model; conv layers: 0, 3"),
 ])
 def test_bad_parameters_are_one_clear_line(name, over, message):
@@ -315,7 +315,7 @@ def test_an_unknown_output_is_refused_by_the_config_and_by_the_method():
         method_config("saliency", "probs")
     with pytest.raises(IncompatibleMethodError) as err:
         METHODS["saliency"](tiny_mlp(), context("tabular"), output="probs")
-    assert str(err.value) == "method 'saliency' cannot explain output 'probs'; valid choices: logits, softmax"
+    assert str(err.value) == "method 'saliency' cannot explain output 'probs'; valid choices: softmax, logits"
 
 
 def test_background_methods_need_training_inputs():

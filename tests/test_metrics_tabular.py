@@ -159,7 +159,7 @@ def test_sensitivity_requires_an_explainer():
 def test_unknown_parameters_and_bad_shapes_are_refused():
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['k'\] for metric 'comprehensiveness'"):
         Comprehensiveness(k=3)
-    with pytest.raises(ValueError, match="unknown output 'proba'; choose one of: probability, logit"):
+    with pytest.raises(ValueError, match="unknown output 'proba'; valid choices: probability, logit"):
         MoRFAUC(output="proba")
     with pytest.raises(ValueError, match=r"takes tabular rows \(N, F\)"):
         MoRFAUC()(linear_model(), torch.ones(1, 1, 4), torch.ones(1, dtype=torch.long), torch.ones(1, 1, 4))

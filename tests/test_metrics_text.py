@@ -116,7 +116,7 @@ def test_deletion_by_mask_and_by_removal():
     drop = torch.tensor([[False, True, False, True, False, False]])
     assert delete_tokens(ids, drop, "mask", MASK, PAD).tolist() == [[CLS, MASK, 5, MASK, SEP, PAD]]
     assert delete_tokens(ids, drop, "remove", MASK, PAD).tolist() == [[CLS, 5, SEP, PAD, PAD, PAD]]
-    with pytest.raises(ValueError, match="unknown deletion 'drop'; choose one of: mask, remove"):
+    with pytest.raises(ValueError, match="unknown deletion 'drop'; valid choices: mask, remove"):
         delete_tokens(ids, drop, "drop", MASK, PAD)
 
 
@@ -364,9 +364,9 @@ def test_directions_are_data():
 
 
 def test_bad_parameters_and_inputs_are_refused_in_one_line():
-    with pytest.raises(ValueError, match="unknown deletion 'blank'; choose one of: mask, remove"):
+    with pytest.raises(ValueError, match="unknown deletion 'blank'; valid choices: mask, remove"):
         TextMoRFAUC(deletion="blank")
-    with pytest.raises(ValueError, match="unknown output 'probability'; choose one of: softmax, logits"):
+    with pytest.raises(ValueError, match="unknown output 'probability'; valid choices: softmax, logits"):
         TextMoRFAUC(output="probability")
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['ks'\]"):
         TextComprehensiveness(ks=[1])

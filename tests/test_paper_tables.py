@@ -196,7 +196,7 @@ def test_any_reference_method_and_a_clear_error_for_an_unknown_one(records, tmp_
 def test_tiny_paper_tabular_sweep_end_to_end(tmp_path):
     env = {**os.environ, "BACKTRACE_BENCH_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
     runs, cache, out = tmp_path / "runs", tmp_path / "cache", tmp_path / "results"
-    cmd = [sys.executable, "-m", "experiments.report.reproduce", "paper_tabular", "n_samples=6", "model.train.epochs=5",
+    cmd = [sys.executable, "-m", "experiments.reproduce", "paper_tabular", "n_samples=6", "model.train.epochs=5",
            f"results_dir={runs}", f"cache_dir={cache}", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]

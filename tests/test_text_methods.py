@@ -286,7 +286,7 @@ def test_hide_tokens_by_hand():
     keep = torch.tensor([[True, False, True, False, True, True]])
     assert hide_tokens(ids, keep, "mask_token", 103, 0).tolist() == [[101, 103, 8, 103, 102, 0]]
     assert hide_tokens(ids, keep, "remove", 103, 0).tolist() == [[101, 8, 102, 0, 0, 0]]
-    with pytest.raises(ValueError, match=r"^unknown text mask 'blank'; choose one of: mask_token, remove$"):
+    with pytest.raises(ValueError, match=r"^unknown text mask 'blank'; valid choices: mask_token, remove$"):
         hide_tokens(ids, keep, "blank", 103, 0)
 
 
@@ -305,7 +305,7 @@ def test_text_methods_declare_budget_and_absent_value(models, name, declared):
 
 @pytest.mark.parametrize("name,key", [("lime", "mask"), ("shap_partition", "mask"), ("ig", "token_baseline")])
 def test_bad_text_absent_value_is_one_line(models, name, key):
-    with pytest.raises(Exception, match=rf"unknown {name} {key} 'blank'; choose one of: "):
+    with pytest.raises(Exception, match=rf"unknown {name} {key} 'blank'; valid choices: "):
         build(name, models["transformer"], **{key: "blank"})
 
 

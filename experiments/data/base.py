@@ -13,9 +13,9 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
+from baselines.vocabulary import MODALITIES
 from experiments.errors import DataError
 
-MODALITIES = ("tabular", "image", "text")
 UNKNOWN_LABEL = -1  # a test label with no class in the label set (explain the prediction instead)
 
 

@@ -6,6 +6,7 @@ import os
 from functools import lru_cache
 from typing import Any
 
+from baselines.vocabulary import check_choice
 from experiments.errors import ConfigError
 
 TOKENIZERS = ("minilm",)
@@ -24,8 +25,7 @@ def minilm_path() -> str:
 @lru_cache(maxsize=None)
 def load_tokenizer(name: str = "minilm") -> Any:
     """The tokenizer every text dataset and model of the benchmark shares (WordPiece, uncased)."""
-    if name not in TOKENIZERS:
-        raise ConfigError(f"unknown tokenizer {name!r}; valid choices: {', '.join(TOKENIZERS)}")
+    check_choice("tokenizer", name, TOKENIZERS)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm_path())

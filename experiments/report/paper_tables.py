@@ -33,6 +33,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from baselines.vocabulary import OUTPUTS
 from experiments.errors import TableError
 from experiments.report.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
 from experiments.report.methods import REFERENCE, method_order
@@ -60,7 +61,7 @@ def _method_defaults(target: str, output: str) -> Optional[dict[str, Any]]:
 
     for path in sorted((CONFIG_DIR / "method").glob("*.yaml")):
         if OmegaConf.load(path).get("_target_") == target:
-            resolved = method_config(path.stem, output if output in ("softmax", "logits") else "softmax")
+            resolved = method_config(path.stem, output if output in OUTPUTS else "softmax")
             return OmegaConf.to_container(resolved, resolve=True)  # type: ignore[return-value]
     return None
 

@@ -12,8 +12,9 @@ import sys
 import time
 from typing import Optional
 
+from baselines.vocabulary import check_choice
 from experiments.errors import ConfigError
-from experiments.run.config import ROOT, check_choice, group_options
+from experiments.run.config import ROOT, group_options
 
 
 def warm_up_model(table: str, overrides: list[str]) -> None:

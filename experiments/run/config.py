@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from baselines.vocabulary import CHANNEL_REDUCTIONS, OUTPUTS, check_choice
 from experiments.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,10 +25,10 @@ RUN_SETTINGS = (
 )
 CHOICES = {
     "target": ("label", "prediction"),
-    "output": ("softmax", "logits"),
+    "output": OUTPUTS,
     "device": ("cpu", "cuda", "auto"),
     "sample_selection": ("first", "random"),
-    "channel_reduction": ("sum", "mean", "abs_sum", "max_abs", "none"),
+    "channel_reduction": CHANNEL_REDUCTIONS,
 }
 
 
@@ -91,12 +92,6 @@ def config_groups(config_dirs: ConfigDirs = (), overrides: Sequence[str] = ()) -
     found = loader.get_group_options("", results_filter=ObjectType.GROUP, config_name="config",
                                      overrides=searchpath_overrides(overrides))
     return [g for g in GROUPS if g in found] + sorted(g for g in found if g not in GROUPS and g != "hydra")
-
-
-def check_choice(kind: str, value: Any, choices: Iterable[str]) -> None:
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
 
 
 @contextmanager
@@ -261,8 +256,8 @@ def check_overrides(argv: Sequence[str]) -> None:
             if value.startswith(("range(", "glob(", "choice(", "interval(")):
                 continue
             for v in value.split(","):
-                if v not in options and v != "null":
-                    raise ConfigError(f"unknown {key} {v!r}; valid choices: {', '.join(options)}")
+                if v != "null":
+                    check_choice(key, v, options)
         elif key not in RUN_SETTINGS:
             raise ConfigError(
                 f"unknown setting {key!r}; valid settings: {', '.join(RUN_SETTINGS)} "

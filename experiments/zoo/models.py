@@ -11,14 +11,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from baselines.vocabulary import check_choice
 from experiments.errors import ConfigError  # a bad model argument is a config error: one line, exit 2
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
 def _activation(name: str) -> nn.Module:
-    if name not in _ACTIVATIONS:
-        raise ConfigError(f"unknown activation {name!r}; choose one of: {', '.join(sorted(_ACTIVATIONS))}")
+    check_choice("activation", name, sorted(_ACTIVATIONS))
     return _ACTIVATIONS[name]()
 
 
