@@ -23,20 +23,28 @@ from experiments.errors import ConfigError  # noqa: E402
 from experiments.run.config import check_command_line, check_overrides  # noqa: E402
 
 
+# Whether main() composed and checked every job of this command line before Hydra started (it
+# leaves Hydra's own options, e.g. --cfg or --config-name, to Hydra: then each job is checked as
+# it runs). A launcher that runs the jobs in other processes pickles _main with this value.
+_CHECKED = False
+
+
 # An absolute config path, so that run.main() also works when run.py is imported (tests).
 @hydra.main(config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from experiments.run.runner import run_cli
 
-    run_cli(cfg)
+    run_cli(cfg, checked=_CHECKED)
 
 
 def main() -> None:
     """Check the command line first (names, syntax, composition, output folders): a bad one is
     one ``error:`` line and exit code 2, before Hydra starts or anything is loaded."""
+    global _CHECKED
+    _CHECKED = False
     try:
         check_overrides(sys.argv[1:])
-        check_command_line(sys.argv[1:])
+        _CHECKED = bool(check_command_line(sys.argv[1:]))
     except ConfigError as exc:
         if os.environ.get("BACKTRACE_BENCH_DEBUG") == "1":
             raise

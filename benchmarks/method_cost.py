@@ -54,10 +54,10 @@ def load_setup(random_model: bool, n: int, overrides: list[str]
     """The trained ResNet of ``model=resnet`` with its test samples, or an untrained ResNet-8 on
     random inputs (the cost of every method here does not depend on the weights)."""
     if not random_model:
-        from experiments.run.config import compose
+        from experiments.run.config import load_config
         from experiments.run.pipeline import prepare
 
-        cfg = compose(["model=resnet", *overrides])
+        cfg = load_config(["model=resnet", *overrides])
         prep = prepare(cfg)
         ds = prep.dataset
         x = ds.x_test[:n].float()

@@ -58,7 +58,7 @@ def main() -> int:
     load = os.getloadavg()[0]
 
     os.environ["BACKTRACE_BENCH_NO_PROGRESS"] = "1"
-    from experiments.run.config import compose
+    from experiments.run.config import load_config
     from experiments.run.pipeline import prepare
 
     with tempfile.TemporaryDirectory(prefix="sweep-speedup-") as tmp:
@@ -66,7 +66,7 @@ def main() -> int:
         cache = tmpdir / "cache"
         common = [f"n_samples={args.n_samples}", *args.overrides]
         start = time.perf_counter()
-        prepare(compose([f"+experiment={args.experiment}", f"cache_dir={cache}", *common]))
+        prepare(load_config([f"+experiment={args.experiment}", f"cache_dir={cache}", *common]))
         print(f"model of {args.experiment}: trained in {time.perf_counter() - start:.1f} s (not timed below)")
 
         seq_runs, par_runs = [], []

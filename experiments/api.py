@@ -1,7 +1,8 @@
 """The benchmark from Python (notebooks, scripts): a configured cell, a sweep, or a model of your own.
 
-- :func:`run_cell` composes the run config with Hydra's compose API (the same overrides and
-  config folders as ``run.py``), runs it with the runner, and returns its record as a DataFrame.
+- :func:`run_cell` composes and checks the run config once (:func:`experiments.run.config.load_config`:
+  the same overrides, config folders and checks as ``run.py``), runs it with the runner, and
+  returns its record as a DataFrame.
 - :func:`sweep` does that for a list of override sets and returns one DataFrame.
 - :func:`evaluate` scores any ``nn.Module`` on tensors you hold with chosen methods and metrics,
   without a dataset or model config: each method and metric is built from its config (its YAML
@@ -24,24 +25,11 @@ from torch import nn
 
 from baselines.vocabulary import MODALITIES, check_choice
 from experiments.errors import ConfigError
-from experiments.run.config import CHOICES, ConfigDirs, check_command_line, check_overrides, group_options
+from experiments.run.config import CHOICES, ConfigDirs, group_options, load_config
 
 # Columns of scores.csv that are not metric scores.
 SAMPLE_COLUMNS = ("sample", "label", "prediction", "target")
 MetricsArg = Union[str, Sequence[str], None]
-
-
-def _argv(overrides: Sequence[str], config_dirs: ConfigDirs) -> list[str]:
-    return [*(f"--config-dir={Path(d).expanduser().resolve()}" for d in config_dirs), *overrides]
-
-
-def compose_checked(overrides: Sequence[str] = (), config_dirs: ConfigDirs = ()) -> Any:
-    """The run config of ``overrides``, checked as ``run.py`` checks its command line (names and
-    choices on the search path, composition, run settings, output folders)."""
-    argv = _argv(overrides, config_dirs)
-    check_overrides(argv)
-    (cfg,) = check_command_line(argv)
-    return cfg
 
 
 @contextlib.contextmanager
@@ -81,11 +69,15 @@ def run_cell(overrides: Sequence[str] = (), config_dirs: ConfigDirs = ()) -> pd.
     """Run one cell as ``run.py OVERRIDES`` would (``config_dirs``: as ``--config-dir``), or read
     its record when one exists (``force=true`` reruns), and return the record as a DataFrame
     (:func:`record_frame`)."""
+    return _run_checked(load_config(overrides, config_dirs))
+
+
+def _run_checked(cfg: Any) -> pd.DataFrame:
+    """Run a config from :func:`load_config` (checked there, so not again) and read its record."""
     from experiments.run.runner import run
 
-    cfg = compose_checked(overrides, config_dirs)
     with _user_errors():
-        result = run(cfg)
+        result = run(cfg, checked=True)
     return record_frame(result.path)
 
 
@@ -94,11 +86,10 @@ def sweep(override_sets: Sequence[Sequence[str]], config_dirs: ConfigDirs = (),
     """:func:`run_cell` for each override set (plus ``common``), one after another; the records
     stacked into one DataFrame with an ``overrides`` column. Every set is composed and checked
     before the first cell runs, so a bad one fails before any work is done."""
-    for overrides in override_sets:
-        compose_checked([*common, *overrides], config_dirs)
+    configs = [load_config([*common, *overrides], config_dirs) for overrides in override_sets]
     frames = []
-    for overrides in override_sets:
-        frame = run_cell([*common, *overrides], config_dirs)
+    for overrides, cfg in zip(override_sets, configs):
+        frame = _run_checked(cfg)
         frame.insert(0, "overrides", " ".join(overrides))
         frames.append(frame)
     if not frames:
@@ -238,7 +229,7 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
     with _frozen(model):
         for name in methods:
             params = [f"method.{k}={_override_value(v)}" for k, v in method_params.get(name, {}).items()]
-            cfg = compose_checked([f"method={name}", *settings, *params], config_dirs)
+            cfg = load_config([f"method={name}", *settings, *params], config_dirs)
             torch.manual_seed(int(seed))
             np.random.seed(int(seed))
             scores = pd.DataFrame({"sample": np.arange(len(x)), "label": labels.numpy(),

@@ -14,20 +14,19 @@ from typing import Optional
 
 from baselines.vocabulary import check_choice
 from experiments.errors import ConfigError
-from experiments.run.config import ROOT, group_options
+from experiments.run.config import ROOT, group_options, load_config
 
 
 def warm_up_model(table: str, overrides: list[str]) -> None:
     """Train (or load) the table's model once before the sweep, so that parallel cells read it
-    from the cache instead of each training it. Overrides that sweep (``a,b``) are left to the
-    sweep itself."""
+    from the cache instead of each training it; a bad override is refused here, as the sweep
+    would refuse it. Overrides that sweep (``a,b``) are left to the sweep itself."""
     if any("," in o for o in overrides):
         return
-    from experiments.run.config import compose
     from experiments.run.pipeline import prepare
 
     start = time.perf_counter()
-    prepare(compose([f"+experiment={table}", *overrides]))
+    prepare(load_config([f"+experiment={table}", *overrides]))
     print(f"model for {table}: ready in {time.perf_counter() - start:.0f} s")
 
 
@@ -42,11 +41,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_choice("table", args.table, group_options("experiment"))
+        warm_up_model(args.table, args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("results_dir=")), "results/runs")
-    warm_up_model(args.table, args.overrides)
     start = time.perf_counter()
     sweep = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", f"+experiment={args.table}", *args.overrides])
     seconds = time.perf_counter() - start

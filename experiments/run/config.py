@@ -295,18 +295,63 @@ def _unknown_key_message(key: str, overrides: list[str], config_dirs: ConfigDirs
             f"(prefix + to add a new key: +{key}=...)")
 
 
+def expand_sweep(overrides: Sequence[Any], multirun: bool) -> list[list[str]]:
+    """The jobs of a command line's parsed ``overrides`` (Hydra ``Override`` objects), each a list
+    of override strings: the one job, or with ``-m`` every combination of its sweeps, in the order
+    Hydra's basic sweeper runs them.
+
+    Hydra expands sweeps only inside its sweeper; the expansion is its private
+    ``BasicSweeper.split_arguments``, used here and nowhere else (``hydra-core`` is pinned in
+    ``constraints.txt`` because of it)."""
+    if not multirun:
+        return [[o.input_line for o in overrides]]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+
+    try:
+        return BasicSweeper.split_arguments(list(overrides), None)[0]
+    except HydraException as exc:
+        raise ConfigError(f"unsupported sweep: {_first_line(exc)}") from None
+
+
+def _compose_job(job: list[str], config_dirs: ConfigDirs, swept: list[str]) -> DictConfig:
+    """One job's config, or one :class:`ConfigError` line saying why Hydra cannot compose it
+    (``swept``: the job's sweep overrides, named in the message of a multirun)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return compose(job, config_dirs=config_dirs)
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = None
+        if "Could not override" in str(exc) or "not in struct" in str(exc):
+            bad = [o for o in job if "." in o.split("=", 1)[0] and not o.startswith(("+", "~", "hydra"))]
+            for o in bad:
+                try:
+                    compose([x for x in job if x != o], config_dirs=config_dirs)
+                except Exception:
+                    continue
+                message = _unknown_key_message(o.split("=", 1)[0], job, config_dirs)
+                break
+        if message is None and "Ambiguous value" in str(exc):
+            message = f"{_first_line(exc)}; add -m to sweep over several values"
+        message = message or f"cannot compose the config with {' '.join(job)}: {_first_line(exc)}"
+        if swept:
+            message += f" (in the sweep job {' '.join(swept)})"
+        raise ConfigError(message) from None
+
+
 def check_command_line(argv: Sequence[str]) -> list[DictConfig]:
     """Parse and compose the command line as Hydra will, before Hydra runs, so that an override
     Hydra rejects (bad syntax, a key the config lacks, a sweep without ``-m``) is one
-    :class:`ConfigError` line instead of Hydra's multi-line report; then check that every
-    composed job's output folders are writable. With ``-m`` each combination of the sweep is
-    composed. Returns the composed configs (none when Hydra's own options are used, e.g.
-    ``--cfg``, which are left to Hydra).
+    :class:`ConfigError` line instead of Hydra's multi-line report; then validate every composed
+    job's run settings and check that its output folders are writable (each distinct set of
+    folders once). With ``-m`` each combination of the sweep is composed. Returns the composed,
+    checked configs: the runner does not check them again (none when Hydra's own options are
+    used, e.g. ``--cfg``, which are left to Hydra).
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
+    from hydra.errors import OverrideParseException
 
     flags, config_dirs, overrides = split_command_line(argv)
     if any(a not in _PLAIN_FLAGS for a in flags):
@@ -326,41 +371,26 @@ def check_command_line(argv: Sequence[str]) -> list[DictConfig]:
     ours = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
     # the search path Hydra will compose with: the extra folders stay in every job
     searchpath = searchpath_overrides([o.input_line for o in parsed])
-    if multirun:
-        try:
-            jobs = BasicSweeper.split_arguments(ours, None)[0]
-        except HydraException as exc:
-            raise ConfigError(f"unsupported sweep: {_first_line(exc)}") from None
-    else:
-        jobs = [[o.input_line for o in ours]]
-    jobs = [[*searchpath, *job] for job in jobs]
     sweep_keys = {o.get_key_element() for o in ours if o.is_sweep_override()}
     configs, checked = [], set()
-    for job in jobs:
-        try:
-            cfg = compose(job, config_dirs=config_dirs)
-        except (HydraException, OmegaConfBaseException) as exc:
-            message = None
-            if "Could not override" in str(exc) or "not in struct" in str(exc):
-                bad = [o for o in job if "." in o.split("=", 1)[0] and not o.startswith(("+", "~", "hydra"))]
-                for o in bad:
-                    try:
-                        compose([x for x in job if x != o], config_dirs=config_dirs)
-                    except Exception:
-                        continue
-                    message = _unknown_key_message(o.split("=", 1)[0], job, config_dirs)
-                    break
-            if message is None and "Ambiguous value" in str(exc):
-                message = f"{_first_line(exc)}; add -m to sweep over several values"
-            message = message or f"cannot compose the config with {' '.join(job)}: {_first_line(exc)}"
-            swept = [o for o in job if o.split("=", 1)[0] in sweep_keys]
-            if multirun and swept:
-                message += f" (in the sweep job {' '.join(swept)})"
-            raise ConfigError(message) from None
+    for job in expand_sweep(ours, multirun):
+        swept = [o for o in job if o.split("=", 1)[0] in sweep_keys] if multirun else []
+        cfg = _compose_job([*searchpath, *job], config_dirs, swept)
+        validate(cfg)
         dirs = (cfg.get("results_dir"), cfg.get("cache_dir"), bool(cfg.get("model", {}).get("pretrained")))
         if dirs not in checked:
             checked.add(dirs)
-            validate(cfg)
             check_output_dirs(cfg)
         configs.append(cfg)
     return configs
+
+
+def load_config(overrides: Sequence[str] = (), config_dirs: ConfigDirs = ()) -> DictConfig:
+    """The run config of ``overrides`` (``config_dirs``: as ``run.py --config-dir``), composed and
+    checked once as ``run.py`` checks its command line: names and choices on the search path,
+    composition, run settings, output folders. What the Python API, ``reproduce`` and the
+    benchmarks run; the runner takes it as checked."""
+    argv = [*(f"--config-dir={Path(d).expanduser().resolve()}" for d in config_dirs), *overrides]
+    check_overrides(argv)
+    (cfg,) = check_command_line(argv)
+    return cfg

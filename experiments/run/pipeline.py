@@ -11,7 +11,7 @@ from torch import nn
 
 from experiments.data.datasets import Dataset
 from experiments.errors import ConfigError, DataError, unimportable
-from experiments.run.config import check_pairing, validate
+from experiments.run.config import check_pairing
 from experiments.zoo.training import TrainedModel, load_or_train
 
 
@@ -52,8 +52,8 @@ def load_dataset(cfg: DictConfig) -> Dataset:
 
 
 def prepare(cfg: DictConfig) -> Prepared:
-    """Validate, load the dataset, check the pairing, and get the (cached or trained) model."""
-    validate(cfg)
+    """Load the dataset, check the pairing, and get the (cached or trained) model of a checked
+    config (:func:`experiments.run.config.load_config`, or the runner's own check)."""
     device = resolve_device(cfg.device)
     seconds: dict[str, float] = {}
     start = time.perf_counter()

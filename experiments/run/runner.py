@@ -126,14 +126,17 @@ def evaluated_count(metric: Any, n: int) -> int:
     return min(k, n)
 
 
-def run(cfg: DictConfig) -> RunResult:
+def run(cfg: DictConfig, checked: bool = False) -> RunResult:
     """Run one cell, or skip it when a valid record of it exists (``force=true`` reruns).
 
-    Output folders are checked for writability first, so a run that could not save its result
-    fails before loading data or training; an invalid record is reported and recomputed.
+    The run settings and output folders are checked before anything else, so a run that could
+    not save its result fails before loading data or training: here, unless ``checked`` says the
+    config comes from :func:`experiments.run.config.load_config` or ``run.py``'s check of its
+    command line, which did that already. An invalid record is reported and recomputed.
     """
-    validate(cfg)
-    check_output_dirs(cfg)
+    if not checked:
+        validate(cfg)
+        check_output_dirs(cfg)
     chash = config_hash(cfg)
     recover(cfg.results_dir)  # what killed writers left behind: restore or remove
     path = record_path(cfg.results_dir, chash)
@@ -352,14 +355,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, IncompatibleMethodE
                                                  NonFiniteInputError, NonFiniteResultError)
 
 
-def run_cli(cfg: DictConfig) -> Optional[RunResult]:
+def run_cli(cfg: DictConfig, checked: bool = False) -> Optional[RunResult]:
     """``run.py``'s job: user errors become one line on stderr and exit code 2. In a multirun
-    each cell also adds its line (status, record, wall time) to the sweep index."""
+    each cell also adds its line (status, record, wall time) to the sweep index. ``checked``: as
+    for :func:`run`."""
     start = time.perf_counter()
     status, path, message = "error", None, ""
     try:
         try:
-            result = run(cfg)
+            result = run(cfg, checked)
         except InstantiationException as exc:  # hydra wraps what a constructor raised: show that
             if isinstance(exc.__cause__, USER_ERRORS + _engine_errors()):
                 raise exc.__cause__ from None
