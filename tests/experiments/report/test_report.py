@@ -11,7 +11,7 @@ import pytest
 
 from experiments.report.page import main
 from experiments.run.config import ROOT
-from tests.report_records import write_all
+from tests.helpers.report_records import write_all
 
 TABLES = ("toy_image", "toy_tabular", "toy_text")   # no paper_ table: by name
 ARTIFACTS = ROOT / ".cache" / "test-artifacts"

@@ -30,7 +30,7 @@ from experiments.run.config import compose, method_config
 from experiments.run.records import (cell_lock, iter_records, load_record, record_exists, record_path, record_problem,
                                      recover, write_record)
 from experiments.run.runner import run, run_cli
-from faults_helpers import LOAN_COLUMNS, TINY, cli, cli_process, loan_rows, one_error_line, write_csv
+from tests.helpers.faults_helpers import LOAN_COLUMNS, TINY, cli, cli_process, loan_rows, one_error_line, write_csv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -284,7 +284,7 @@ records.write_record({runs!r}, "abc", *_record(5))
 def test_rerun_killed_between_its_renames_loses_nothing(tmp_path):
     runs = tmp_path / "runs"
     write_record(runs, "abc", *_record(3))
-    script = _KILL_AT_SWAP.format(root=str(Path(__file__).resolve().parents[1]), tests=str(Path(__file__).parent),
+    script = _KILL_AT_SWAP.format(root=str(Path(__file__).resolve().parents[3]), tests=str(Path(__file__).parent),
                                   runs=str(runs))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -349,7 +349,7 @@ def test_two_forced_runs_of_one_cell_both_succeed(tmp_path):
     args = [*TINY, "force=true", f"results_dir={tmp_path / 'runs'}", f"cache_dir={tmp_path / 'cache'}"]
     assert cli_process(*args, cwd=tmp_path).returncode == 0  # train the model once
     env = {**os.environ, "BACKTRACE_BENCH_NO_PROGRESS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "run.py"), *args],
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[3] / "run.py"), *args],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
     results = [p.communicate(timeout=600) for p in procs]

@@ -20,7 +20,7 @@ from baselines.vocabulary import CHANNEL_REDUCTIONS
 from experiments.errors import ConfigError
 from experiments.run.config import method_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "method"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "method"
 N_CLASSES = 3
 
 # Small budgets: the tests check behaviour, not attribution quality.
@@ -118,7 +118,7 @@ def test_every_method_has_a_config_and_back():
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in METHODS.items() if {"tabular", "image"} & set(c.modalities)))
-def test_config_instantiates_its_class(name):  # text-only methods: tests/test_text_methods.py
+def test_config_instantiates_its_class(name):  # text-only methods: tests/baselines/test_text_methods.py
     cfg = method_config(name, "logits" if name == "shap_deep" else "softmax")
     cls = get_class(cfg._target_)
     assert cls is METHODS[name] and cls.name == name

@@ -20,7 +20,7 @@ from baselines.base import ExplainContext, IncompatibleMethodError  # noqa: E402
 from baselines.captum_methods import IntegratedGradientsMethod, SaliencyMethod  # noqa: E402
 from baselines.gradcam import GradCAMMethod  # noqa: E402
 from baselines.shap_methods import ShapDeepMethod  # noqa: E402
-from dataset_helpers import toy_dataset  # noqa: E402
+from tests.helpers.dataset_helpers import toy_dataset  # noqa: E402
 from experiments.run.config import compose  # noqa: E402
 from experiments.run.runner import run  # noqa: E402
 from experiments.zoo.keras_models import keras_cnn, keras_mlp  # noqa: E402

@@ -29,7 +29,7 @@ from experiments.data.datasets import Dataset
 from experiments.data.synthetic import pattern_templates
 from experiments.data.tabular import parse_numeric
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dataset"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "dataset"
 FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_STEMS = list(image.FASHION_MNIST_FILES.values())
 

@@ -14,7 +14,7 @@ import pytest
 from experiments.errors import ConfigError
 from experiments.run.config import (ROOT, check_command_line, check_overrides, compose, group_options, method_config,
                                     split_command_line)
-from faults_helpers import cli, one_error_line
+from tests.helpers.faults_helpers import cli, one_error_line
 
 EXAMPLE = ROOT / "examples" / "extend"
 PROJECT_METHODS = sorted(p.stem for p in (ROOT / "configs" / "method").glob("*.yaml"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from dataset_helpers import toy_dataset
+from tests.helpers.dataset_helpers import toy_dataset
 from experiments.zoo.training import load_or_train, model_cache_key
 
 

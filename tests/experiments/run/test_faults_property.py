@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from experiments.run.config import ROOT
 from experiments.run.records import iter_records, record_problem
-from faults_helpers import LOAN_COLUMNS, TINY, cli, loan_rows, write_csv
+from tests.helpers.faults_helpers import LOAN_COLUMNS, TINY, cli, loan_rows, write_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

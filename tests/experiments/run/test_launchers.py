@@ -172,7 +172,7 @@ def test_index_lines_from_parallel_writers_never_interleave(tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_cell_gets_an_error_line_in_the_index(tmp_path):
-    from faults_helpers import TINY, cli
+    from tests.helpers.faults_helpers import TINY, cli
 
     args = [a for a in TINY if not a.startswith("method=")]
     code, out, err = cli(["-m", *args, "method=gradcam,saliency", f"results_dir={tmp_path / 'runs'}",

@@ -13,7 +13,7 @@ from experiments.report.figures import (heatmap_figure, rank_chart, token_heatma
 from experiments.report.methods import method_title
 from experiments.report.paper_tables import collect, main as write_tables
 from metrics.statistics import bootstrap_mean_ranks, common_samples, rank_methods, summarise
-from tests.report_records import SENTENCES, write_image_table, write_tabular_table, write_text_table
+from tests.helpers.report_records import SENTENCES, write_image_table, write_tabular_table, write_text_table
 
 
 @pytest.fixture(scope="module")
