@@ -23,9 +23,10 @@ from experiments.errors import ConfigError  # noqa: E402
 from experiments.run.config import check_command_line, check_overrides  # noqa: E402
 
 
-# Whether main() composed and checked every job of this command line before Hydra started (it
-# leaves Hydra's own options, e.g. --cfg or --config-name, to Hydra: then each job is checked as
-# it runs). A launcher that runs the jobs in other processes pickles _main with this value.
+# Whether main() composed and checked every job of this command line before Hydra started, so
+# that the runner does not check them again. It leaves Hydra's own options (--cfg, --config-name,
+# ...) to Hydra; then, as in a launcher's worker process that does not see this value, each job
+# is checked as it runs: a job is never run unchecked.
 _CHECKED = False
 
 
