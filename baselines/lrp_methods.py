@@ -55,7 +55,7 @@ from .lrp_packages import lxt_efficient, zennit_modules
 from .text_inputs import embedding_layer, reduce_hidden, text_model_check
 
 COMPOSITES = ("auto", "epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat")
-# The zoo's residual block (experiments.models.BasicBlock): its forward is
+# The zoo's residual block (experiments.zoo.models.BasicBlock): its forward is
 # relu2(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x)); recognised by these children.
 RESIDUAL_BLOCK_CHILDREN = ("conv1", "bn1", "relu1", "conv2", "bn2", "shortcut", "relu2")
 

@@ -59,7 +59,7 @@ def _cnn(pool: type[nn.Module], bias: bool, batchnorm: bool = False) -> nn.Seque
 
 def _resnet() -> nn.Sequential:
     """The zoo's ResNet-8 as a sequence of blocks (stem, residual blocks, pool, head)."""
-    from experiments.models import ResNet
+    from experiments.zoo.models import ResNet
 
     net = ResNet(in_channels=1, num_classes=3, depth=8, width=4)
     blocks = [net.stem, *[b for stage in net.stages for b in stage], net.pool, net.flatten, net.fc]
@@ -184,7 +184,8 @@ def attention_agreement(n: int, seed: int) -> tuple[float, float]:
     """Backtrace's and AttnLRP's per-token maps of a random 2-layer BERT classifier (logits; the
     attention rules differ, so only the input maps are compared)."""
     from baselines import ExplainContext, METHODS
-    from experiments.text_models import BertClassifier, tokenizer_spec
+    from experiments.data.tokenizer import tokenizer_spec
+    from experiments.zoo.text_models import BertClassifier
 
     spec = tokenizer_spec()
     torch.manual_seed(seed)
@@ -214,10 +215,10 @@ def table_agreement(model: str, other: str, n_samples: int, overrides: list[str]
     from hydra.utils import instantiate
 
     from baselines import ExplainContext, reduce_channels
-    from experiments.config import compose, method_config
-    from experiments.pipeline import prepare
+    from experiments.run.config import load_config, method_config
+    from experiments.run.pipeline import prepare
 
-    cfg = compose([f"model={model}", "output=softmax", *overrides])
+    cfg = load_config([f"model={model}", "output=softmax", *overrides])
     prep = prepare(cfg)
     ds = prep.dataset
     ctx = ExplainContext(modality=ds.modality, model_kind=prep.model_kind, n_classes=ds.n_classes,
@@ -259,10 +260,10 @@ def conservation(model: str, n_samples: int, overrides: list[str]) -> np.ndarray
     from baselines import ExplainContext
     from baselines.attnlrp import attnlrp_rules
     from baselines.lrp_methods import LRPMethod
-    from experiments.config import compose
-    from experiments.pipeline import prepare
+    from experiments.run.config import load_config
+    from experiments.run.pipeline import prepare
 
-    prep = prepare(compose([f"model={model}", *overrides]))
+    prep = prepare(load_config([f"model={model}", *overrides]))
     ds, net = prep.dataset, prep.model
     x, y = ds.x_test[:n_samples], ds.y_test[:n_samples].long()
     with torch.no_grad():

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from baselines import METHODS, ExplainContext, IncompatibleMethodError
 from baselines.attnlrp import attnlrp_rules, family_of, next_token_relevance
 from baselines.lrp_methods import AttnLRPMethod
-from experiments.text_models import BertClassifier, LSTMClassifier, TextClassifier, load_tokenizer, tokenizer_spec
+from experiments.data.tokenizer import load_tokenizer, tokenizer_spec
+from experiments.zoo.text_models import BertClassifier, LSTMClassifier, TextClassifier
 
 SENTENCES = ["a good movie, really!", "not bad at all", "the plot was dull and slow"]
 TARGETS = torch.tensor([1, 0, 1])

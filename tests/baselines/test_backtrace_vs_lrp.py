@@ -13,7 +13,7 @@ from backtrace import explain
 from baselines.lrp_methods import merge_batchnorm_canonizer, residual_block_canonizer
 from baselines.lrp_packages import zennit_modules
 from baselines.lrp_rules import uniform_composite
-from experiments.models import ResNet
+from experiments.zoo.models import ResNet
 from metrics.map_agreement import agreement_note, spearman_per_sample, text_feature_positions
 
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from baselines import METHODS, ExplainContext, IncompatibleMethodError
 from baselines.lrp_methods import COMPOSITES, LRPMethod, merge_batchnorm_canonizer, start_relevance
-from experiments.models import MLP, ResNet, SmallCNN
+from experiments.zoo.models import MLP, ResNet, SmallCNN
 
 ROOT = Path(__file__).resolve().parents[2]
 # Conservation (documented in the method's docstring and docs/backtrace-vs-lrp.md): on a bias-free
