@@ -7,6 +7,12 @@ loads the methods on first use (:mod:`baselines.registry`): the shared vocabular
 every attribution library to load."""
 from typing import Any
 
+from .lrp_packages import enter_zennit
+
+# zennit's __init__ imports torchvision, and Quantus imports zennit whenever it is installed:
+# entering zennit narrowly here lets `import baselines, quantus` work (baselines.lrp_packages).
+enter_zennit()
+
 
 def __getattr__(name: str) -> Any:
     import baselines.registry as registry

@@ -28,7 +28,6 @@ import sys
 from types import ModuleType
 from typing import Optional
 
-from .base import IncompatibleMethodError
 
 # the versions these entries were written for (pinned in constraints.txt)
 ZENNIT_VERSION = "0.5.1"
@@ -39,9 +38,13 @@ INSTALL_HINT = {
 }
 
 
-class MissingPackageError(IncompatibleMethodError):
-    """An LRP package is not installed: the method cannot run here; the message says how to
-    install it (one line, like every refusal)."""
+def _missing(method: str, package: str) -> Exception:
+    """The one-line refusal where an LRP package is not installed, saying how to install it.
+    (``baselines.base`` is imported here, not at the top: ``import baselines`` enters zennit
+    through this module and must stay light.)"""
+    from .base import IncompatibleMethodError
+
+    return IncompatibleMethodError(f"method '{method}' needs the package {package} ({INSTALL_HINT[package]})")
 
 
 def _enter(name: str) -> Optional[ModuleType]:
@@ -81,7 +84,7 @@ def enter_zennit() -> bool:
 def zennit_modules() -> ModuleType:
     """The zennit modules the LRP baseline uses, as one namespace (``.core``, ``.rules``, ...)."""
     if not enter_zennit():
-        raise MissingPackageError(f"method 'lrp' needs the package zennit ({INSTALL_HINT['zennit']})")
+        raise _missing("lrp", "zennit")
     for sub in ("core", "rules", "composites", "canonizers", "attribution", "layer", "types"):
         importlib.import_module(f"zennit.{sub}")
     return sys.modules["zennit"]
@@ -90,7 +93,7 @@ def zennit_modules() -> ModuleType:
 def lxt_efficient() -> ModuleType:
     """``lxt.efficient`` with its ``rules`` and ``patches`` modules, the model maps left out."""
     if _enter("lxt.efficient") is None:
-        raise MissingPackageError(f"method 'attnlrp' needs the package lxt ({INSTALL_HINT['lxt']})")
+        raise _missing("attnlrp", "lxt")
     for sub in ("rules", "patches"):
         importlib.import_module(f"lxt.efficient.{sub}")
     return sys.modules["lxt.efficient"]

@@ -14,7 +14,6 @@ from .controls import RandomMethod, SobelMethod
 from .gradcam import GradCAMMethod
 from .lime_methods import LimeMethod
 from .lrp_methods import AttnLRPMethod, LRPMethod
-from .lrp_packages import enter_zennit
 from .shap_methods import ShapDeepMethod, ShapGradientMethod, ShapKernelMethod, ShapPartitionMethod
 
 METHODS: dict[str, type[Explainer]] = {
@@ -26,10 +25,6 @@ METHODS: dict[str, type[Explainer]] = {
         AttentionRolloutMethod, AttentionLastMethod, LRPMethod, AttnLRPMethod,
     )
 }
-
-# zennit's __init__ imports torchvision; Quantus imports zennit whenever it is installed: enter
-# zennit narrowly now, so a later `import quantus` in this process works (baselines.lrp_packages).
-enter_zennit()
 
 __all__ = [
     "Attribution", "ExplainContext", "Explainer", "IncompatibleMethodError", "METHODS", "reduce_channels",

@@ -213,7 +213,7 @@ def test_lrp_refuses_keras_models():
 
 
 @pytest.mark.parametrize("params,message", [
-    ({"composite": "z_plus"}, f"unknown lrp composite 'z_plus'; choose one of: {', '.join(COMPOSITES)}"),
+    ({"composite": "z_plus"}, f"unknown lrp composite 'z_plus'; valid choices: {', '.join(COMPOSITES)}"),
     ({"epsilon": 0}, "lrp epsilon must be a positive number; got 0"),
 ])
 def test_lrp_bad_parameters_are_one_line(mlp, params, message):
