@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import ExplainContext, Explainer
+from .vocabulary import check_choice
 
 TRANSFORMER_KINDS = ("transformer",)
 
@@ -26,8 +27,7 @@ def read_rows(scores: Tensor, real: Tensor, pooling: str) -> Tensor:
     """The row(s) of token-to-token scores ``(N, L, L)`` the classifier reads: row 0 (``cls``),
     the mean of the rows of real (non-pad) tokens (``mean``), or the row of the last real token
     (``last``: a decoder read as a next-token classifier)."""
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    check_choice("pooling", pooling, POOLINGS)
     if pooling == "cls":
         return scores[:, 0]
     if pooling == "last":

@@ -46,7 +46,8 @@ CONTINUATION = 8
 
 
 def smollm2() -> nn.Module:
-    from experiments.zoo.decoders import SmolLM2, smollm2_spec
+    from experiments.data.smollm2_files import smollm2_spec
+    from experiments.zoo.decoders import SmolLM2
 
     vocab = smollm2_spec()["vocab_size"]
     return SmolLM2(vocab, vocab).eval()
@@ -60,7 +61,8 @@ def prompt(length: int, seed: int = 0) -> torch.Tensor:
 def minilm() -> tuple[nn.Module, torch.Tensor]:
     """The pretrained MiniLM encoder with a [CLS] head (``model=bert``'s network, head untrained);
     batch 32 of 64 tokens, a quarter of them right-padded."""
-    from experiments.text_models import BertClassifier, tokenizer_spec
+    from experiments.data.tokenizer import tokenizer_spec
+    from experiments.zoo.text_models import BertClassifier
 
     spec = tokenizer_spec("minilm")
     torch.manual_seed(0)

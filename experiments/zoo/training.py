@@ -52,8 +52,10 @@ def model_cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, seed: int) -
     })
 
 
-def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
-    """Instantiate the network, giving it the sizes the dataset determines that it accepts."""
+def build_network(model_cfg: DictConfig, dataset: Dataset, cache_dir: Optional[str | Path] = None) -> nn.Module:
+    """Instantiate the network, giving it the sizes the dataset determines that it accepts, and
+    the run's ``cache_dir`` where it takes one (a network that converts its weights once, SmolLM2:
+    a place to keep them that is not part of the config)."""
     from hydra.errors import InstantiationException
     from hydra.utils import get_method, instantiate
 
@@ -65,6 +67,8 @@ def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     names = {p.name for p in params}
     sizes = {k: v for k, v in dataset.model_kwargs().items() if takes_any or k in names}
+    if cache_dir is not None and "cache_dir" in names:
+        sizes["cache_dir"] = str(cache_dir)
     try:
         return instantiate(model_cfg.net, **sizes)
     except InstantiationException as exc:
@@ -224,7 +228,7 @@ def _load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Data
                    cache_dir: str | Path, device: torch.device) -> TrainedModel:
     key = model_cache_key(model_cfg, dataset_cfg, seed)
     torch.manual_seed(seed)
-    net = build_network(model_cfg, dataset)
+    net = build_network(model_cfg, dataset, cache_dir)
     if model_cfg.get("pretrained"):
         net.to(device).eval()
         acc = accuracy(net, dataset.x_test, dataset.y_test)

@@ -39,7 +39,7 @@ def test_the_wrapper_reads_the_last_real_token_and_padding_changes_nothing(decod
 
 
 def test_vocabulary_and_sizes_are_checked(data):
-    from experiments.config import ConfigError
+    from experiments.errors import ConfigError
 
     kwargs = data.model_kwargs()
     with pytest.raises(ConfigError, match=r"its classes are the vocabulary \(36\), but the dataset has 2 classes"):
@@ -84,29 +84,54 @@ def test_attentions_are_eager_and_causal(decoder, data):
 @pytest.fixture(scope="module")
 def smollm2():
     pytest.importorskip("gguf")
-    from experiments.zoo.decoders import SmolLM2, smollm2_paths, smollm2_spec
+    from experiments.data.smollm2_files import smollm2_spec
+    from experiments.zoo.decoders import SmolLM2
 
     spec = smollm2_spec()
-    return SmolLM2(spec["vocab_size"], spec["vocab_size"]).eval(), spec, smollm2_paths()
+    return SmolLM2(spec["vocab_size"], spec["vocab_size"]).eval(), spec
 
 
 @pytest.mark.slow
 def test_smollm2_from_the_cache(smollm2):
-    from experiments.training import _load
-    from experiments.zoo.decoders import smollm2_tokenizer
+    from experiments.data.smollm2_files import smollm2_tokenizer, tokenizer_dir
+    from experiments.zoo.decoders import weights_path
+    from experiments.zoo.training import _load
 
-    model, spec, (weights, tokenizer_dir) = smollm2
+    model, spec = smollm2
     assert isinstance(model, NextTokenClassifier) and model.vocab_size == spec["vocab_size"] == 49152
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert model.lm.lm_head.weight is model.embedding_layer().weight              # tied, as in the GGUF
-    meta, state = _load(weights)                                                   # checksummed
+    meta, state = _load(weights_path())                                            # checksummed
     assert "quantization_config" not in meta["config"] and set(state) >= {"model.embed_tokens.weight"}
-    assert (tokenizer_dir / "tokenizer.json").is_file()
+    assert (tokenizer_dir() / "tokenizer.json").is_file()
     tok = smollm2_tokenizer()
     ids = torch.tensor([tok("The capital of France is")["input_ids"] + [spec["pad_token_id"]] * 3])
     with torch.no_grad():
         assert tok.decode([int(model(ids).argmax())]) == " Paris"
     assert model.top_layers() == ["lm.model.layers.29"]                             # the head is tied
+
+
+@pytest.mark.slow
+def test_copy_prompts_keep_what_smollm2_completes(smollm2):
+    from experiments.data.decoder_tasks import copy_prompt_candidates
+    from experiments.data.smollm2_files import smollm2_tokenizer
+    from experiments.zoo.decoders import copy_prompts, correct_top1
+
+    model, spec = smollm2
+    ds = copy_prompts(n_prompts=24, seed=5)
+    info = ds.info
+    assert info["generated"] == 24 and info["kept"] == info["correct"] == len(ds.x_test) > 0
+    assert sum(k for k, _ in info["by_template"].values()) == info["kept"]
+    assert sum(n for _, n in info["by_template"].values()) == 24
+    assert bool(correct_top1(model, ds.x_test, ds.y_test).all())
+    everything = copy_prompt_candidates(24, seed=5)
+    assert int(correct_top1(model, everything.x_test, everything.y_test).sum()) == info["correct"]
+    tok = smollm2_tokenizer()
+    for row, y, gt, text in zip(ds.x_test, ds.y_test, ds.ground_truth, ds.texts_test):
+        assert int(gt.sum()) == 1 and int(row[gt.bool()]) == int(y)
+        assert tok.decode(row[row.ne(spec["pad_token_id"])].tolist()) == text
+    again = copy_prompts(n_prompts=24, seed=5, n_test=1)                 # read back from the cache
+    assert torch.equal(again.x_test[0], ds.x_test[0, :again.x_test.shape[1]])
 
 
 DECODER_METHODS = ["backtrace", "backtrace_contrastive", "saliency", "gradxinput", "ig", "attention_rollout",
@@ -121,7 +146,7 @@ def test_every_method_explains_the_target_token_of_the_wrapper(decoder, data, na
     from hydra.utils import instantiate
 
     from baselines import ExplainContext
-    from experiments.config import method_config
+    from experiments.run.config import method_config
 
     cfg = method_config(name, "softmax", **({"n_steps": 8} if name == "ig" else {}))
     ctx = ExplainContext(modality="text", model_kind="transformer", n_classes=data.n_classes, seed=0)

@@ -1,6 +1,6 @@
-"""The decoder tasks: kv_retrieval's sequences, answers and ground truth by construction, and the
-copy prompts' answers (one token, once in the prompt); the prompts SmolLM2 completes are checked
-on the model itself (slow)."""
+"""The decoder tasks: kv_retrieval's sequences, answers and ground truth by construction, its
+vocabulary by name, and the copy prompts' answers (one token, once in the prompt); the prompts
+SmolLM2 completes are the zoo's (tests/experiments/zoo/test_decoder_zoo.py)."""
 from __future__ import annotations
 
 import re
@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.data.decoder_tasks import (
-    KVTokenizer, TEMPLATES, CopyPrompt, copy_prompt, encode_prompt, kv_retrieval, kv_sample,
-)
-from experiments.loaders.base import DataError
+from experiments.data.decoder_tasks import TEMPLATES, CopyPrompt, copy_prompt, encode_prompt, kv_retrieval, kv_sample
+from experiments.data.tokenizer import KVTokenizer, load_tokenizer, tokenizer_spec
+from experiments.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -95,20 +94,11 @@ def test_copy_prompts_state_each_answer_once():
         encode_prompt(tok, CopyPrompt("Anna's ball is red. Tom's ball is red. Anna's ball is", " red", "colour"))
 
 
-@pytest.mark.slow
-def test_copy_prompts_keep_what_smollm2_completes(tmp_path_factory):
-    pytest.importorskip("gguf")
-    from experiments.data.decoder_tasks import copy_prompts, correct_top1
-    from experiments.zoo.decoders import SmolLM2, smollm2_tokenizer
-
-    ds = copy_prompts(n_prompts=24, seed=5)
-    info = ds.info
-    assert info["generated"] == 24 and info["kept"] == info["correct"] == len(ds.x_test) > 0
-    assert sum(k for k, _ in info["by_template"].values()) == info["kept"]
-    model = SmolLM2(ds.n_classes, ds.n_classes)
-    assert bool(correct_top1(model, ds.x_test, ds.y_test).all())
-    tok = smollm2_tokenizer()
-    for row, y, gt, text in zip(ds.x_test, ds.y_test, ds.ground_truth, ds.texts_test):
-        assert int(gt.sum()) == 1 and int(row[gt.bool()]) == int(y)
-        real = row[row.ne(ds.info["tokenizer"]["pad_token_id"])]
-        assert tok.decode(real.tolist()) == text
+def test_the_kv_vocabulary_is_found_by_its_name(kv):
+    name = kv.info["tokenizer"]["tokenizer"]
+    assert name == "kv16x16" and load_tokenizer(name) == KVTokenizer(16, 16)
+    assert tokenizer_spec(name) == kv.info["tokenizer"]
+    assert load_tokenizer("kv4x3").convert_ids_to_tokens([0, 1, 2, 3, 4, 8, 10]) == ["<pad>", "<mask>", "|", "->", "k0",
+                                                                                     "v0", "v2"]
+    with pytest.raises(DataError, match=r"kv_retrieval: unknown token 'k9'; the vocabulary is <pad>, <mask>"):
+        load_tokenizer("kv4x3").encode("k1 v0 | k9 ->")

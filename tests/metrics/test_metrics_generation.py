@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.text_models import TextClassifier
+from experiments.zoo.text_models import TextClassifier
 from metrics.generation import GENERATION_METRICS, MoRFLeRFArea, SourceAP, SourcePointingGame
 from metrics.text import TextLeRFAUC, TextMoRFAUC
 
@@ -91,7 +91,7 @@ def test_morf_lerf_area_reads_the_logit_whatever_the_run_output():
     on_output = MoRFLeRFArea(output="softmax", curve="output")(model(), IDS, Y, a)
     expected = (TextLeRFAUC(deletion="remove")(model(), IDS, Y, a) - TextMoRFAUC(deletion="remove")(model(), IDS, Y, a))
     np.testing.assert_allclose(on_output, expected)
-    with pytest.raises(ValueError, match="unknown curve 'probability'; choose one of: logits, output"):
+    with pytest.raises(ValueError, match="unknown curve 'probability'; valid choices: logits, output"):
         MoRFLeRFArea(curve="probability")
 
 
