@@ -291,7 +291,8 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
                   "train_seconds": prep.trained.train_seconds},
         "dataset": {"name": ds.name, "modality": ds.modality, "n_test": int(len(ds.x_test)),
                     "n_classes": ds.n_classes, "class_names": ds.class_names,
-                    "ground_truth": ds.ground_truth is not None},   # figures need not rebuild the data
+                    "ground_truth": ds.ground_truth is not None,    # figures need not rebuild the data
+                    **({"tokenizer": ds.info["tokenizer"]["tokenizer"]} if ds.modality == "text" else {})},
         "method": {"name": getattr(method_cls, "name", cfg.method._target_), "signed": bool(explainer.signed),
                    "returns": returned, **explainer.declared(),
                    "params": OmegaConf.to_container(cfg.method, resolve=True)},
