@@ -162,9 +162,11 @@ def test_vit_batch_invariance(mode: str) -> None:
     x = torch.randn(3, 3, 8, 8)
     batch = explain(model, {"pixel_values": x}, mode=mode)
     one = explain(model, x[1:2], mode=mode)
+    # evaluated in float64 (attention) and rounded to float32: measured 0; bound 1e-6, over ten
+    # times the float32 rounding of a map (6e-8)
     for m, o in zip(batch if isinstance(batch, tuple) else (batch,), one if isinstance(one, tuple) else (one,)):
         assert m.shape == x.shape and bool(torch.isfinite(m).all())
-        assert ((m[1] - o[0]).abs().max() / o.abs().max()) < 1e-4
+        assert ((m[1] - o[0]).abs().max() / o.abs().max()) < 1e-6
 
 
 @pytest.mark.parametrize("mode", ["default", "contrastive"])
@@ -181,8 +183,9 @@ def test_fused_and_eager_attention_give_the_same_relevance(family: str, mode: st
     kinds_fused = {n.kind for n in _graph(fused, inputs).nodes}
     assert "matmul" in kinds_eager and "attention" not in kinds_eager and "attention" in kinds_fused
     a, b = explain(eager, inputs, mode=mode, **options), explain(fused, inputs, mode=mode, **options)
+    # both evaluated in float64 and rounded to float32: measured at most 4.9e-8 (llama), bound 1e-6
     for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
-        assert ((x - y).abs().max() / y.abs().max()) < 1e-4
+        assert ((x - y).abs().max() / y.abs().max()) < 1e-6
 
 
 def _graph(model: nn.Module, inputs) -> "Backtrace":
@@ -379,8 +382,9 @@ def test_pretrained_minilm_with_a_tokenizer_batch(minilm, mode: str) -> None:
     R = explain(model, batch, mode=mode)
     for m in R if isinstance(R, tuple) else (R,):
         assert m.shape == batch["input_ids"].shape and bool(torch.isfinite(m).all()) and m.abs().sum() > 0
-    # invariance in float64: in float32 the pretrained weights' forward differs by rounding between
-    # batch shapes, and the attention rule's division by small products amplifies that (~1e-3)
+    # invariance in float64 (measured at most 4.2e-14, bound 1e-10): in float32 the pretrained
+    # weights' forward differs by rounding between batch shapes, and the attention rule's
+    # division by small products amplifies that (~1e-3)
     R = explain(model, batch, mode=mode, dtype=torch.float64)
     maps = R if isinstance(R, tuple) else (R,)
     lengths = batch["attention_mask"].sum(1).tolist()
@@ -389,7 +393,7 @@ def test_pretrained_minilm_with_a_tokenizer_batch(minilm, mode: str) -> None:
                         dtype=torch.float64)
         for m, a in zip(maps, alone if isinstance(alone, tuple) else (alone,)):
             n = int(lengths[i])
-            assert ((m[i, :n] - a[0]).abs().max() / a.abs().max()) < 1e-4
+            assert ((m[i, :n] - a[0]).abs().max() / a.abs().max()) < 1e-10
             assert n == m.shape[1] or m[i, n:].abs().max() == 0
 
 
@@ -416,9 +420,10 @@ def test_multihead_attention_module_with_key_padding(mode: str) -> None:
     pad[1, 3:] = True
     batch = explain(model, (x, pad), mode=mode)
     alone = explain(model, (x[1:, :3], pad[1:, :3]), mode=mode)
+    # evaluated in float64 and rounded to float32: measured 0, bound 1e-6
     for m, a in zip(batch if isinstance(batch, tuple) else (batch,), alone if isinstance(alone, tuple) else (alone,)):
         assert m.shape == x.shape
-        assert ((m[1, :3] - a[0]).abs().max() / a.abs().max()) < 1e-4
+        assert ((m[1, :3] - a[0]).abs().max() / a.abs().max()) < 1e-6
         assert m[1, 3:].abs().max() == 0
 
 
