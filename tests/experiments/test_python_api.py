@@ -87,7 +87,7 @@ def test_evaluate_explains_predictions_and_reports_backtrace_conservation():
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    ({"methods": ["nope"]}, ConfigError, r"^unknown method 'nope'; valid choices: attention_last, attention_rollout, backtrace, "),
+    ({"methods": ["nope"]}, ConfigError, r"^unknown method 'nope'; valid choices: attention_last, attention_rollout, attnlrp, backtrace, "),
     ({"methods": ["gradcam"]}, IncompatibleMethodError,
      r"^method 'gradcam' does not support 'tabular' data; it supports: image$"),
     ({"metrics": ["nope"]}, ConfigError, r"^unknown metric 'nope'; valid choices: attribution_localisation, "),
