@@ -24,7 +24,7 @@ TINY = ["model=tiny_decoder", "dataset.n_train=200", "dataset.n_test=20", "model
         "batch_size=4", "table=decoders"]
 
 
-@pytest.mark.parametrize("method", ["backtrace", "ig"])
+@pytest.mark.parametrize("method", ["backtrace", "attnlrp", "ig"])
 def test_a_tiny_decoder_cell_records_tokens_attributions_and_sources(method, run_dirs, one_thread):
     result = run(compose([*TINY, f"method={method}", *run_dirs]))
     record = json.loads((result.path / "record.json").read_text())

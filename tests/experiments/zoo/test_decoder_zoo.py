@@ -134,8 +134,8 @@ def test_copy_prompts_keep_what_smollm2_completes(smollm2):
     assert torch.equal(again.x_test[0], ds.x_test[0, :again.x_test.shape[1]])
 
 
-DECODER_METHODS = ["backtrace", "backtrace_contrastive", "saliency", "gradxinput", "ig", "attention_rollout",
-                   "attention_last", "random"]
+DECODER_METHODS = ["backtrace", "backtrace_contrastive", "attnlrp", "saliency", "gradxinput", "ig",
+                   "attention_rollout", "attention_last", "random"]
 
 
 @pytest.mark.parametrize("name", DECODER_METHODS)
@@ -174,3 +174,45 @@ def test_attention_last_reads_the_last_real_tokens_row(decoder, data):
     for i, n in enumerate(x.ne(0).sum(1).tolist()):
         expected = last[i, n - 1] * data.token_feature_mask(x[i:i + 1])[0]
         torch.testing.assert_close(values[i], expected)
+
+
+def test_attnlrp_on_the_wrapper_is_the_lms_own_next_token_relevance(decoder, data):
+    """AttnLRP's rules reach the Llama inside the wrapper: its raw map (before the Explainer zeroes
+    the special tokens) is the LM's next-token relevance at the last real token, exactly 0 on the
+    pads, and the same when the rows are padded further."""
+    from baselines import ExplainContext
+    from baselines.attnlrp import next_token_relevance
+    from baselines.lrp_methods import AttnLRPMethod
+
+    x, y = data.x_test[:4], data.y_test[:4]
+    method = AttnLRPMethod(decoder, ExplainContext("text", "transformer", data.n_classes), output="logits")
+    raw = method.explain(x, y).detach()
+    direct, logit = next_token_relevance(decoder.lm, x, x.ne(0).long(), target=y)
+    torch.testing.assert_close(raw, direct, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(logit, decoder(x).gather(1, y[:, None])[:, 0])
+    pads = x.eq(0)
+    assert pads.any() and (raw[pads] == 0).all() and raw[~pads].abs().min() > 0
+    longer = method.explain(torch.nn.functional.pad(x, (0, 5), value=0), y).detach()
+    assert (longer[:, x.shape[1]:] == 0).all()
+    torch.testing.assert_close(longer[:, :x.shape[1]], raw, rtol=1e-5, atol=1e-6)
+
+
+def test_attnlrp_refuses_a_decoder_without_rules_in_one_line(data):
+    """A next-token classifier around a decoder whose attention AttnLRP has no rules for here
+    (Qwen2's) is refused when the method is built, naming the model."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from baselines import ExplainContext, IncompatibleMethodError
+    from baselines.lrp_methods import AttnLRPMethod
+
+    kwargs = data.model_kwargs()
+    config = Qwen2Config(vocab_size=kwargs["vocab_size"], hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = NextTokenClassifier(Qwen2ForCausalLM(config), kwargs["pad_token_id"], kwargs["mask_token_id"],
+                                kwargs["special_token_ids"]).eval()
+    with pytest.raises(IncompatibleMethodError) as err:
+        AttnLRPMethod(model, ExplainContext("text", "transformer", data.n_classes))
+    assert str(err.value) == ("method 'attnlrp' cannot explain NextTokenClassifier: AttnLRP's rules here cover BERT, "
+                              "Llama and GPT-2 attention, and the model has none of them")
