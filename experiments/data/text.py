@@ -8,7 +8,7 @@ either split (at most ``max_length``). Labels: 0 negative, 1 positive.
 from clauses ``the <noun> <copula> [not|never] <adjective>``, one to three of which carry a
 sentiment word of one polarity (after negation) taken from the lexicons that ship in the
 vaderSentiment and textblob packages, and one or two of which carry an adjective that both
-lexicons rate neutral; a neutral clause of content words, distractor adjectives of weak valence,
+lexicons rate neutral; a neutral clause around a noun, distractor adjectives of weak valence,
 and template openers, joiners and closers. The label is the sign of the summed valence of the
 sentiment words (each flipped when negated), and those words together with their negators are
 the rationale, stored per token in ``ground_truth``.
@@ -18,8 +18,9 @@ vocabulary (``wordfreq``), are drawn whatever the label (so the same content wor
 both labels), and are as rare as the sentiment words, both in English (zipf frequency) and in the
 corpus (each vocabulary is sized so that its words occur as often as a sentiment word); negators
 also stand in front of neutral adjectives. So a model-free scorer that ranks tokens by their
-rarity, or by not being template words, or by standing in the adjective slot, finds about as
-many content words as rationale words. Every word is one WordPiece token of the tokenizer.
+rarity in the training split, or by not being template words, picks several content words for
+each rationale word, and the word after a copula or negator is a neutral adjective about as often
+as a sentiment word. Every word is one WordPiece token of the tokenizer.
 """
 from __future__ import annotations
 
@@ -352,9 +353,10 @@ def generate_sentence(rng: np.random.Generator, label: int, vocab: Vocabulary, n
                       max_neutral_adjectives: int = 2) -> Sentence:
     """A sentence of label ``label`` (0 negative, 1 positive): 1..``max_sentiment_words`` clauses
     each carrying one sentiment word of the label's polarity (or of the other polarity, negated),
-    1..``max_neutral_adjectives`` clauses carrying a neutral adjective (negated as often), a
-    neutral clause of a noun (in a share ``NEUTRAL_CLAUSE_RATE`` of sentences), in a random order; up to ``MAX_DISTRACTORS`` distractor
-    adjectives in front of nouns; template openers, joiners and closers."""
+    1..``max_neutral_adjectives`` clauses carrying a neutral adjective (negated as often) and a
+    neutral clause around a noun (in a share ``NEUTRAL_CLAUSE_RATE`` of sentences), in a random
+    order; up to ``MAX_DISTRACTORS`` distractor adjectives in front of nouns; template openers,
+    joiners and closers."""
     polarity = 1 if label == 1 else -1
     kinds = [polarity] * int(rng.integers(1, max_sentiment_words + 1)) \
         + [0] * int(rng.integers(1, max_neutral_adjectives + 1))

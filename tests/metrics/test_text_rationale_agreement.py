@@ -139,3 +139,11 @@ def test_average_precision_and_the_trapezoid_area_by_hand():
     np.testing.assert_allclose(TokenAveragePrecision()(bow(), ids, Y, flat, ground_truth=gt), [0.5])
     np.testing.assert_allclose(TokenAUPRCTrapezoid()(bow(), ids, Y, flat, ground_truth=gt), [0.75])
     assert trapezoid_pr_auc(np.array([1, 0, 1, 0]), np.array([4.0, 3.0, 2.0, 1.0])) == pytest.approx(19 / 24)
+
+
+@pytest.mark.parametrize("old,new", [("token_f1", "token_r_precision"), ("token_auprc", "token_average_precision")])
+def test_an_old_metric_name_is_refused_with_its_new_names(old, new):
+    from experiments.config import ConfigError, check_choice, group_options
+
+    with pytest.raises(ConfigError, match=rf"^metric '{old}' was renamed: use {new} .*; valid choices: .*token_hard_f1"):
+        check_choice("metric", old, group_options("metric"))
