@@ -437,7 +437,8 @@ class TokenHardF1(_RationaleAgreement):
             raise ValueError(f"bad fraction {f!r} for metric {self.info.name!r}; use a number in (0, 1]")
 
     def agreement(self, a, feature, gt):
-        k = bin_sizes([100 * self.params["fraction"]], feature.sum(1))[:, 0]
+        # the fraction as a percentage in exact arithmetic (100 * 0.07 is 7.000000000000001 in floats)
+        k = bin_sizes([Fraction(str(self.params["fraction"])) * 100], feature.sum(1))[:, 0]
         chosen = feature & (feature_ranks(a, feature) < k[:, None])
         hits = (chosen & gt).sum(1).double()
         size = gt.sum(1)

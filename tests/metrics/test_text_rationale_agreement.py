@@ -118,6 +118,17 @@ def test_hard_f1_takes_k_from_a_fixed_fraction_of_the_tokens():
     assert TokenHardF1().params["fraction"] == 0.1
 
 
+def test_hard_f1_counts_its_tokens_in_exact_arithmetic():
+    # 100 feature tokens, rationale the first 7; |a| falls along the sentence. fraction 0.07 selects
+    # ceil(0.07 x 100) = 7 tokens (100 * 0.07 is 7.000000000000001 in floats, whose ceiling is 8):
+    # all seven hits, F1 = 1
+    ids = torch.tensor([[CLS] + [4] * 100 + [SEP]])
+    gt = torch.zeros_like(ids)
+    gt[0, 1:8] = 1
+    a = torch.cat([torch.zeros(1), torch.arange(100, 0, -1).float(), torch.zeros(1)])[None]
+    np.testing.assert_allclose(TokenHardF1(fraction=0.07)(bow(), ids, Y, a, ground_truth=gt), [1.0])
+
+
 @pytest.mark.parametrize("bad", [0, 1.5, -0.1, True, "a tenth"])
 def test_a_bad_fraction_is_refused_in_one_line(bad):
     with pytest.raises(ValueError, match=r"bad fraction .* for metric 'token_hard_f1'; use a number in \(0, 1\]"):
