@@ -154,7 +154,7 @@ def test_average_precision_and_the_trapezoid_area_by_hand():
 
 @pytest.mark.parametrize("old,new", [("token_f1", "token_r_precision"), ("token_auprc", "token_average_precision")])
 def test_an_old_metric_name_is_refused_with_its_new_names(old, new):
-    from experiments.config import ConfigError, check_choice, group_options
+    from experiments.run.config import ConfigError, check_choice, group_options
 
     with pytest.raises(ConfigError, match=rf"^metric '{old}' was renamed: use {new} .*; valid choices: .*token_hard_f1"):
         check_choice("metric", old, group_options("metric"))
