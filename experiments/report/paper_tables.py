@@ -17,14 +17,16 @@ Every number is computed on the samples every method scored (``metrics.statistic
 the mean with its bootstrap 95% interval, ranks, the Friedman test, and Wilcoxon signed-rank tests
 of the reference method (``--reference``, default ``backtrace`` when present) against every other,
 Holm-corrected, with the rank-biserial effect size. A metric's best mean is bold, and so is every
-method whose interval overlaps it. Under the table: what each method explains, its budget, the
-value it treats as absent, what sign its maps actually had, and the metrics' own settings.
+method whose interval overlaps it. Under the table: what each method explains (or that it reads
+no output), its budget, the value it treats as absent, what sign its maps actually had, which
+metrics compare magnitudes, and the metrics' own settings. Where the samples are too few for any
+Holm-corrected Wilcoxon test to reach 0.05, one line says so instead of a table of ``=``. Every
+number is printed to three significant digits (:func:`metrics.statistics.significant`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -40,7 +42,8 @@ from experiments.report.methods import REFERENCE, method_order
 from experiments.report.table_data import TableData
 from experiments.run.records import iter_records
 from metrics.map_agreement import agreement_note
-from metrics.statistics import MARKS, best_methods, table_statistics
+from metrics.statistics import (MARKS, best_methods, significant, smallest_wilcoxon_pvalue, table_statistics,
+                                wilcoxon_can_reach)
 
 ARROW = {"higher": "↑", "lower": "↓"}
 TEX_ARROW = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
@@ -49,6 +52,9 @@ SHARED_SETTINGS = ("dataset", "model", "output", "target", "seed", "n_samples", 
                    "channel_reduction", "metrics")
 # Metric parameters that say what a metric removes features to, shown under the table.
 METRIC_ABSENT_PARAMS = ("perturb_baseline", "baseline")
+# The model-free control whose rationale agreement the heading of a text table states.
+RARITY = "rarity"
+ALPHA = 0.05
 
 
 # -- variants ------------------------------------------------------------------------------------
@@ -149,11 +155,13 @@ def _table_data(name: str, table: str, model: str, dataset: str,
             part = scores.iloc[:k]
             frames.append(pd.DataFrame({"method": variant, "metric": metric, "sample": part["sample"],
                                         "score": part[metric].astype(float)}))
-            metric_settings[metric] = {"n": k, "params": info.get("params", {})}
+            metric_settings[metric] = {"n": k, "params": info.get("params", {}), "category": info.get("category"),
+                                       "attributions": info.get("attributions")}
         runtime[variant] = record["runtime"]
         signed[variant] = bool(record["method"]["signed"])
         folders[variant] = folder
         methods[variant] = {key: record["method"].get(key) for key in ("signed", "returns", "budget", "absent")}
+        methods[variant]["reads_output"] = record["method"].get("reads_output", True)
         methods[variant]["diagnostics"] = record.get("diagnostics") or {}
         accuracy = record["model"]["test_accuracy"]
         modality = record["dataset"]["modality"]
@@ -168,13 +176,8 @@ def _table_data(name: str, table: str, model: str, dataset: str,
 
 # -- statistics and layout ---------------------------------------------------------------------
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "nan"
-    value = float(value)
-    if value != 0 and (abs(value) >= 1e4 or abs(value) < 10 ** -(digits - 1)):
-        return f"{value:.2e}"
-    return f"{value:.{digits}f}"
+def _fmt(value: Any) -> str:
+    return significant(value)
 
 
 def reference_of(data: TableData, reference: Optional[str]) -> Optional[str]:
@@ -215,9 +218,9 @@ def build(data: TableData, reference: Optional[str] = None) -> dict[str, Any]:
     return stats
 
 
-def _interval(row: pd.Series, metric: str, digits: int = 4) -> str:
+def _interval(row: pd.Series, metric: str) -> str:
     low, high = row.get(f"{metric}_ci_low", np.nan), row.get(f"{metric}_ci_high", np.nan)
-    return f"{_fmt(row.get(metric, np.nan), digits)} [{_fmt(low, 3)}, {_fmt(high, 3)}]"
+    return f"{_fmt(row.get(metric, np.nan))} [{_fmt(low)}, {_fmt(high)}]"
 
 
 def _declared(entry: Optional[dict[str, Any]]) -> str:
@@ -247,15 +250,44 @@ def heading(data: TableData, stats: dict[str, Any]) -> str:
         out += f" Samples with a saturated target probability: {s['saturated']}."
     if counts and (len(counts) > 1 or counts[0] != int(s.get("n_samples") or 0)):
         out += f" Samples per metric after leaving out undefined scores: {', '.join(map(str, counts))}."
+    floor = rarity_floor(data, stats)
+    if floor:
+        out += (f" Model-free floor: the `{RARITY}` control (each token's rarity in the training split; it runs no "
+                f"model) scores {floor} on these samples; agreement above it needs the model.")
     return out
+
+
+def rarity_floor(data: TableData, stats: dict[str, Any]) -> str:
+    """The rarity control's means on the table's rationale-agreement metrics, as the heading
+    states them (empty where the table has no such row or metric); read from the records."""
+    summary = stats["summary"]
+    part = summary[summary["method"] == RARITY]
+    agreement = [m for m in data.directions if (data.metric_settings.get(m) or {}).get("category") == "localisation"]
+    means = [(m, float(part.loc[part["metric"] == m, "mean"].iloc[0])) for m in agreement
+             if (part["metric"] == m).any()]
+    return ", ".join(f"{m} {_fmt(v)}" for m, v in means if np.isfinite(v))
 
 
 def _kept(diagnostics: dict[str, Any]) -> str:
     """Backtrace's conservation: each sample's total input relevance over its starting relevance
     (contrastive mode: one ratio per map, R+ and R-)."""
     names = {"conservation": "", "conservation_positive": "R+ ", "conservation_negative": "R- "}
-    parts = [f"{names[k]}{diagnostics[k]['mean']:.3f}" for k in names if k in diagnostics]
+    parts = [f"{names[k]}{_fmt(diagnostics[k]['mean'])}" for k in names if k in diagnostics]
     return ", ".join(parts) if parts else "-"
+
+
+def scoring_rule(data: TableData) -> str:
+    """Which metrics rank the attributions as scored (signed where the method is) and which
+    compare magnitudes for every method, from each metric's declared ``attributions``."""
+    signed = [m for m in data.directions if (data.metric_settings.get(m) or {}).get("attributions") == "signed"]
+    absolute = [m for m in data.directions if (data.metric_settings.get(m) or {}).get("attributions") == "absolute"]
+    parts = []
+    if absolute:
+        parts.append(f"{', '.join(absolute)} compare magnitudes |a| for every method")
+    if signed:
+        parts.append(f"{', '.join(signed)} take the attributions as scored (signed where the method is signed, "
+                     "|a| where it is not)")
+    return ("Scoring: " + "; ".join(parts) + ".") if parts else ""
 
 
 def method_notes(data: TableData) -> list[str]:
@@ -266,9 +298,13 @@ def method_notes(data: TableData) -> list[str]:
         info = data.methods[method]
         returns = info.get("returns") or {}
         mixed = returns.get("mixed_sign_samples")
-        lines.append(f"| {method} | {data.settings.get('output')} | {'yes' if info.get('signed') else 'no (scored as magnitude)'} | "
+        explains = data.settings.get("output") if info.get("reads_output", True) else "reads no output"
+        lines.append(f"| {method} | {explains} | {'yes' if info.get('signed') else 'no (scored as magnitude)'} | "
                      f"{'-' if mixed is None else f'{100 * mixed:.0f}%'} | {_declared(info.get('budget'))} | "
                      f"{_declared(info.get('absent'))} | {_kept(info.get('diagnostics') or {})} |")
+    rule = scoring_rule(data)
+    if rule:
+        lines += ["", rule]
     absent = sorted({f"{m}: {k}={_short(v['params'][k])}" for m, v in data.metric_settings.items()
                      for k in METRIC_ABSENT_PARAMS if k in v.get("params", {})})
     if absent:
@@ -304,23 +340,60 @@ def to_markdown(data: TableData, stats: dict[str, Any]) -> str:
             f"{r.metric} p={_fmt(r.pvalue)}" + (f" ({r.note})" if r.note else "") for r in fr.itertuples())]
     wx, ref = stats["wilcoxon"], stats["reference"]
     if ref is not None and len(wx):
-        lines += ["", f"Wilcoxon signed-rank, `{ref}` vs each method, Holm-corrected per metric; each cell: "
-                  f"outcome, Holm p, rank-biserial r (positive: `{ref}` better). +: `{ref}` better, -: worse, "
-                  "=: no difference at 0.05, ~: significant but the mean difference and r disagree in direction.",
-                  "", "| method | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
-        for method in method_order(list(wx["method"].unique())):
-            cells = [method]
-            for m in metrics:
-                r = wx[(wx["method"] == method) & (wx["metric"] == m)]
-                if not len(r) or pd.isna(r["pvalue_holm"].iloc[0]):
-                    cells.append("n/a")
-                    continue
-                r = r.iloc[0]
-                cells.append(f"{MARKS[r['outcome']]} p={_fmt(float(r['pvalue_holm']))} r={float(r['effect_size']):+.2f}")
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += [""] + wilcoxon_lines(wx, ref, metrics)
     elif ref is None:
         lines += ["", "No reference method in this table (pass --reference METHOD for the paired tests)."]
     return "\n".join(lines) + "\n"
+
+
+def unreachable(wx: pd.DataFrame, metrics: list[str], alpha: float = ALPHA) -> dict[str, tuple[int, int]]:
+    """The metrics on which no Holm-corrected Wilcoxon test could reach ``alpha``: metric -> (the
+    most pairs any comparison had, the number of comparisons Holm corrects over)."""
+    out = {}
+    for m in metrics:
+        part = wx[wx["metric"] == m]
+        tested = part[np.isfinite(part["pvalue"].to_numpy(dtype=np.float64))]
+        if not len(tested):
+            continue
+        n, k = int(tested["n_pairs"].max()), len(tested)
+        if not wilcoxon_can_reach(n, k, alpha):
+            out[m] = (n, k)
+    return out
+
+
+def wilcoxon_lines(wx: pd.DataFrame, ref: str, metrics: list[str], alpha: float = ALPHA) -> list[str]:
+    """The paired tests under a table; one line instead, where the samples are too few for any
+    of them to come out below ``alpha``."""
+    short = unreachable(wx, metrics, alpha)
+    tested = {m for m in wx.loc[np.isfinite(wx["pvalue"].to_numpy(dtype=np.float64)), "metric"]}
+    if short and set(short) >= tested:
+        sizes = sorted(set(short.values()))
+        what = "; ".join(f"n = {n} pairs: smallest p {_fmt(smallest_wilcoxon_pvalue(n))}, x {k} comparisons = "
+                         f"{_fmt(k * smallest_wilcoxon_pvalue(n))}" for n, k in sizes)
+        return [f"Wilcoxon signed-rank tests of `{ref}` against each method are not shown: too few samples for any "
+                f"Holm-corrected test to reach {alpha} ({what}). Rerun with more samples for the paired tests."]
+    lines = [f"Wilcoxon signed-rank, `{ref}` vs each method, Holm-corrected per metric; each cell: "
+             f"outcome, Holm p, rank-biserial r (positive: `{ref}` better). +: `{ref}` better, -: worse, "
+             f"=: no difference at {alpha}, ~: significant but the mean difference and r disagree in direction.",
+             "", "| method | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+    for method in method_order(list(wx["method"].unique())):
+        cells = [method]
+        for m in metrics:
+            r = wx[(wx["method"] == method) & (wx["metric"] == m)]
+            if m in short:
+                cells.append("n too small")
+                continue
+            if not len(r) or pd.isna(r["pvalue_holm"].iloc[0]):
+                cells.append("n/a")
+                continue
+            r = r.iloc[0]
+            cells.append(f"{MARKS[r['outcome']]} p={_fmt(float(r['pvalue_holm']))} r={float(r['effect_size']):+.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if short:
+        lines += ["", "n too small: " + "; ".join(
+            f"{m} (n = {n} pairs, {k} comparisons: the smallest Holm p is {_fmt(k * smallest_wilcoxon_pvalue(n))})"
+            for m, (n, k) in short.items()) + f"; no test there can reach {alpha}."]
+    return lines
 
 
 def _tex_escape(s: str) -> str:
@@ -341,12 +414,12 @@ def to_latex(data: TableData, stats: dict[str, Any]) -> str:
     for _, row in wide.iterrows():
         cells = [_tex_escape(row["method"])]
         for m in metrics:
-            mean = _fmt(row.get(m, np.nan), 3)
+            mean = _fmt(row.get(m, np.nan))
             if row["method"] in stats["best"][m]:
                 mean = rf"\textbf{{{mean}}}"
-            low, high = _fmt(row.get(f"{m}_ci_low", np.nan), 3), _fmt(row.get(f"{m}_ci_high", np.nan), 3)
+            low, high = _fmt(row.get(f"{m}_ci_low", np.nan)), _fmt(row.get(f"{m}_ci_high", np.nan))
             cells.append(rf"{mean} {{\tiny [{low}, {high}]}}")
-        cells += [_fmt(row["mean_rank"], 2), _fmt(row["seconds_per_sample"] or np.nan, 3)]
+        cells += [_fmt(row["mean_rank"]), _fmt(row["seconds_per_sample"] or np.nan)]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"

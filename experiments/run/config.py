@@ -6,6 +6,7 @@ choices; ``run.py`` prints it and exits non-zero before anything is written.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -335,6 +336,12 @@ def _compose_job(job: list[str], config_dirs: ConfigDirs, swept: list[str]) -> D
                 break
         if message is None and "Ambiguous value" in str(exc):
             message = f"{_first_line(exc)}; add -m to sweep over several values"
+        missing = re.search(r"Could not find '([\w-]+)/([^'/]+)'", str(exc))
+        if message is None and missing and missing.group(1) in GROUPS:
+            try:
+                check_choice(missing.group(1), missing.group(2), group_options(missing.group(1), config_dirs, job))
+            except ConfigError as err:
+                message = str(err)
         message = message or f"cannot compose the config with {' '.join(job)}: {_first_line(exc)}"
         if swept:
             message += f" (in the sweep job {' '.join(swept)})"

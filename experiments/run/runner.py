@@ -28,6 +28,7 @@ from experiments.run.records import (config_hash, package_versions, record_path,
                                      write_record)
 from experiments.run.sweep_index import record_cell
 from experiments.zoo.training import predict
+from metrics.statistics import significant
 
 
 class NonFiniteResultError(RuntimeError):
@@ -293,6 +294,7 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
                     "n_classes": ds.n_classes, "class_names": ds.class_names,
                     "ground_truth": ds.ground_truth is not None},   # figures need not rebuild the data
         "method": {"name": getattr(method_cls, "name", cfg.method._target_), "signed": bool(explainer.signed),
+                   "reads_output": bool(getattr(explainer, "reads_output", True)),
                    "returns": returned, **explainer.declared(),
                    "params": OmegaConf.to_container(cfg.method, resolve=True)},
         "output": cfg.output,
@@ -327,11 +329,12 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
 def print_summary(record: dict[str, Any], path: Path) -> None:
     title = (f"{record['model']['name']} on {record['dataset']['name']}, method {record['method']['name']}, "
              f"{record['n_samples']} samples")
-    rows = [(name, "higher" if m["direction"] == "higher" else "lower", f"{m['mean']:.4f}", str(m["n"]), str(m["n_nan"]))
+    rows = [(name, "higher" if m["direction"] == "higher" else "lower", significant(m["mean"]), str(m["n"]),
+             str(m["n_nan"]))
             for name, m in record["metrics"].items()]
     acc = record["model"]["test_accuracy"]
     footer = (f"model test accuracy {acc:.4f}; " if acc is not None else "") + \
-        f"explain {record['runtime']['seconds_per_sample']:.4f} s/sample; record: {path}"
+        f"explain {significant(record['runtime']['seconds_per_sample'])} s/sample; record: {path}"
     try:
         from rich.console import Console
         from rich.table import Table

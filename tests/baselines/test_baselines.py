@@ -147,7 +147,7 @@ def test_shape_finite_and_sign(name, modality):
 def test_signs_are_declared_honestly():
     unsigned = {name for name, cls in METHODS.items() if not cls.signed}
     assert unsigned == {"saliency", "gradcam", "sobel", "backtrace", "backtrace_contrastive",
-                        "attention_rollout", "attention_last"}
+                        "attention_rollout", "attention_last", "rarity"}
     assert build("backtrace_contrastive", "image", contrastive_output="difference").signed
 
 
