@@ -55,7 +55,7 @@ def record_frame(folder: Union[str, Path]) -> pd.DataFrame:
 
     record, scores = load_record(folder)
     frame = scores.copy()
-    frame.insert(0, "method", record["method"]["name"])
+    frame.insert(0, "method", record["method"].get("config") or record["method"]["name"])  # the config as chosen
     frame.insert(1, "model", record["model"]["name"])
     frame.insert(2, "dataset", record["dataset"]["name"])
     frame["config_hash"] = record["config_hash"]

@@ -20,7 +20,7 @@ from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteIn
                             for_scoring, reduce_channels, sign_profile, with_output)
 from experiments.data.tokenizer import load_tokenizer
 from experiments.errors import ConfigError, DataError, unimportable
-from experiments.run.config import check_output_dirs, validate
+from experiments.run.config import check_output_dirs, name_method_config, validate
 from experiments.run.launchers import run_threads
 from experiments.run.pipeline import Prepared, prepare
 from experiments.run.progress import bar
@@ -137,6 +137,7 @@ def run(cfg: DictConfig, checked: bool = False) -> RunResult:
     if not checked:
         validate(cfg)
         check_output_dirs(cfg)
+    name_method_config(cfg)   # the record and the console name the method config as chosen
     chash = config_hash(cfg)
     recover(cfg.results_dir)  # what killed writers left behind: restore or remove
     path = record_path(cfg.results_dir, chash)
@@ -225,7 +226,8 @@ def explain_and_score(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, 
     seconds["warmup"] = time.perf_counter() - start
     parts, extras, explain_s = [], {}, 0.0
     bs = int(cfg.batch_size)
-    with bar(-(-len(x) // bs), f"explaining ({getattr(explainer, 'name', type(explainer).__name__)})", "batch") as progress:
+    label = cfg.get("method_config") or getattr(explainer, "name", type(explainer).__name__)
+    with bar(-(-len(x) // bs), f"explaining ({label})", "batch") as progress:
         for i in range(0, len(x), bs):
             att = explainer(x[i:i + bs].to(device), targets[i:i + bs].to(device))
             explain_s += att.seconds
@@ -292,7 +294,9 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
         "dataset": {"name": ds.name, "modality": ds.modality, "n_test": int(len(ds.x_test)),
                     "n_classes": ds.n_classes, "class_names": ds.class_names,
                     "ground_truth": ds.ground_truth is not None},   # figures need not rebuild the data
-        "method": {"name": getattr(method_cls, "name", cfg.method._target_), "signed": bool(explainer.signed),
+        "method": {"name": getattr(method_cls, "name", cfg.method._target_),
+                   "config": cfg.get("method_config"),      # the config chosen (method=...); None if unknown
+                   "signed": bool(explainer.signed),
                    "returns": returned, **explainer.declared(),
                    "params": OmegaConf.to_container(cfg.method, resolve=True)},
         "output": cfg.output,
@@ -325,13 +329,14 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
 
 
 def print_summary(record: dict[str, Any], path: Path) -> None:
-    title = (f"{record['model']['name']} on {record['dataset']['name']}, method {record['method']['name']}, "
-             f"{record['n_samples']} samples")
-    rows = [(name, "higher" if m["direction"] == "higher" else "lower", f"{m['mean']:.4f}", str(m["n"]), str(m["n_nan"]))
+    method = record["method"].get("config") or record["method"]["name"]
+    title = f"{record['model']['name']} on {record['dataset']['name']}, method {method}, {record['n_samples']} samples"
+    # three significant digits: a mean of 7e-4 must not print as 0.0000
+    rows = [(name, "higher" if m["direction"] == "higher" else "lower", f"{m['mean']:.3g}", str(m["n"]), str(m["n_nan"]))
             for name, m in record["metrics"].items()]
     acc = record["model"]["test_accuracy"]
     footer = (f"model test accuracy {acc:.4f}; " if acc is not None else "") + \
-        f"explain {record['runtime']['seconds_per_sample']:.4f} s/sample; record: {path}"
+        f"explain {record['runtime']['seconds_per_sample']:.3g} s/sample; record: {path}"
     try:
         from rich.console import Console
         from rich.table import Table
