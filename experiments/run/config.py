@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from baselines.vocabulary import CHANNEL_REDUCTIONS, OUTPUTS, check_choice
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, installed, needs_extra
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
@@ -198,6 +198,17 @@ def validate(cfg: DictConfig) -> None:
     for key in ("results_dir", "cache_dir"):
         if not isinstance(cfg.get(key), str) or not cfg.get(key):
             raise ConfigError(f"{key} must be a path, got {cfg.get(key)!r}")
+    check_extras(cfg)
+
+
+def check_extras(cfg: DictConfig) -> None:
+    """Refuse, before any work, a Keras model (or the torch copy of one, which trains the Keras
+    model first) when the ``tf`` extra is not installed: one line naming the extra."""
+    model = cfg.get("model")
+    if model is None or not (model.get("framework") == "keras" or model.get("torch_copy_of")):
+        return
+    if not all(installed(m) for m in ("tensorflow", "keras")):
+        raise needs_extra("model", model.get("name"), "tf")
 
 
 def check_writable(key: str, path: str | os.PathLike[str]) -> None:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteInputError, check_finite_inputs,
                             for_scoring, reduce_channels, sign_profile, with_output)
 from experiments.data.tokenizer import load_tokenizer
-from experiments.errors import ConfigError, DataError, unimportable
+from experiments.errors import ConfigError, DataError, missing_extra, needs_extra, quiet_lookup, unimportable
 from experiments.run.config import check_output_dirs, name_method_config, validate
 from experiments.run.launchers import run_threads
 from experiments.run.pipeline import Prepared, prepare
@@ -70,8 +70,12 @@ def forward_backward_seconds(model: torch.nn.Module, x: torch.Tensor, targets: t
 def check_method(cfg: DictConfig) -> type:
     """The explainer class, refused here when it cannot explain this model or data."""
     try:
-        cls = get_class(cfg.method._target_)
+        with quiet_lookup():
+            cls = get_class(cfg.method._target_)
     except Exception as exc:  # a config pointing at a missing class is a config error
+        extra = missing_extra(exc)
+        if extra is not None:
+            raise needs_extra("method", cfg.get("method_config") or cfg.method._target_, extra) from None
         raise unimportable("method", cfg.method._target_, exc) from None
     try:
         cls.check_compatible(cfg.model.modality, cfg.model.kind, cfg.get("output"), cfg.model.get("framework", "torch"))
@@ -216,7 +220,13 @@ def explain_and_score(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, 
     idx = torch.arange(len(x)) if idx is None else idx
     device = context.device
     start = time.perf_counter()
-    explainer = instantiate(cfg.method, model=model, context=context)
+    try:
+        explainer = instantiate(cfg.method, model=model, context=context)
+    except InstantiationException as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        raise needs_extra("method", cfg.get("method_config") or cfg.method._target_, extra) from None
     seconds["build_explainer"] = time.perf_counter() - start
     explainer.memo = {}  # identical re-explanations inside the metrics are computed once (explain_adapter)
     # One untimed call first, so one-off costs (tracing, compilation, caches) stay out of the
@@ -373,6 +383,11 @@ def run_cli(cfg: DictConfig, checked: bool = False) -> Optional[RunResult]:
             if isinstance(exc.__cause__, USER_ERRORS + _engine_errors()):
                 raise exc.__cause__ from None
             raise
+        except ModuleNotFoundError as exc:     # an optional extra a method imports as it explains
+            extra = missing_extra(exc)
+            if extra is None:
+                raise
+            raise needs_extra("method", cfg.get("method_config") or cfg.method._target_, extra) from None
         status, path = ("skipped" if result.skipped else "ok"), result.path
         return result
     except USER_ERRORS + _engine_errors() as exc:
