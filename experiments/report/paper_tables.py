@@ -36,13 +36,14 @@ import pandas as pd
 
 from experiments.errors import TableError
 from experiments.report.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
-from experiments.report.methods import REFERENCE, method_order
+from experiments.report.method_table import choose_reference, method_statistics
+from experiments.report.methods import method_order
 from experiments.report.table_data import TableData
 from experiments.report.variants import short, variant_labels
 from experiments.run.config import home
 from experiments.run.records import iter_records
 from metrics.map_agreement import agreement_note
-from metrics.statistics import MARKS, best_methods, table_statistics
+from metrics.statistics import MARKS
 
 ARROW = {"higher": "↑", "lower": "↓"}
 TEX_ARROW = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
@@ -173,39 +174,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def reference_of(data: TableData, reference: Optional[str]) -> Optional[str]:
     """The method the tests compare every other against: ``reference`` if given (it must be in
     the table), else ``backtrace`` when present, else none."""
-    methods = set(data.scores["method"])
-    if reference is not None:
-        if reference not in methods:
-            raise TableError(f"unknown reference method {reference!r} for table {data.name!r}; "
-                             f"valid choices: {', '.join(method_order(sorted(methods)))}")
-        return reference
-    return REFERENCE if REFERENCE in methods else None
+    return choose_reference(sorted(set(data.scores["method"])), reference, f"table {data.name!r}")
 
 
 def build(data: TableData, reference: Optional[str] = None) -> dict[str, Any]:
-    """The statistics of one table, its wide layout (methods x metrics) and the bold sets."""
-    ref = reference_of(data, reference)
-    stats: dict[str, Any] = table_statistics(data.scores, data.directions, reference=ref)
-    summary, ranks = stats["summary"], stats["ranks"]
-    rows = []
-    for method in method_order(list(summary["method"].unique())):
-        part = summary[summary["method"] == method].set_index("metric")
-        row: dict[str, Any] = {"method": method}
-        for metric in data.directions:
-            if metric in part.index:
-                r = part.loc[metric]
-                row.update({metric: r["mean"], f"{metric}_ci_low": r["ci_low"], f"{metric}_ci_high": r["ci_high"],
-                            f"{metric}_n": int(r["n"]), f"{metric}_n_nan": int(r["n_nan"]),
-                            f"{metric}_rank": ranks.loc[method, metric] if metric in ranks.columns else np.nan})
-        row["mean_rank"] = ranks.loc[method, "mean_rank"] if method in ranks.index else np.nan
-        rt = data.runtime.get(method, {})
-        row["seconds_per_sample"] = rt.get("seconds_per_sample")
-        row["forward_backward_units"] = rt.get("forward_backward_units")
-        rows.append(row)
-    stats["wide"] = pd.DataFrame(rows)
-    stats["best"] = {m: set(best_methods(summary, m, d)) for m, d in data.directions.items()}
-    stats["reference"] = ref
-    return stats
+    """The statistics of one table, its wide layout (methods x metrics) and the bold sets
+    (:func:`experiments.report.method_table.method_statistics`, which the Python API's
+    ``summary_table`` shares)."""
+    return method_statistics(data.scores, data.directions, reference_of(data, reference), data.runtime)
 
 
 def _interval(row: pd.Series, metric: str, digits: int = 4) -> str:
