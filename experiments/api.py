@@ -75,8 +75,10 @@ def run_cell(overrides: Sequence[str] = (), config_dirs: ConfigDirs = ()) -> pd.
 
 def _run_checked(cfg: Any) -> pd.DataFrame:
     """Run a config from :func:`load_config` (checked there, so not again) and read its record."""
+    from experiments.run.config import announce_output_dirs
     from experiments.run.runner import run
 
+    announce_output_dirs([cfg])    # one line where a first run puts its records and models
     with _user_errors():
         result = run(cfg, checked=True)
     return record_frame(result.path)
