@@ -7,7 +7,10 @@
 - :func:`evaluate` scores any ``nn.Module`` on tensors you hold with chosen methods and metrics,
   without a dataset or model config: each method and metric is built from its config (its YAML
   on the search path, your own folders included) and run by the runner's own
-  :func:`experiments.run.runner.explain_and_score`.
+  :func:`experiments.run.runner.explain_and_score`; next to config names it takes your own
+  attributions (an array, or a function the metrics can call again: :mod:`experiments.own_attributions`).
+- :func:`summary_table` gives such a frame the paper tables' statistics (intervals, ranks, paired
+  tests), through the table writer's own function.
 
 Bad input raises :class:`experiments.errors.ConfigError` (or the error a method or metric raises)
 with the same one-line message ``run.py`` prints.
