@@ -22,6 +22,7 @@ from experiments.report import figures
 from experiments.report.methods import method_order, method_title
 from experiments.report.paper_tables import build, collect, to_markdown
 from experiments.report.table_data import TableData
+from experiments.run.config import home
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1500px;
@@ -158,7 +159,7 @@ against each other one (green: the reference is better, red: worse).</p>
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", default="results/runs", help="records to report (any sweep's results_dir)")
+    parser.add_argument("--results-dir", default=str(home() / "results" / "runs"), help="records to report (any sweep's results_dir)")
     parser.add_argument("--out", default="results/report", help="folder of index.html and its images")
     parser.add_argument("--reference", default=None,
                         help="the method the paired tests compare every other against (default: backtrace when present)")

@@ -7,8 +7,10 @@ themselves are drawn by ``experiments.report.figures``). Records of the paper's 
 name (``table=`` set by ``configs/experiment/``); any other sweep becomes a table named after its
 model and dataset, so ``--results-dir DIR`` turns any sweep into a table.
 
-Rows are method *variants*: the method's name plus the parameters that differ from its config
-file (``ig (n_steps=4)``), so a sweep over a method's parameters gives one row each. Every cell of
+Rows are method *variants* (:mod:`experiments.report.variants`): the name of the method config
+chosen plus every parameter that differs between its records or from the project's config file
+(``ig (n_steps=4)``), so a sweep over a method's parameters, or two configs of one's own of the
+same class, give one row each. Every cell of
 a table must have explained the same samples of the same data with the same model, output
 function, target and metric settings; a table whose cells differ is refused with one line naming
 the difference, and nothing is written.
@@ -26,7 +28,6 @@ number is printed to three significant digits (:func:`metrics.statistics.signifi
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -35,14 +36,16 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from baselines.vocabulary import OUTPUTS
 from experiments.errors import TableError
 from experiments.report.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
-from experiments.report.methods import REFERENCE, method_order
+from experiments.report.method_table import choose_reference, method_statistics
+from experiments.report.methods import method_order
 from experiments.report.table_data import TableData
+from experiments.report.variants import short, variant_labels
+from experiments.run.config import home
 from experiments.run.records import iter_records
 from metrics.map_agreement import agreement_note
-from metrics.statistics import (MARKS, best_methods, significant, smallest_wilcoxon_pvalue, table_statistics,
+from metrics.statistics import (MARKS, significant, smallest_wilcoxon_pvalue,
                                 wilcoxon_can_reach)
 
 ARROW = {"higher": "↑", "lower": "↓"}
@@ -57,38 +60,8 @@ RARITY = "rarity"
 ALPHA = 0.05
 
 
-# -- variants ------------------------------------------------------------------------------------
-
-def _method_defaults(target: str, output: str) -> Optional[dict[str, Any]]:
-    """The parameters of the ``configs/method`` file whose ``_target_`` is ``target`` (None for a
-    method that has no config file here)."""
-    from omegaconf import OmegaConf
-
-    from experiments.run.config import CONFIG_DIR, method_config
-
-    for path in sorted((CONFIG_DIR / "method").glob("*.yaml")):
-        if OmegaConf.load(path).get("_target_") == target:
-            resolved = method_config(path.stem, output if output in OUTPUTS else "softmax")
-            return OmegaConf.to_container(resolved, resolve=True)  # type: ignore[return-value]
-    return None
-
-
-def variant_label(record: dict[str, Any]) -> str:
-    """The method's name plus every parameter that differs from its config file, e.g.
-    ``ig (n_steps=4)``; the name alone for a method run as configured. Parameters that follow a
-    run setting (``output``) are the same for a whole table and never make a variant."""
-    name = record["method"]["name"]
-    params = dict(record["method"].get("params") or {})
-    defaults = _method_defaults(str(params.get("_target_")), str(record.get("output", "softmax")))
-    if defaults is None:
-        return name
-    diff = [f"{k}={_short(v)}" for k, v in sorted(params.items())
-            if k not in ("_target_", "output") and defaults.get(k, object()) != v]
-    return f"{name} ({', '.join(diff)})" if diff else name
-
-
 def _short(value: Any) -> str:
-    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return short(value)
 
 
 # -- collecting ----------------------------------------------------------------------------------
@@ -122,17 +95,27 @@ def _check_alike(name: str, cells: dict[str, tuple[dict, pd.DataFrame, Path]]) -
 
 
 def collect(results_dir: str | Path, tables: Optional[set[str]] = None) -> list[TableData]:
-    """Group the records by (table, model, dataset) and method variant (the newest record of a
-    variant wins), check that each table's cells are alike, and gather their scores."""
-    groups: dict[tuple[str, str, str], dict[str, tuple[dict, pd.DataFrame, Path]]] = {}
+    """Group the records by (table, model, dataset) and row (:mod:`experiments.report.variants`:
+    the method config's name plus every parameter that sets it apart), check that each table's
+    cells are alike, and gather their scores. Records of one row differ only in run settings
+    (a rerun with other samples): the newest is used, and a note names the one left out."""
+    records: dict[tuple[str, str, str], list[tuple[dict, pd.DataFrame, Path]]] = {}
     for record, scores, folder in iter_records(results_dir):
         key = _table_key(record)
         if tables and key[0] not in tables:
             continue
-        variant = variant_label(record)
-        current = groups.setdefault(key, {}).get(variant)
-        if current is None or record["created"] > current[0]["created"]:
-            groups[key][variant] = (record, scores, folder)
+        records.setdefault(key, []).append((record, scores, folder))
+    groups: dict[tuple[str, str, str], dict[str, tuple[dict, pd.DataFrame, Path]]] = {}
+    for key, cells in records.items():
+        rows = groups.setdefault(key, {})
+        for label, cell in zip(variant_labels([record for record, _, _ in cells]), cells):
+            current = rows.get(label)
+            if current is None:
+                rows[label] = cell
+                continue
+            newer, older = (cell, current) if cell[0]["created"] > current[0]["created"] else (current, cell)
+            rows[label] = newer
+            _note_superseded(key[0], label, newer, older)
     per_table: dict[str, int] = {}
     for table, _, _ in groups:
         per_table[table] = per_table.get(table, 0) + 1
@@ -142,6 +125,17 @@ def collect(results_dir: str | Path, tables: Optional[set[str]] = None) -> list[
         _check_alike(name, cells)
         out.append(_table_data(name, table, model, dataset, cells))
     return out
+
+
+def _note_superseded(table: str, label: str, newer: tuple[dict, pd.DataFrame, Path],
+                     older: tuple[dict, pd.DataFrame, Path]) -> None:
+    """One line on stderr: a row's older record (same method settings, other run settings) is not in the table."""
+    new_shared = _shared(newer[0], newer[1]["sample"].tolist())
+    old_shared = _shared(older[0], older[1]["sample"].tolist())
+    differ = [k for k in new_shared if new_shared[k] != old_shared.get(k)]
+    if differ:
+        print(f"note: table {table!r}: row {label!r} has two records that differ in {', '.join(differ)}; "
+              f"using the newer ({newer[2].name}), leaving out {older[2]}", file=sys.stderr)
 
 
 def _table_data(name: str, table: str, model: str, dataset: str,
@@ -183,39 +177,14 @@ def _fmt(value: Any) -> str:
 def reference_of(data: TableData, reference: Optional[str]) -> Optional[str]:
     """The method the tests compare every other against: ``reference`` if given (it must be in
     the table), else ``backtrace`` when present, else none."""
-    methods = set(data.scores["method"])
-    if reference is not None:
-        if reference not in methods:
-            raise TableError(f"unknown reference method {reference!r} for table {data.name!r}; "
-                             f"valid choices: {', '.join(method_order(sorted(methods)))}")
-        return reference
-    return REFERENCE if REFERENCE in methods else None
+    return choose_reference(sorted(set(data.scores["method"])), reference, f"table {data.name!r}")
 
 
 def build(data: TableData, reference: Optional[str] = None) -> dict[str, Any]:
-    """The statistics of one table, its wide layout (methods x metrics) and the bold sets."""
-    ref = reference_of(data, reference)
-    stats: dict[str, Any] = table_statistics(data.scores, data.directions, reference=ref)
-    summary, ranks = stats["summary"], stats["ranks"]
-    rows = []
-    for method in method_order(list(summary["method"].unique())):
-        part = summary[summary["method"] == method].set_index("metric")
-        row: dict[str, Any] = {"method": method}
-        for metric in data.directions:
-            if metric in part.index:
-                r = part.loc[metric]
-                row.update({metric: r["mean"], f"{metric}_ci_low": r["ci_low"], f"{metric}_ci_high": r["ci_high"],
-                            f"{metric}_n": int(r["n"]), f"{metric}_n_nan": int(r["n_nan"]),
-                            f"{metric}_rank": ranks.loc[method, metric] if metric in ranks.columns else np.nan})
-        row["mean_rank"] = ranks.loc[method, "mean_rank"] if method in ranks.index else np.nan
-        rt = data.runtime.get(method, {})
-        row["seconds_per_sample"] = rt.get("seconds_per_sample")
-        row["forward_backward_units"] = rt.get("forward_backward_units")
-        rows.append(row)
-    stats["wide"] = pd.DataFrame(rows)
-    stats["best"] = {m: set(best_methods(summary, m, d)) for m, d in data.directions.items()}
-    stats["reference"] = ref
-    return stats
+    """The statistics of one table, its wide layout (methods x metrics) and the bold sets
+    (:func:`experiments.report.method_table.method_statistics`, which the Python API's
+    ``summary_table`` shares)."""
+    return method_statistics(data.scores, data.directions, reference_of(data, reference), data.runtime)
 
 
 def _interval(row: pd.Series, metric: str) -> str:
@@ -518,7 +487,7 @@ def update_readme(readme: Path, tables_dir: Path, allow_smaller: bool = False) -
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", default="results/runs", help="records to tabulate (any sweep's results_dir)")
+    parser.add_argument("--results-dir", default=str(home() / "results" / "runs"), help="records to tabulate (any sweep's results_dir)")
     parser.add_argument("--out", default="results")
     parser.add_argument("--table", default=None, help="only this table (e.g. paper_tabular)")
     parser.add_argument("--reference", default=None,

@@ -7,14 +7,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 from baselines.vocabulary import check_choice
 from experiments.errors import ConfigError
-from experiments.run.config import ROOT, group_options, load_config
+from experiments.run.config import group_options, home, load_config
 
 
 def warm_up_model(table: str, overrides: list[str]) -> None:
@@ -45,9 +47,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("results_dir=")), "results/runs")
+    results_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("results_dir=")),
+                       str(home() / "results" / "runs"))
     start = time.perf_counter()
-    sweep = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", f"+experiment={args.table}", *args.overrides])
+    # the sweep as `backtrace-bench sweep` runs it, with this copy of the package importable
+    # wherever it is (a checkout or an installed wheel)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    sweep = subprocess.run([sys.executable, "-m", "experiments.cli", "sweep", f"+experiment={args.table}",
+                            *args.overrides], env=env)
     seconds = time.perf_counter() - start
     if sweep.returncode != 0:
         return sweep.returncode

@@ -37,8 +37,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.zoo.training import stable_hash
 
-# Settings that change where or how fast a run happens, not what it computes.
-NON_SEMANTIC = ("results_dir", "cache_dir", "force", "device", "batch_size", "threads")
+# Settings that change where or how fast a run happens, not what it computes; and the name of the
+# method config chosen (two configs of identical content compute the same cell).
+NON_SEMANTIC = ("results_dir", "cache_dir", "force", "device", "batch_size", "threads", "method_config")
 PACKAGES = ("torch", "numpy", "captum", "quantus", "shap", "lime", "hydra-core", "pandas",
             "scikit-learn", "scipy", "backtrace-bench")
 RECORD_FILES = ("record.json", "scores.csv", "arrays.npz")

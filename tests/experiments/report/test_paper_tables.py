@@ -163,11 +163,12 @@ def test_two_variants_of_one_method_are_two_rows(tmp_path):
                                                 "method": "gausslegendre", "internal_batch_size": 64,
                                                 "output": "softmax"})
     (data,) = collect(root)
-    assert sorted(data.folders) == ["backtrace", "ig", "ig (n_steps=4)"]
+    # n_steps differs between the two ig records: both rows say so (50 is also ig.yaml's own value)
+    assert sorted(data.folders) == ["backtrace", "ig (n_steps=4)", "ig (n_steps=50)"]
     out = tmp_path / "results"
     assert main(["--results-dir", str(root), "--out", str(out)]) == 0
     md = (out / "tables" / "toy_table.md").read_text()
-    assert "| ig (n_steps=4) | " in md and "| ig | " in md
+    assert "| ig (n_steps=4) | " in md and "| ig (n_steps=50) | " in md
 
 
 def test_a_table_whose_cells_differ_in_samples_is_refused_and_nothing_written(tmp_path, capsys):
