@@ -22,7 +22,7 @@ def test_the_summary_names_the_config_and_prints_three_significant_digits(capsys
     assert "tiny on blobs, method gxd_half, 8 samples" in out and "my_method" not in out
     assert "7.12e-04" in out and "0.0000" not in out
     assert "0.413" in out and "1.23e+04" in out
-    assert "explain 0.000123 s/sample" in out
+    assert "explain 1.23e-04 s/sample" in out
 
 
 def test_a_record_without_the_config_name_shows_the_class_name(capsys):
