@@ -113,13 +113,14 @@ def test_readme_table_is_not_replaced_by_one_of_fewer_samples(records, tmp_path,
     readme = _readme_with(tmp_path, "**toy_table**: model `mlp` on `toy`, 64 test samples; every method ...")
     before = readme.read_text()
     out = tmp_path / "results"
-    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--readme", str(readme)]) == 2
+    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--publish",
+                 "--readme", str(readme)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: table 'toy_table' in {readme} would shrink (test samples 64 -> 20); nothing written: rerun with "
         f"the README's sample sizes, or pass --allow-smaller to replace it anyway")
     assert readme.read_text() == before and not out.exists()
-    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--readme", str(readme),
-                 "--allow-smaller"]) == 0
+    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--publish",
+                 "--readme", str(readme), "--allow-smaller"]) == 0
     text = readme.read_text()
     assert "| old |" not in text and "20 test samples" in text and "| backtrace |" in text
     assert "<!-- table:other -->\nkept\n<!-- /table -->" in text      # a table not generated stays as it was
@@ -128,7 +129,7 @@ def test_readme_table_is_not_replaced_by_one_of_fewer_samples(records, tmp_path,
 def test_readme_table_of_as_many_samples_is_replaced_and_a_shrunk_metric_subset_refused(records, tmp_path, capsys):
     out = tmp_path / "results"
     readme = _readme_with(tmp_path, "**toy_table**: 20 test samples; every method ...")
-    assert main(["--results-dir", str(records), "--out", str(out), "--readme", str(readme)]) == 0
+    assert main(["--results-dir", str(records), "--out", str(out), "--publish", "--readme", str(readme)]) == 0
     assert "| old |" not in readme.read_text()
     readme = _readme_with(tmp_path, "**toy_table**: 20 test samples; (k NaN). faith: on the first 32 samples only "
                                     "(a declared budget).")
