@@ -177,10 +177,10 @@ def test_a_table_whose_cells_differ_in_samples_is_refused_and_nothing_written(tm
     _write(root, "backtrace", np.arange(8.0), np.arange(8.0))
     _write(root, "saliency", np.arange(16.0), np.arange(16.0))
     out = tmp_path / "results"
-    assert main(["--results-dir", str(root), "--out", str(out)]) == 2
+    assert main(["--results-dir", str(root), "--out", str(out), "--table", "toy_table"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("error: table 'toy_table' mixes runs that differ in samples ('backtrace' and 'saliency': "
-                   "8 vs 16 samples); rerun them with the same settings, or point --results-dir at one sweep")
+                   "8 vs 16 samples); rerun them with the same settings, or split it with --where n=8 (or n=16)")
     assert not out.exists()
 
 
