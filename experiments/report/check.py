@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.errors import ConfigError, DataError, TableError
 from experiments.report.evidence import MANIFEST, PUBLISHED, load_manifest, shown_path, table_files_problem
 from experiments.report.methods import method_order
+from experiments.run.text_table import text_table
 
 TOLERANCE = 1e-6
 OPTIONS = ("n_samples", "results_dir", "cache_dir", "threads", "method")
@@ -158,8 +159,9 @@ def check_table(folder: Path, options: dict[str, str], scratch: Path, cache_dir:
         return False
     print(f"{name}: model {model['name']} weights sha256 {here[:12]}, as in the evidence")
     k = int(options.get("n_samples", n_all))
-    print(f"{name}: rerunning {len(cells)} cells on {'the first ' + str(k) + ' of ' if k < n_all else 'all '}"
-          f"{n_all} samples into {scratch} (log: {log})")
+    samples = f"the first {k} of {n_all}" if k < n_all else f"all {n_all}"
+    print(f"{name}: rerunning {len(cells)} cell{'' if len(cells) == 1 else 's'} on {samples} samples into {scratch} "
+          f"(log: {log})")
 
     rows = []
     for cell in cells:
@@ -198,10 +200,9 @@ def _verdict(name: str, rows: list[dict[str, Any]]) -> bool:
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(method_order(list(dict.fromkeys(table["method"]))))}
     table = table.sort_values(["method", "order"], key=lambda col: col.map(order) if col.name == "method" else col)
-    shown = pd.DataFrame({"method": table["method"], "metric": table["metric"], "samples": table["samples"],
-                          "max |a-b|": table["abs"].map(_number), "max relative": table["rel"].map(_number),
-                          "": table["note"]})
-    print(shown.to_string(index=False))
+    shown = [{"method": r.method, "metric": r.metric, "samples": str(r.samples), "max |a-b|": _number(r.abs),
+              "max relative": _number(r.rel), **({"note": r.note} if r.note else {})} for r in table.itertuples()]
+    print(text_table(shown))
     worst = table.loc[table["rel"].idxmax()]
     bad = table[table["rel"] > TOLERANCE]
     if len(bad):

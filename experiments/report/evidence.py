@@ -68,7 +68,8 @@ def shown_path(path: Path) -> str:
 
 def evidence_line(name: str, folder: Path) -> str:
     """The sentence under a published table that names its evidence and the check."""
-    root = "" if folder.parent.resolve() == (PUBLISHED / "evidence").resolve() else f" --evidence {shown_path(folder.parent)}"
+    published = folder.parent.resolve() == (PUBLISHED / "evidence").resolve()
+    root = "" if published else f" --evidence {shown_path(folder.parent)}"
     return (f"Evidence: `{shown_path(folder)}/` holds each cell's `record.json` and per-sample `scores.csv` "
             f"(the model's weight hash included); `python -m experiments.reproduce {name} --check{root}` reruns "
             f"the cells and compares.")

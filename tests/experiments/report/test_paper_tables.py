@@ -197,11 +197,14 @@ def test_any_reference_method_and_a_clear_error_for_an_unknown_one(records, tmp_
 @pytest.mark.slow
 def test_tiny_paper_tabular_sweep_end_to_end(tmp_path):
     env = {**os.environ, "BACKTRACE_BENCH_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
-    runs, cache, out = tmp_path / "runs", tmp_path / "cache", tmp_path / "results"
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    published = {p: p.read_bytes() for p in (ROOT / "results").rglob("*") if p.is_file()}
     cmd = [sys.executable, "-m", "experiments.reproduce", "paper_tabular", "n_samples=6", "model.train.epochs=5",
-           f"results_dir={runs}", f"cache_dir={cache}", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1500)
+           f"results_dir={runs}", f"cache_dir={cache}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = runs                                      # the tables go next to the records, not into results/
+    assert {p: p.read_bytes() for p in (ROOT / "results").rglob("*") if p.is_file()} == published
     assert "sweep paper_tabular:" in proc.stdout
     records = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
     methods = {r["method"]["name"] for r in records}
