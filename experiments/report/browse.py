@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from experiments.errors import ConfigError
-from experiments.report.paper_tables import variant_label
 from experiments.report.selection import as_text, check_keys, matches, parse_filters, table_name
+from experiments.report.variants import variant_labels
 from experiments.run.records import iter_records
 from experiments.run.text_table import text_table
 
@@ -32,10 +32,22 @@ def select(results_dir: str | Path, tokens: list[str]) -> list[dict[str, Any]]:
     return sorted(chosen, key=lambda r: str(r.get("created", "")), reverse=True)
 
 
+def row_labels(records: list[dict[str, Any]]) -> list[str]:
+    """Each record's row in its table (:func:`experiments.report.variants.variant_labels`, asked
+    of the listed records of that table)."""
+    labels: dict[int, str] = {}
+    tables: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        tables.setdefault(table_name(record), []).append(i)
+    for members in tables.values():
+        labels.update(zip(members, variant_labels([records[i] for i in members])))
+    return [labels[i] for i in range(len(records))]
+
+
 def list_lines(records: list[dict[str, Any]]) -> str:
     rows = [{"hash": r["config_hash"], "table": table_name(r), "model": r["model"]["name"],
-             "dataset": r["dataset"]["name"], "method": variant_label(r), "n": r["n_samples"],
-             "created": r.get("created", "")} for r in records]
+             "dataset": r["dataset"]["name"], "method": label, "n": r["n_samples"], "created": r.get("created", "")}
+            for r, label in zip(records, row_labels(records))]
     return text_table(rows)
 
 
@@ -58,7 +70,7 @@ def show_text(record: dict[str, Any], folder: Optional[Path] = None) -> str:
                   f"{str(model.get('weights_sha256') or '-')[:12]}"
                   + (f", test accuracy {acc:.3f})" if acc is not None else ")")),
         ("dataset", f"{record['dataset']['name']} ({record['dataset'].get('modality', '-')})"),
-        ("method", f"{variant_label(record)}: " + ", ".join(
+        ("method", f"{row_labels([record])[0]}: " + ", ".join(
             f"{k}={as_text(v)}" for k, v in (record["method"].get("params") or {}).items() if k != "_target_")),
         ("samples", f"{record['n_samples']} explained ({cfg.get('sample_selection', '-')}, seed {cfg.get('seed', '-')})"),
         ("output, target", f"{record.get('output', cfg.get('output'))}, {cfg.get('target', '-')} class"),

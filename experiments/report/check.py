@@ -8,7 +8,7 @@ resolved config, its per-sample scores and the weight hash of the model it expla
 2. the model the config gives here (loaded from the cache, or trained) has the evidence's weight
    hash; a different model is one line and exit code 1, before any cell runs;
 3. every cell is rerun from its recorded config (all samples, or the first ``n_samples=K``) into
-   a scratch folder, never the checkout's ``results/``: a temporary folder, deleted after a pass
+   a scratch folder, never the published ``results/``: a temporary folder, deleted after a pass
    and kept after a failure, or ``results_dir=DIR``;
 4. per method and metric (and per diagnostic column, e.g. backtrace's conservation), the largest
    absolute and relative difference over the samples both hold is printed; any relative
@@ -36,7 +36,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import ConfigError, DataError, TableError
-from experiments.report.evidence import MANIFEST, PUBLISHED, load_manifest, shown_path, table_files_problem
+from experiments.report.evidence import MANIFEST, load_manifest, published_root, shown_path, table_files_problem
 from experiments.report.methods import method_order
 from experiments.run.text_table import text_table
 
@@ -123,7 +123,6 @@ def check_table(folder: Path, options: dict[str, str], scratch: Path, cache_dir:
     from experiments.run.pipeline import prepare
     from experiments.run.records import load_record
     from experiments.run.runner import run
-    from experiments.zoo.training import weights_hash
 
     manifest = load_manifest(folder)
     name = manifest["name"]
@@ -152,7 +151,7 @@ def check_table(folder: Path, options: dict[str, str], scratch: Path, cache_dir:
     log = scratch / "check.log"
     scratch.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh, contextlib.redirect_stdout(fh):
-        here = weights_hash(prepare(next(iter(configs.values()))).trained)
+        here = str(prepare(next(iter(configs.values()))).trained.weights_sha256)
     if here != expected:
         print(f"{name}: a different model: {model['name']} (cache key {model.get('cache_key')}) has weights sha256 "
               f"{here[:12]} here, the evidence {expected[:12]}; no cell rerun")
@@ -220,12 +219,12 @@ def check(table: str, overrides: Sequence[str], evidence_root: Optional[str | Pa
     """Exit code of the check: 0 passed, 1 a score or the model differs, 2 bad input (one line)."""
     try:
         options = parse_options(overrides)
-        root = Path(evidence_root) if evidence_root is not None else PUBLISHED / "evidence"
+        root = Path(evidence_root) if evidence_root is not None else published_root() / "evidence"
         folders = evidence_folders(root, table)
         given = options.get("results_dir")
-        if given is not None and Path(given).resolve().is_relative_to(PUBLISHED.resolve()):
-            raise ConfigError(f"results_dir={given} is inside the checkout's results/; the check writes only to a "
-                              f"scratch folder: choose another")
+        if given is not None and Path(given).resolve().is_relative_to(published_root().resolve()):
+            raise ConfigError(f"results_dir={given} is inside the published results/ ({published_root()}); the "
+                              f"check writes only to a scratch folder: choose another")
         from experiments.run.config import check_writable, compose
 
         cache_dir = options.get("cache_dir") or str(compose(["metrics=none"]).cache_dir)

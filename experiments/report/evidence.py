@@ -33,10 +33,15 @@ from filelock import FileLock
 
 from experiments.errors import TableError
 from experiments.report.table_data import TableData
-from experiments.run.config import ROOT
+from experiments.run.config import home
 
-# Where published tables, figures, the report page and evidence live (``--publish``).
-PUBLISHED = ROOT / "results"
+
+def published_root() -> Path:
+    """Where published tables, figures, the report page and evidence live (``--publish``):
+    ``results/`` under the harness's home (the current folder, or ``$BACKTRACE_BENCH_HOME``; in a
+    checkout run from its root, the committed ``results/``)."""
+    return home() / "results"
+
 
 MANIFEST = "evidence.json"
 # A cell's arrays.npz travels with the evidence only up to this size: the attributions of a
@@ -68,7 +73,7 @@ def shown_path(path: Path) -> str:
 
 def evidence_line(name: str, folder: Path) -> str:
     """The sentence under a published table that names its evidence and the check."""
-    published = folder.parent.resolve() == (PUBLISHED / "evidence").resolve()
+    published = folder.parent.resolve() == (published_root() / "evidence").resolve()
     root = "" if published else f" --evidence {shown_path(folder.parent)}"
     return (f"Evidence: `{shown_path(folder)}/` holds each cell's `record.json` and per-sample `scores.csv` "
             f"(the model's weight hash included); `python -m experiments.reproduce {name} --check{root}` reruns "

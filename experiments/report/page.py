@@ -22,7 +22,8 @@ from typing import Any, Optional, Sequence
 from experiments.errors import ConfigError, TableError
 from experiments.report import figures
 from experiments.report.methods import method_order, method_title
-from experiments.report.paper_tables import PUBLISHED, build, collect, to_markdown
+from experiments.report.evidence import published_root
+from experiments.report.paper_tables import build, collect, to_markdown
 from experiments.report.selection import Filter, parse_filters
 from experiments.report.table_data import TableData
 from experiments.run.config import home
@@ -132,9 +133,9 @@ def report_folder(results_dir: str | Path, out: Optional[str | Path], publish: b
     """``out``, else ``<results_dir>/report``; with ``publish``, ``out`` or the published
     ``results/report`` (refused without it)."""
     if publish:
-        return Path(out) if out is not None else PUBLISHED / "report"
+        return Path(out) if out is not None else published_root() / "report"
     folder = Path(out) if out is not None else Path(results_dir) / "report"
-    if folder.resolve() == (PUBLISHED / "report").resolve():
+    if folder.resolve() == (published_root() / "report").resolve():
         raise TableError(f"--out {folder} holds the published report; add --publish to write there")
     return folder
 

@@ -4,13 +4,14 @@
 table per (table, model, dataset) next to them: ``<results-dir>/tables/<name>.{md,csv,tex}`` and,
 for images, ``<results-dir>/figures/<name>_heatmaps.png`` (for text, ``<name>_tokens.{png,html}``;
 the figures themselves are drawn by ``experiments.report.figures``), or under ``--out``. Only
-``--publish`` writes the checkout's ``results/`` (or ``--out``): the tables, their figures and
-their evidence (``results/evidence/<name>/``, :mod:`experiments.report.evidence`), moved in
-together; a publish that would replace a table by one of fewer samples is refused
-(``--allow-smaller`` replaces it anyway). Records of the paper's experiments carry their table's
-name (``table=`` set by ``configs/experiment/``); any other sweep becomes a table named after its
-model and dataset, so ``--results-dir DIR`` turns any sweep into a table; ``--where KEY=VALUE``
-takes only the records that match (:mod:`experiments.report.selection`).
+``--publish`` writes the published ``results/`` (under the current folder or
+``$BACKTRACE_BENCH_HOME``; or ``--out``): the tables, their figures and their evidence
+(``results/evidence/<name>/``, :mod:`experiments.report.evidence`), moved in together; a publish
+that would replace a table by one of fewer samples is refused (``--allow-smaller`` replaces it
+anyway). Records of the paper's experiments carry their table's name (``table=`` set by
+``configs/experiment/``); any other sweep becomes a table named after its model and dataset, so
+``--results-dir DIR`` turns any sweep into a table; ``--where KEY=VALUE`` takes only the records
+that match (:mod:`experiments.report.selection`).
 
 Rows are method *variants* (:mod:`experiments.report.variants`): the name of the method config
 chosen plus every parameter that differs between its records or from the project's config file
@@ -44,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.errors import ConfigError, TableError
-from experiments.report.evidence import PUBLISHED, evidence_line, publish, write_evidence
+from experiments.report.evidence import evidence_line, publish, published_root, write_evidence
 from experiments.report.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
 from experiments.report.method_table import choose_reference, method_statistics
 from experiments.report.methods import method_order
@@ -468,12 +469,12 @@ def write_figures(data: TableData, figures: Path) -> list[Path]:
 
 def output_folder(results_dir: str | Path, out: Optional[str | Path], publish: bool) -> Path:
     """Where tables/ and figures/ go: ``out``, else next to the records read (``results_dir``);
-    with ``publish``, ``out`` or the checkout's ``results/``. The checkout's ``results/`` is
+    with ``publish``, ``out`` or the published ``results/``. The published ``results/`` is
     refused without ``publish``: what is there is published, with its evidence and its guard."""
     if publish:
-        return Path(out) if out is not None else PUBLISHED
+        return Path(out) if out is not None else published_root()
     folder = Path(out) if out is not None else Path(results_dir)
-    if folder.resolve() == PUBLISHED.resolve():
+    if folder.resolve() == published_root().resolve():
         raise TableError(f"--out {out or results_dir} holds the published tables; add --publish to write there "
                          f"(with their evidence, refused where a table would shrink)")
     return folder

@@ -6,7 +6,8 @@ check a published table against its evidence.
 ``python -m experiments.paper_tables --table paper_image --results-dir <results_dir>``; it prints
 the wall time of the sweep. The tables go next to the records (``<results_dir>/tables/``, or
 ``--out``); ``--publish`` (with ``--readme README.md`` to refresh its blocks) publishes them into the
-checkout's ``results/`` with their evidence, refused where a table would shrink.
+published ``results/`` (under the current folder, or $BACKTRACE_BENCH_HOME) with their evidence,
+refused where a table would shrink.
 
 ``python -m experiments.reproduce paper_tabular --check [n_samples=K] [results_dir=DIR]
 [method=a,b]`` reruns the published table's cells and compares them with its evidence
@@ -47,7 +48,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                      "(--check: n_samples=K results_dir=DIR method=a,b)")
     parser.add_argument("--out", default=None,
                         help="where tables/ and figures/ go (default: the sweep's results_dir; with --publish: "
-                             "the checkout's results/)")
+                             "results/)")
     parser.add_argument("--publish", action="store_true",
                         help="publish the tables with their evidence into results/ (or --out)")
     parser.add_argument("--readme", default=None, help="with --publish: also refresh this README's table block")

@@ -28,7 +28,7 @@ SHORTCUTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "table": table_name,
     "model": lambda r: r["model"]["name"],
     "dataset": lambda r: r["dataset"]["name"],
-    "method": lambda r: r["method"]["name"],
+    "method": lambda r: r["method"].get("config") or r["method"]["name"],   # the method config chosen
     "n": lambda r: r.get("n_samples"),
     "created": lambda r: r.get("created"),
     "cache_key": lambda r: r["model"].get("cache_key"),

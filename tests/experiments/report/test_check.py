@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from experiments.report.check import TOLERANCE, check, relative
-from experiments.report.evidence import PUBLISHED
 from experiments.run.config import ROOT
 
 N_PUBLISHED, N_CHECKED = 12, 6
@@ -63,8 +62,9 @@ def _copy(published, tmp_path):
 
 
 @pytest.mark.slow
-def test_check_passes_on_unchanged_code_and_writes_nothing_into_results(published, capsys):
-    before = _tree(PUBLISHED)
+def test_check_passes_on_unchanged_code_and_writes_nothing_into_results(published, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKTRACE_BENCH_HOME", str(tmp_path / "home"))
+    before = _tree(ROOT / "results")
     code = check("paper_tabular", [f"n_samples={N_CHECKED}", f"cache_dir={published / 'cache'}"],
                  published / "out" / "evidence")
     out = capsys.readouterr().out.splitlines()
@@ -82,7 +82,7 @@ def test_check_passes_on_unchanged_code_and_writes_nothing_into_results(publishe
     assert all(r[2] == str(N_CHECKED) for r in rows)
     assert all(float(r[4]) <= TOLERANCE for r in rows)
     assert out[-1].startswith(f"paper_tabular: passed: all {len(rows)} method x metric within 1e-06 of the evidence")
-    assert _tree(PUBLISHED) == before
+    assert _tree(ROOT / "results") == before and not (tmp_path / "home").exists()
 
 
 @pytest.mark.slow
@@ -159,23 +159,24 @@ def test_bad_check_options_are_one_line(tmp_path, capsys, overrides, message):
     assert capsys.readouterr().err.strip() == f"error: {message}"
 
 
-def test_unknown_tables_and_a_scratch_inside_results_are_refused(tmp_path, capsys):
+def test_unknown_tables_and_a_scratch_inside_results_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BACKTRACE_BENCH_HOME", str(tmp_path / "home"))
     assert check("nope", [], tmp_path) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: no evidence for table 'nope' under {tmp_path}; tables with evidence: (none; publish one with "
         f"paper_tables --publish)")
     (tmp_path / "toy").mkdir()
     (tmp_path / "toy" / "evidence.json").write_text(json.dumps({"name": "toy", "table": "toy", "cells": []}))
-    inside = PUBLISHED / "scratch"
+    inside = tmp_path / "home" / "results" / "scratch"
     assert check("toy", [f"results_dir={inside}"], tmp_path) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: results_dir={inside} is inside the checkout's results/; the check writes only to a scratch folder: "
-        f"choose another")
+        f"error: results_dir={inside} is inside the published results/ ({tmp_path / 'home' / 'results'}); the check "
+        f"writes only to a scratch folder: choose another")
     assert not inside.exists()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (PUBLISHED / "evidence" / "paper_tabular" / "evidence.json").is_file(),
+@pytest.mark.skipif(not (ROOT / "results" / "evidence" / "paper_tabular" / "evidence.json").is_file(),
                     reason="no published evidence of paper_tabular in this checkout")
 def test_the_published_paper_tabular_reproduces_on_its_first_16_samples():
     """CI's cheap check of the committed evidence: every cell on 16 samples."""

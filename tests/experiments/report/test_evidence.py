@@ -102,14 +102,12 @@ def test_a_publish_that_fails_midway_leaves_the_old_table_and_evidence(runs, tmp
 
 
 def test_without_publish_nothing_reaches_the_published_folder(runs, tmp_path, monkeypatch):
-    from experiments.report import paper_tables
-
-    published = tmp_path / "checkout_results"
-    monkeypatch.setattr(paper_tables, "PUBLISHED", published)
+    monkeypatch.setenv("BACKTRACE_BENCH_HOME", str(tmp_path / "home"))
+    published = tmp_path / "home" / "results"
     assert tables(["--results-dir", str(runs)]) == 0
     assert sorted(p.name for p in (runs / "tables").iterdir()) == ["toy.csv", "toy.md", "toy.tex"]
     assert "Evidence:" not in (runs / "tables" / "toy.md").read_text()
     assert not published.exists()
-    assert tables(["--results-dir", str(runs), "--publish"]) == 0          # --publish: the checkout's results/
+    assert tables(["--results-dir", str(runs), "--publish"]) == 0          # --publish: <home>/results/
     assert (published / "evidence" / "toy" / "evidence.json").is_file()
     assert json.loads((published / "evidence" / "toy" / "evidence.json").read_text())["name"] == "toy"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.report import page, paper_tables
 from experiments.report.page import main as report
 from experiments.report.paper_tables import main as tables
 from tests.helpers.table_records import write_cell
@@ -29,11 +28,10 @@ MIXED_WARNING = ("warning: skipping table 'mixed': it mixes runs that differ in 
 
 @pytest.fixture
 def published(tmp_path, monkeypatch):
-    """The checkout's results/ (where --publish writes) moved into the test's folder, watched."""
-    folder = tmp_path / "checkout_results"
-    monkeypatch.setattr(paper_tables, "PUBLISHED", folder)
-    monkeypatch.setattr(page, "PUBLISHED", folder)
-    return folder
+    """The published results/ (where --publish writes: results/ under $BACKTRACE_BENCH_HOME) in the
+    test's folder, watched."""
+    monkeypatch.setenv("BACKTRACE_BENCH_HOME", str(tmp_path / "home"))
+    return tmp_path / "home" / "results"
 
 
 def test_all_tables_skip_a_mixed_one_with_one_line_and_write_the_rest(mixed, capsys, published):
