@@ -74,6 +74,21 @@ def seeded(seed: int) -> Iterator[None]:
             random.setstate(py_state)
 
 
+def sample_seed(seed: int, *parts: Any) -> int:
+    """A seed for the random draws about one sample, from the run seed and the sample itself (the
+    bytes of its input and target): the draws follow the sample, not its position in a batch or
+    how many samples a run explains, so a sample gets the same draws in every run that holds it."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256(str(int(seed)).encode())
+    for part in parts:
+        array = part.detach().cpu().numpy() if hasattr(part, "detach") else np.asarray(part)
+        digest.update(str(array.dtype).encode() + np.ascontiguousarray(array).tobytes())
+    return int.from_bytes(digest.digest()[:4], "little")
+
+
 def device_of(model: torch.nn.Module) -> torch.device:
     """The device of the model's parameters (the CPU for a model without parameters)."""
     import torch

@@ -34,8 +34,7 @@ MODULES = {
     "tables": ("experiments.report.paper_tables", "the results tables of the run records"),
     "report": ("experiments.report", "the static report page of every table"),
     "reproduce": ("experiments.report.reproduce", "one paper table end to end: its sweep, then the table"),
-    # The records browser: ``python -m experiments.records list|show``; this subcommand runs it
-    # once that module is part of the package, and says it is missing until then.
+    # The records browser: ``python -m experiments.records list|show``.
     "records": ("experiments.records", "browse the stored run records (list, show)"),
 }
 RUNS = {"run": "one benchmark cell: the overrides of run.py (model=mlp method=ig ...)",

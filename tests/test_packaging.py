@@ -146,8 +146,10 @@ def test_the_readme_commands_run_from_any_folder_with_the_installed_command(inst
     assert "mlp on breast_cancer, method ig, 8 samples" in outputs[0] and "note:" not in outputs[1]
     records = [json.loads((p / "record.json").read_text()) for p in runs.iterdir() if (p / "record.json").exists()]
     assert sorted(r["method"]["config"] for r in records) == ["gradxinput", "ig", "saliency"]
-    assert (tmp_path / "results" / "tables" / "mlp_breast_cancer.md").is_file()
-    assert (tmp_path / "results" / "report" / "index.html").is_file()
+    # tables and the report page go next to the records they read, never into a published results/
+    assert (runs / "tables" / "mlp_breast_cancer.md").is_file()
+    assert (runs / "report" / "index.html").is_file()
+    assert not (tmp_path / "results" / "tables").exists()
 
 
 @pytest.mark.slow

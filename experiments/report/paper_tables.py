@@ -1,19 +1,27 @@
 """Turn run records into tables: methods as rows, metrics as columns, with intervals and tests.
 
 ``python -m experiments.paper_tables`` reads every record under ``--results-dir`` and writes one
-table per (table, model, dataset): ``results/tables/<name>.{md,csv,tex}`` and, for images,
-``results/figures/<name>_heatmaps.png`` (for text, ``<name>_tokens.{png,html}``; the figures
-themselves are drawn by ``experiments.report.figures``). Records of the paper's experiments carry their table's
-name (``table=`` set by ``configs/experiment/``); any other sweep becomes a table named after its
-model and dataset, so ``--results-dir DIR`` turns any sweep into a table.
+table per (table, model, dataset) next to them: ``<results-dir>/tables/<name>.{md,csv,tex}`` and,
+for images, ``<results-dir>/figures/<name>_heatmaps.png`` (for text, ``<name>_tokens.{png,html}``;
+the figures themselves are drawn by ``experiments.report.figures``), or under ``--out``. Only
+``--publish`` writes the published ``results/`` (under the current folder or
+``$BACKTRACE_BENCH_HOME``; or ``--out``): the tables, their figures and their evidence
+(``results/evidence/<name>/``, :mod:`experiments.report.evidence`), moved in together; a publish
+that would replace a table by one of fewer samples is refused (``--allow-smaller`` replaces it
+anyway). Records of the paper's experiments carry their table's name (``table=`` set by
+``configs/experiment/``); any other sweep becomes a table named after its model and dataset, so
+``--results-dir DIR`` turns any sweep into a table; ``--where KEY=VALUE`` takes only the records
+that match (:mod:`experiments.report.selection`).
 
 Rows are method *variants* (:mod:`experiments.report.variants`): the name of the method config
 chosen plus every parameter that differs between its records or from the project's config file
 (``ig (n_steps=4)``), so a sweep over a method's parameters, or two configs of one's own of the
 same class, give one row each. Every cell of
 a table must have explained the same samples of the same data with the same model, output
-function, target and metric settings; a table whose cells differ is refused with one line naming
-the difference, and nothing is written.
+function, target and metric settings. A table whose cells differ is skipped with a one-line
+warning naming it, the differing setting and the ``--where`` filter that splits it, and the other
+tables are written; a table asked for by name (``--table``) is refused with that line instead, and
+nothing is written.
 
 Every number is computed on the samples every method scored (``metrics.statistics.common_samples``):
 the mean with its bootstrap 95% interval, ranks, the Friedman test, and Wilcoxon signed-rank tests
@@ -31,15 +39,18 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from experiments.errors import TableError
+from experiments.errors import ConfigError, TableError
+from experiments.report.evidence import evidence_line, publish, published_root, write_evidence
 from experiments.report.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
 from experiments.report.method_table import choose_reference, method_statistics
 from experiments.report.methods import method_order
+from experiments.report.selection import (Filter, as_text, check_keys, first_difference, matches, parse_filters,
+                                         table_name)
 from experiments.report.table_data import TableData
 from experiments.report.variants import short, variant_labels
 from experiments.run.config import home
@@ -67,8 +78,7 @@ def _short(value: Any) -> str:
 # -- collecting ----------------------------------------------------------------------------------
 
 def _table_key(record: dict[str, Any]) -> tuple[str, str, str]:
-    table = record["config"].get("table") or f"{record['model']['name']}_{record['dataset']['name']}"
-    return table, record["model"]["name"], record["dataset"]["name"]
+    return table_name(record), record["model"]["name"], record["dataset"]["name"]
 
 
 def _shared(record: dict[str, Any], samples: list[int]) -> dict[str, Any]:
@@ -79,32 +89,72 @@ def _shared(record: dict[str, Any], samples: list[int]) -> dict[str, Any]:
     return out
 
 
-def _check_alike(name: str, cells: dict[str, tuple[dict, pd.DataFrame, Path]]) -> None:
-    """Refuse a table whose cells differ in samples, data, model, output or metric settings."""
+def _difference(key: str, names: tuple[str, str], records: tuple[dict, dict], values: tuple[Any, Any]) -> tuple[str, str]:
+    """What differs between two cells in ``key`` (the clause) and how a filter splits them (the
+    hint): the first config path whose values differ, e.g. ``--where n_samples=8``."""
+    split: Optional[tuple[str, Any, Any]] = None
+    if key == "samples":
+        a, b = values
+        detail = f"{len(a)} vs {len(b)} samples" if len(a) != len(b) else "different values"
+        split = ("n", records[0]["n_samples"], records[1]["n_samples"]) if len(a) != len(b) else None
+    else:
+        split = first_difference(records[0]["config"].get(key), records[1]["config"].get(key), key)
+        if split is None and key == "model":            # one model config, different cache keys
+            split = ("cache_key", values[0], values[1])
+        if split is not None and any(isinstance(v, dict) for v in split[1:]):
+            detail, split = f"{split[0]} set in one only", None
+        else:
+            detail = f"{split[0]}={as_text(split[1])} vs {as_text(split[2])}" if split else "different values"
+    clause = f"mixes runs that differ in {key} ({names[0]!r} and {names[1]!r}: {detail})"
+    hint = (f"split it with --where {split[0]}={as_text(split[1])} (or {split[0]}={as_text(split[2])})" if split
+            else "point --results-dir at one sweep")
+    return clause, hint
+
+
+def mixed_settings(cells: dict[str, tuple[dict, pd.DataFrame, Path]]) -> Optional[tuple[str, str]]:
+    """None when a table's cells share samples, data, model (and its weights, where recorded),
+    output and metric settings; else (what differs, how to split the table)."""
     shared = {variant: _shared(rec, scores["sample"].tolist()) for variant, (rec, scores, _) in cells.items()}
     first_variant, first = next(iter(shared.items()))
     for variant, s in shared.items():
         for key in first:
             if s[key] != first[key]:
-                what = "samples" if key == "samples" else key
-                detail = (f"{len(first[key])} vs {len(s[key])} samples" if key == "samples" and len(first[key]) != len(s[key])
-                          else "different values")
-                raise TableError(
-                    f"table {name!r} mixes runs that differ in {what} ({first_variant!r} and {variant!r}: {detail}); "
-                    f"rerun them with the same settings, or point --results-dir at one sweep")
+                return _difference(key, (first_variant, variant), (cells[first_variant][0], cells[variant][0]),
+                                   (first[key], s[key]))
+    weights = {v: rec["model"].get("weights_sha256") for v, (rec, _, _) in cells.items() if rec["model"].get("weights_sha256")}
+    distinct = list(dict.fromkeys(weights.values()))
+    if len(distinct) > 1:
+        va, vb = (next(v for v, w in weights.items() if w == d) for d in distinct[:2])
+        wa, wb = distinct[0][:12], distinct[1][:12]
+        return (f"mixes runs that differ in model weights ({va!r} and {vb!r}: sha256 {wa} vs {wb})",
+                f"split it with --where weights={wa} (or weights={wb})")
+    return None
 
 
-def collect(results_dir: str | Path, tables: Optional[set[str]] = None) -> list[TableData]:
-    """Group the records by (table, model, dataset) and row (:mod:`experiments.report.variants`:
-    the method config's name plus every parameter that sets it apart), check that each table's
-    cells are alike, and gather their scores. Records of one row differ only in run settings
-    (a rerun with other samples): the newest is used, and a note names the one left out."""
+def collect(results_dir: str | Path, tables: Optional[set[str]] = None, where: Sequence[Filter] = (),
+            skip_mixed: bool = False) -> list[TableData]:
+    """Group the records (those matching ``where``) by (table, model, dataset) and row
+    (:mod:`experiments.report.variants`: the method config's name plus every parameter that sets
+    it apart), check that each table's cells are alike, and gather their scores. Records of one
+    row differ only in run settings (a rerun with other samples): the newest is used, and a note
+    names the one left out. A table that mixes settings is refused (:class:`TableError`, one line),
+    or with ``skip_mixed`` left out with a one-line warning on stderr (refused only if none is
+    left). Asked for tables (``tables``) that the records lack: refused with the tables they hold."""
+    found = list(iter_records(results_dir))
+    check_keys([record for record, _, _ in found], where)
     records: dict[tuple[str, str, str], list[tuple[dict, pd.DataFrame, Path]]] = {}
-    for record, scores, folder in iter_records(results_dir):
+    seen: set[str] = set()
+    for record, scores, folder in found:
+        if where and not matches(record, where):
+            continue
         key = _table_key(record)
+        seen.add(key[0])
         if tables and key[0] not in tables:
             continue
         records.setdefault(key, []).append((record, scores, folder))
+    if tables and not records and seen:
+        raise TableError(f"no table {', '.join(sorted(tables))!r} under {results_dir}"
+                         + (" matching --where" if where else "") + f"; tables there: {', '.join(sorted(seen))}")
     groups: dict[tuple[str, str, str], dict[str, tuple[dict, pd.DataFrame, Path]]] = {}
     for key, cells in records.items():
         rows = groups.setdefault(key, {})
@@ -119,11 +169,22 @@ def collect(results_dir: str | Path, tables: Optional[set[str]] = None) -> list[
     per_table: dict[str, int] = {}
     for table, _, _ in groups:
         per_table[table] = per_table.get(table, 0) + 1
-    out = []
+    out, skipped = [], []
     for (table, model, dataset), cells in sorted(groups.items()):
         name = table if per_table[table] == 1 else f"{table}_{model}_{dataset}"
-        _check_alike(name, cells)
+        mixed = mixed_settings(cells)
+        if mixed is not None:
+            clause, hint = mixed
+            if not skip_mixed:
+                raise TableError(f"table {name!r} {clause}; rerun them with the same settings, or {hint}")
+            print(f"warning: skipping table {name!r}: it {clause}; {hint}, or rerun them with the same settings",
+                  file=sys.stderr)
+            skipped.append(name)
+            continue
         out.append(_table_data(name, table, model, dataset, cells))
+    if skipped and not out:
+        raise TableError(f"every table under {results_dir} mixes settings ({', '.join(skipped)}); nothing written "
+                         f"(see the warnings above)")
     return out
 
 
@@ -406,26 +467,70 @@ def write_figures(data: TableData, figures: Path) -> list[Path]:
     return [p for p in made if p is not None]
 
 
-def write_tables(results_dir: str | Path, out_dir: str | Path, only: Optional[str] = None,
+def output_folder(results_dir: str | Path, out: Optional[str | Path], publish: bool) -> Path:
+    """Where tables/ and figures/ go: ``out``, else next to the records read (``results_dir``);
+    with ``publish``, ``out`` or the published ``results/``. The published ``results/`` is
+    refused without ``publish``: what is there is published, with its evidence and its guard."""
+    if publish:
+        return Path(out) if out is not None else published_root()
+    folder = Path(out) if out is not None else Path(results_dir)
+    if folder.resolve() == published_root().resolve():
+        raise TableError(f"--out {out or results_dir} holds the published tables; add --publish to write there "
+                         f"(with their evidence, refused where a table would shrink)")
+    return folder
+
+
+def _table_files(data: TableData, stats: dict[str, Any], md: str, tables: Path) -> list[Path]:
+    tables.mkdir(parents=True, exist_ok=True)
+    (tables / f"{data.name}.md").write_text(md)
+    stats["wide"].to_csv(tables / f"{data.name}.csv", index=False)
+    (tables / f"{data.name}.tex").write_text(to_latex(data, stats))
+    return [tables / f"{data.name}.{ext}" for ext in ("md", "csv", "tex")]
+
+
+def publish_table(data: TableData, stats: dict[str, Any], md: str, out: Path) -> list[Path]:
+    """Publish one table into ``out``: its files, figures and evidence staged, then moved in
+    together (:func:`experiments.report.evidence.publish`)."""
+    def write(stage: Path) -> dict[str, list[Path]]:
+        files = _table_files(data, stats, md, stage / "tables")
+        figures = write_figures(data, stage / "figures")
+        evidence = write_evidence(data, stage / "evidence" / data.name,
+                                  {f"tables/{p.name}": p for p in files})
+        return {"tables": files, "figures": figures, "evidence": [evidence]}
+    return publish(data.name, out, write)
+
+
+def published_markdown(data: TableData, stats: dict[str, Any], out: Path) -> str:
+    """A published table's markdown: the table, then the line naming its evidence folder."""
+    return to_markdown(data, stats) + "\n" + evidence_line(data.name, out / "evidence" / data.name) + "\n"
+
+
+def write_tables(results_dir: str | Path, out_dir: Optional[str | Path] = None, only: Optional[str] = None,
                  reference: Optional[str] = None, readme: Optional[Path] = None,
-                 allow_smaller: bool = False) -> list[Path]:
-    """Build every table first (refusing the lot if one cannot be made, or, with ``readme``, if
-    it would replace a README table by one of fewer samples), then write them."""
-    out = Path(out_dir)
-    built = [(data, build(data, reference)) for data in collect(results_dir, {only} if only else None)]
-    if readme is not None:
-        check_readme(readme, out / "tables", {data.name: to_markdown(data, stats) for data, stats in built},
-                     allow_smaller)
+                 allow_smaller: bool = False, publish: bool = False, where: Sequence[Filter] = ()) -> list[Path]:
+    """Build every table first (refusing the lot if one cannot be made; asked for every table, a
+    table that mixes settings is left out with a warning), then write them next to the records
+    (:func:`output_folder`). With ``publish``, refuse the lot if a table would replace a published
+    one (or, with ``readme``, a README table) of more samples, then publish each with its evidence."""
+    out = output_folder(results_dir, out_dir, publish)
+    if readme is not None and not publish:
+        raise TableError("--readme refreshes the README's published tables: add --publish")
+    built = [(data, build(data, reference)) for data in
+             collect(results_dir, {only} if only else None, where, skip_mixed=only is None)]
+    mds = {data.name: (published_markdown(data, stats, out) if publish else to_markdown(data, stats))
+           for data, stats in built}
+    if publish:
+        check_published(out / "tables", mds, allow_smaller)
+        if readme is not None:
+            check_readme(readme, out / "tables", mds, allow_smaller)
     written = []
     for data, stats in built:
-        tables = out / "tables"
-        tables.mkdir(parents=True, exist_ok=True)
-        md = to_markdown(data, stats)
-        (tables / f"{data.name}.md").write_text(md)
-        stats["wide"].to_csv(tables / f"{data.name}.csv", index=False)
-        (tables / f"{data.name}.tex").write_text(to_latex(data, stats))
-        written += [tables / f"{data.name}.{ext}" for ext in ("md", "csv", "tex")]
-        written += write_figures(data, out / "figures")
+        md = mds[data.name]
+        if publish:
+            written += publish_table(data, stats, md, out)
+        else:
+            written += _table_files(data, stats, md, out / "tables")
+            written += write_figures(data, out / "figures")
         print(md)
     return written
 
@@ -445,6 +550,27 @@ def sample_sizes(block: str) -> dict[str, int]:
     return sizes
 
 
+def _refuse_shrink(name: str, where: str, old: str, new: str, allow_smaller: bool, sizes_of: str) -> None:
+    """Refuse (one line) replacing the table ``old`` by ``new`` of fewer samples: fewer test
+    samples, or a metric scored on fewer (``allow_smaller``: replace anyway)."""
+    before, after = sample_sizes(old), sample_sizes(new)
+    if "all" not in before or "all" not in after or allow_smaller:
+        return
+    shrunk = [(key, n, after.get(key, after["all"])) for key, n in before.items() if after.get(key, after["all"]) < n]
+    if shrunk:
+        what = "; ".join(f"{'test samples' if key == 'all' else key + ' samples'} {n} -> {m}" for key, n, m in shrunk)
+        raise TableError(f"table {name!r} in {where} would shrink ({what}); nothing written: rerun with "
+                         f"{sizes_of} sample sizes, or pass --allow-smaller to replace it anyway")
+
+
+def check_published(tables_dir: Path, new: dict[str, str], allow_smaller: bool = False) -> None:
+    """Refuse publishing a table over a published one (``tables_dir/<name>.md``) of more samples."""
+    for name, body in new.items():
+        md = tables_dir / f"{name}.md"
+        if md.is_file():
+            _refuse_shrink(name, str(md), md.read_text(), body, allow_smaller, "the published")
+
+
 def check_readme(readme: Path, tables_dir: Path, new: Optional[dict[str, str]] = None,
                  allow_smaller: bool = False) -> dict[str, str]:
     """The new body of each README table block (``new``, else ``tables_dir/<name>.md``; a block
@@ -459,15 +585,7 @@ def check_readme(readme: Path, tables_dir: Path, new: Optional[dict[str, str]] =
         body = (new or {}).get(name) or (md.read_text() if md.exists() else None)
         if body is None:
             continue
-        before, after = sample_sizes(old), sample_sizes(body)
-        if "all" in before and "all" in after and not allow_smaller:
-            shrunk = [(key, n, after.get(key, after["all"])) for key, n in before.items()
-                      if after.get(key, after["all"]) < n]
-            if shrunk:
-                what = "; ".join(f"{'test samples' if key == 'all' else key + ' samples'} {n} -> {m}"
-                                 for key, n, m in shrunk)
-                raise TableError(f"table {name!r} in {readme} would shrink ({what}); nothing written: rerun with "
-                                 f"the README's sample sizes, or pass --allow-smaller to replace it anyway")
+        _refuse_shrink(name, str(readme), old, body, allow_smaller, "the README's")
         bodies[name] = body
     return bodies
 
@@ -487,26 +605,37 @@ def update_readme(readme: Path, tables_dir: Path, allow_smaller: bool = False) -
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", default=str(home() / "results" / "runs"), help="records to tabulate (any sweep's results_dir)")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--results-dir", default=str(home() / "results" / "runs"),
+                        help="records to tabulate (any sweep's results_dir)")
+    parser.add_argument("--out", default=None,
+                        help="where tables/ and figures/ go (default: the --results-dir folder; with --publish: "
+                             "results/)")
+    parser.add_argument("--publish", action="store_true",
+                        help="publish: tables, figures and evidence/<table>/ into results/ (or --out), refused "
+                             "where a table would shrink")
     parser.add_argument("--table", default=None, help="only this table (e.g. paper_tabular)")
+    parser.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="only the records that match, e.g. n_samples=16 model=mlp (splits a mixed table)")
     parser.add_argument("--reference", default=None,
                         help="the method the paired tests compare every other against (default: backtrace when present)")
-    parser.add_argument("--readme", default=None, help="also refresh the table blocks of this README")
+    parser.add_argument("--readme", default=None, help="with --publish: also refresh the table blocks of this README")
     parser.add_argument("--allow-smaller", action="store_true",
-                        help="let --readme replace a table by one of fewer samples (refused otherwise)")
+                        help="let --publish replace a table by one of fewer samples (refused otherwise)")
     args = parser.parse_args(argv)
     readme = Path(args.readme) if args.readme else None
     try:
-        written = write_tables(args.results_dir, args.out, args.table, args.reference, readme, args.allow_smaller)
+        where = parse_filters(args.where)
+        written = write_tables(args.results_dir, args.out, args.table, args.reference, readme, args.allow_smaller,
+                               args.publish, where)
         if written and readme is not None:
-            update_readme(readme, Path(args.out) / "tables", args.allow_smaller)
-    except TableError as exc:
+            update_readme(readme, output_folder(args.results_dir, args.out, True) / "tables", args.allow_smaller)
+    except (TableError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not written:
         print(f"error: no records under {args.results_dir}"
               + (f" for table {args.table!r}" if args.table else "")
+              + (f" matching --where {' '.join(args.where)}" if args.where else "")
               + "; run e.g. `python run.py -m +experiment=paper_tabular` first", file=sys.stderr)
         return 2
     print("wrote:\n" + "\n".join(f"  {p}" for p in written))

@@ -200,6 +200,7 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(cfg.get(key), str) or not cfg.get(key):
             raise ConfigError(f"{key} must be a path, got {cfg.get(key)!r}")
     check_extras(cfg)
+    check_metric_entries(cfg.get("metrics"))
 
 
 def check_extras(cfg: DictConfig) -> None:
@@ -210,6 +211,18 @@ def check_extras(cfg: DictConfig) -> None:
         return
     if not all(installed(m) for m in ("tensorflow", "keras")):
         raise needs_extra("model", model.get("name"), "tf")
+
+
+def check_metric_entries(metrics: Any) -> None:
+    """Every entry of ``metrics`` must be a whole metric config. Settings merged into ``metrics.<name>``
+    from outside the chosen set (an experiment config that sets a metric's parameters itself) outlive
+    ``metrics=none`` or another set as a stub without ``_target_``: refused here, before any work."""
+    for name, entry in (metrics or {}).items():
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            keys = ", ".join(str(k) for k in entry) if isinstance(entry, DictConfig) else repr(entry)
+            raise ConfigError(f"metric {name!r} has settings ({keys}) but no _target_: the chosen metric set lacks "
+                              f"it; set metric parameters in a metric set (configs/metrics/<set>.yaml), not in an "
+                              f"experiment config")
 
 
 def check_writable(key: str, path: str | os.PathLike[str]) -> None:

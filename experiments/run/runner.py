@@ -24,8 +24,8 @@ from experiments.run.config import check_output_dirs, name_method_config, valida
 from experiments.run.launchers import run_threads
 from experiments.run.pipeline import Prepared, prepare
 from experiments.run.progress import bar
-from experiments.run.records import (config_hash, package_versions, record_path, record_problem, recover,
-                                     write_record)
+from experiments.run.records import (config_hash, load_record, package_versions, record_path, record_problem,
+                                     recover, write_record)
 from experiments.run.sweep_index import record_cell
 from experiments.zoo.training import predict
 from metrics.statistics import significant
@@ -148,8 +148,10 @@ def run(cfg: DictConfig, checked: bool = False) -> RunResult:
     path = record_path(cfg.results_dir, chash)
     problem = record_problem(path)
     if problem is None and not cfg.force:
+        record, _ = load_record(path)
+        print_summary(record, path, stored=True)
         print(f"record exists, skipping: {path} (force=true reruns)")
-        return RunResult(path, None, True)
+        return RunResult(path, record, True)
     if problem is not None and path.exists():
         print(f"record {path} is invalid ({problem}); recomputing it")
     method_cls = check_method(cfg)
@@ -321,7 +323,8 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
         "versions": package_versions(),
         "model": {"name": cfg.model.name, "kind": prep.model_kind, "test_accuracy": prep.trained.accuracy,
                   "cache_key": prep.trained.cache_key, "from_cache": prep.trained.from_cache,
-                  "train_seconds": prep.trained.train_seconds},
+                  "train_seconds": prep.trained.train_seconds,
+                  "weights_sha256": prep.trained.weights_sha256},   # what reproduce --check compares first
         "dataset": {"name": ds.name, "modality": ds.modality, "n_test": int(len(ds.x_test)),
                     "n_classes": ds.n_classes, "class_names": ds.class_names,
                     "ground_truth": ds.ground_truth is not None},   # figures need not rebuild the data
@@ -360,9 +363,11 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
     return RunResult(path, record, False)
 
 
-def print_summary(record: dict[str, Any], path: Path) -> None:
+def print_summary(record: dict[str, Any], path: Path, stored: bool = False) -> None:
+    """The cell's scores per metric (``stored``: read back from an existing record, said in the title)."""
     method = record["method"].get("config") or record["method"]["name"]
-    title = f"{record['model']['name']} on {record['dataset']['name']}, method {method}, {record['n_samples']} samples"
+    title = (f"{record['model']['name']} on {record['dataset']['name']}, method {method}, {record['n_samples']} samples"
+             + (f" (stored {record.get('created', '')})" if stored else ""))
     # three significant digits: a mean of 7e-4 must not print as 0.0000
     rows = [(name, "higher" if m["direction"] == "higher" else "lower", significant(m["mean"]), str(m["n"]),
              str(m["n_nan"]))

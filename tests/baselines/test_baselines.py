@@ -243,6 +243,21 @@ def test_seed_changes_stochastic_attributions(name, modality):
     assert not torch.equal(a, b)
 
 
+@pytest.mark.parametrize("modality", ["tabular", "image"])
+def test_lime_explains_a_sample_the_same_whatever_came_before_it(modality):
+    """lime draws from one generator; it is reseeded per sample from the run seed and the sample,
+    so a sample's map is the same alone, in a batch, after other samples, or in another order
+    (a table's first samples then score as in the full table)."""
+    method = build("lime", modality, seed=3)
+    x = data(modality, 3)
+    together = explain(method, x, TARGETS)
+    explain(method, data(modality, 5)[3:], torch.tensor([2, 0]))             # other samples first
+    alone = explain(method, x[1:2], TARGETS[1:2])
+    reordered = explain(method, x[[2, 0, 1]], TARGETS[[2, 0, 1]])
+    assert torch.equal(alone[0], together[1])
+    assert torch.equal(reordered, together[[2, 0, 1]])
+
+
 @pytest.mark.parametrize("name", ["smoothgrad", "shap_kernel", "shap_gradient", "lime", "random"])
 def test_stochastic_methods_leave_global_generators_alone(name):
     modality = "tabular"

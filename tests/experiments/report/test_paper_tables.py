@@ -113,13 +113,14 @@ def test_readme_table_is_not_replaced_by_one_of_fewer_samples(records, tmp_path,
     readme = _readme_with(tmp_path, "**toy_table**: model `mlp` on `toy`, 64 test samples; every method ...")
     before = readme.read_text()
     out = tmp_path / "results"
-    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--readme", str(readme)]) == 2
+    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--publish",
+                 "--readme", str(readme)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: table 'toy_table' in {readme} would shrink (test samples 64 -> 20); nothing written: rerun with "
         f"the README's sample sizes, or pass --allow-smaller to replace it anyway")
     assert readme.read_text() == before and not out.exists()
-    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--readme", str(readme),
-                 "--allow-smaller"]) == 0
+    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--publish",
+                 "--readme", str(readme), "--allow-smaller"]) == 0
     text = readme.read_text()
     assert "| old |" not in text and "20 test samples" in text and "| backtrace |" in text
     assert "<!-- table:other -->\nkept\n<!-- /table -->" in text      # a table not generated stays as it was
@@ -128,7 +129,7 @@ def test_readme_table_is_not_replaced_by_one_of_fewer_samples(records, tmp_path,
 def test_readme_table_of_as_many_samples_is_replaced_and_a_shrunk_metric_subset_refused(records, tmp_path, capsys):
     out = tmp_path / "results"
     readme = _readme_with(tmp_path, "**toy_table**: 20 test samples; every method ...")
-    assert main(["--results-dir", str(records), "--out", str(out), "--readme", str(readme)]) == 0
+    assert main(["--results-dir", str(records), "--out", str(out), "--publish", "--readme", str(readme)]) == 0
     assert "| old |" not in readme.read_text()
     readme = _readme_with(tmp_path, "**toy_table**: 20 test samples; (k NaN). faith: on the first 32 samples only "
                                     "(a declared budget).")
@@ -176,10 +177,10 @@ def test_a_table_whose_cells_differ_in_samples_is_refused_and_nothing_written(tm
     _write(root, "backtrace", np.arange(8.0), np.arange(8.0))
     _write(root, "saliency", np.arange(16.0), np.arange(16.0))
     out = tmp_path / "results"
-    assert main(["--results-dir", str(root), "--out", str(out)]) == 2
+    assert main(["--results-dir", str(root), "--out", str(out), "--table", "toy_table"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("error: table 'toy_table' mixes runs that differ in samples ('backtrace' and 'saliency': "
-                   "8 vs 16 samples); rerun them with the same settings, or point --results-dir at one sweep")
+                   "8 vs 16 samples); rerun them with the same settings, or split it with --where n=8 (or n=16)")
     assert not out.exists()
 
 
@@ -196,11 +197,14 @@ def test_any_reference_method_and_a_clear_error_for_an_unknown_one(records, tmp_
 @pytest.mark.slow
 def test_tiny_paper_tabular_sweep_end_to_end(tmp_path):
     env = {**os.environ, "BACKTRACE_BENCH_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
-    runs, cache, out = tmp_path / "runs", tmp_path / "cache", tmp_path / "results"
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    published = {p: p.read_bytes() for p in (ROOT / "results").rglob("*") if p.is_file()}
     cmd = [sys.executable, "-m", "experiments.reproduce", "paper_tabular", "n_samples=6", "model.train.epochs=5",
-           f"results_dir={runs}", f"cache_dir={cache}", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1500)
+           f"results_dir={runs}", f"cache_dir={cache}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = runs                                      # the tables go next to the records, not into results/
+    assert {p: p.read_bytes() for p in (ROOT / "results").rglob("*") if p.is_file()} == published
     assert "sweep paper_tabular:" in proc.stdout
     records = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
     methods = {r["method"]["name"] for r in records}
