@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from experiments.data.datasets import Dataset
-from experiments.errors import ConfigError, unimportable
+from experiments.errors import ConfigError, missing_extra, needs_extra, quiet_lookup, unimportable
 
 
 @dataclass
@@ -131,7 +131,8 @@ def build_network(model_cfg: DictConfig, dataset: Dataset, cache_dir: Optional[s
     from hydra.utils import get_method, instantiate
 
     try:
-        factory = get_method(model_cfg.net._target_)
+        with quiet_lookup():
+            factory = get_method(model_cfg.net._target_)
     except ImportError as exc:
         raise unimportable("model", model_cfg.net._target_, exc) from None
     params = inspect.signature(factory).parameters.values()
@@ -146,6 +147,9 @@ def build_network(model_cfg: DictConfig, dataset: Dataset, cache_dir: Optional[s
         cause = exc.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
+        extra = missing_extra(exc)
+        if extra is not None:        # a network built with an optional framework that is not installed
+            raise needs_extra("model", model_cfg.name, extra) from None
         if isinstance(cause, (TypeError, ValueError)):  # a value of the wrong kind in model.net
             raise ConfigError(f"model {model_cfg.name}: cannot build {model_cfg.net._target_} from model.net "
                               f"({type(cause).__name__}: {cause})".replace("\n", " ")) from None
