@@ -24,12 +24,12 @@ import torch
 
 from baselines.vocabulary import OUTPUTS, check_choice
 from metrics.base import MetricInfo
-from metrics.text import TextLeRFAUC, TextMetric, TextMoRFAUC, TokenAUPRC
+from metrics.text import TextLeRFAUC, TextMetric, TextMoRFAUC, TokenAveragePrecision
 
 CURVES = ("logits", "output")
 
 
-class SourceAP(TokenAUPRC):
+class SourceAP(TokenAveragePrecision):
     """Average precision of the source tokens (the ground truth) when feature tokens are ranked by
     |attribution|: 1 when every source outranks every other token. NaN where a sample has no
     source among its feature tokens. The model is not called."""
