@@ -21,8 +21,10 @@ either, wherever they come from: the indices of a ``topk`` over router logits, a
 activations. A live op that computes one is an ``"aux"`` node: a choice the model makes, read by
 the rules that select by it (the index an expert's tokens are gathered by), given none.
 
-An in-place op on a live value (``x.div_(s)``) is mapped when its node is a scale: later readers
-of ``x`` read the op's node, and the runner records a copy of ``x`` as it was before it changed.
+An in-place op on a live value (``x.div_(s)``) is mapped when its node is a scale (torch.export's
+graph has the later readers of ``x`` read the op's output; a view of ``x`` taken before would
+bypass it, which a scale's rule allows): the runner records a copy of ``x`` as it was before it
+changed, for the rules of the ops that read it earlier.
 
 Adding an op: a rule for its kind (:func:`backtrace.rules.register`, with the kind in
 :mod:`backtrace.ops`) and one line in the table of each front end that can produce it.
@@ -367,11 +369,9 @@ class Lowering:
         self.inert.add(n)
 
     def in_place(self, n: fx.Node) -> None:
-        """``n`` changed its first operand in place (and was mapped): later readers of the operand
-        read ``n``'s node, and the operand's value is recorded as it was before."""
-        target = n.args[0]
-        self.mutated.add(self.ir_of[target])
-        self.ir_of[target] = self.ir_of[n]
+        """``n`` changed its first operand in place (and was mapped): the operand's value is
+        recorded as it was before."""
+        self.mutated.add(self.ir_of[n.args[0]])
 
     # the walk ----------------------------------------------------------------------------------
     def build(self) -> Graph:

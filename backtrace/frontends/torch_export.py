@@ -169,7 +169,8 @@ def _topk(b: Lowering, n: fx.Node, ins: list) -> None:
 
 def _in_place(h: Handler) -> Handler:
     """``x.mul_(s)`` / ``x.div_(s)`` by a constant or a statistic (the renormalised top-k
-    routing weights): see :meth:`Lowering.in_place`."""
+    routing weights): see :meth:`Lowering.in_place`. Only scales: a view of ``x`` taken before
+    the op reads ``x`` past it, which only a rule that hands relevance on unchanged allows."""
 
     def emit(b: Lowering, n: fx.Node, ins: list) -> None:
         if n.args[0] not in b.live:

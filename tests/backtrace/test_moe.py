@@ -376,6 +376,8 @@ def test_a_product_by_a_computed_or_3d_matrix_is_the_linear_rule_per_matrix(mode
 
 
 class InPlace(nn.Module):
+    """A row scale written in place (after another layer read the row) or not."""
+
     def __init__(self, in_place: bool) -> None:
         super().__init__()
         self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(6, 3)
@@ -384,21 +386,29 @@ class InPlace(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc1(x)
         early = self.fc2(h)                                  # reads h before it is scaled
-        h = h.div_(h.abs().sum(-1, keepdim=True)) if self.in_place else h / h.abs().sum(-1, keepdim=True)
+        if self.in_place:
+            h.div_(h.abs().sum(-1, keepdim=True))          # fc2's rule reads h as it was before
+        else:
+            h = h / h.abs().sum(-1, keepdim=True)
         return early + self.fc3(h)
+
+
+def _explain_alike(make: Callable[[bool], nn.Module], x: Tensor, mode: str) -> nn.Module:
+    """``make(True)`` and ``make(False)`` (one model written two ways, same weights) explain alike
+    through torch.export; returns the first."""
+    written, other = make(True).to(DT).eval(), make(False).to(DT).eval()
+    other.load_state_dict(written.state_dict())
+    for a, b in zip(_maps(explain(written, x, mode=mode, frontend="export")),
+                    _maps(explain(other, x, mode=mode, frontend="export"))):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    return written
 
 
 @pytest.mark.parametrize("mode", ["default", "contrastive"])
 def test_an_in_place_scale_explains_as_its_out_of_place_form(mode: str) -> None:
     torch.manual_seed(0)
-    x = torch.randn(3, 4, dtype=DT)
-    plain = InPlace(False).to(DT).eval()
-    mutating = InPlace(True).to(DT).eval()
-    mutating.load_state_dict(plain.state_dict())
-    for a, b in zip(_maps(explain(mutating, x, mode=mode, frontend="export")),
-                    _maps(explain(plain, x, mode=mode, frontend="export"))):
-        assert a.abs().sum() > 0
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    _explain_alike(InPlace, torch.randn(3, 4, dtype=DT), mode)
 
 
 def test_an_in_place_product_of_two_live_values_is_refused_by_name() -> None:
@@ -435,17 +445,10 @@ class WhereGate(nn.Module):
 def test_a_condition_computed_from_the_input_routes_relevance_and_takes_none(mode: str) -> None:
     torch.manual_seed(0)
     x = torch.randn(3, 4, dtype=DT)
-    written = WhereGate(True).to(DT).eval()
-    module = WhereGate(False).to(DT).eval()
-    module.load_state_dict(written.state_dict())
-    bt = Backtrace(written, frontend="export")
+    bt = Backtrace(_explain_alike(WhereGate, x, mode), frontend="export")
     bt.predict(x)
-    (cond,) = [n for n in bt.graph.nodes if n.kind == "where"]
-    assert bt.graph.node(cond.inputs[0]).kind == "aux"
-    for a, b in zip(_maps(explain(written, x, mode=mode, frontend="export")),
-                    _maps(explain(module, x, mode=mode, frontend="export"))):
-        assert a.abs().sum() > 0
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    (where,) = [n for n in bt.graph.nodes if n.kind == "where"]
+    assert bt.graph.node(where.inputs[0]).kind == "aux"
 
 
 class Router(nn.Module):
