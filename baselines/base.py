@@ -90,6 +90,9 @@ class Explainer:
     outputs: ClassVar[tuple[str, ...]] = OUTPUTS  # functions of the model it can explain
     frameworks: ClassVar[tuple[str, ...]] = FRAMEWORKS    # frameworks whose models it can explain
     deterministic: ClassVar[bool] = True
+    # False where the map never reads the model's output (attention weights, the controls): such a
+    # method explains no output function, and tables say "reads no output" instead of naming one.
+    reads_output: ClassVar[bool] = True
     # True where image attributions are one map per pixel, (N, 1, H, W), instead of one per input
     # channel: every channel reduction leaves such a map unchanged (GradCAM, LIME's superpixels).
     pixel_map: ClassVar[bool] = False
