@@ -116,6 +116,11 @@ CATALOGUE: dict[str, OpKind] = {k.name: k for k in (
     OpKind("mul", elementwise=True),
     OpKind("scale", elementwise=True),
     OpKind("pointwise", elementwise=True),
+    # routing (mixture of experts): selections by computed indices, layers whose weights a row picks
+    OpKind("topk", ("dim",)),
+    OpKind("index", ("slots",), moves=True, index_like=True),
+    OpKind("batched_linear", ("side",), weights=True, records_activation=True),
+    OpKind("grouped_linear", weights=True, records_activation=True),
     # attention and masks
     OpKind("matmul", ("recompute",)),
     OpKind("attention", ("is_causal", "scale", "enable_gqa")),

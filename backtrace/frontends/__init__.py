@@ -93,6 +93,9 @@ class ExportFrontEnd(FrontEnd):
     cache_size = 8
 
     def __init__(self, model: nn.Module) -> None:
+        from backtrace.frontends.torch_export import exportable_experts
+
+        exportable_experts(model)
         self.model = model
         self.exports: "OrderedDict[tuple, tuple[Graph, Runner]]" = OrderedDict()
 

@@ -16,6 +16,16 @@ refused by name (:func:`backtrace.inputs.integer_input_error`). A live op that r
 value other than through a lookup reads it through an ``"aux"`` alias, so none of its relevance
 lands on the ids.
 
+Values with an integer or boolean dtype (told by front ends that see dtypes) carry no relevance
+either, wherever they come from: the indices of a ``topk`` over router logits, a comparison of
+activations. A live op that computes one is an ``"aux"`` node: a choice the model makes, read by
+the rules that select by it (the index an expert's tokens are gathered by), given none.
+
+An in-place op on a live value (``x.div_(s)``) is mapped when its node is a scale (torch.export's
+graph has the later readers of ``x`` read the op's output; a view of ``x`` taken before would
+bypass it, which a scale's rule allows): the runner records a copy of ``x`` as it was before it
+changed, for the rules of the ops that read it earlier.
+
 Adding an op: a rule for its kind (:func:`backtrace.rules.register`, with the kind in
 :mod:`backtrace.ops`) and one line in the table of each front end that can produce it.
 """
@@ -222,6 +232,7 @@ class Lowering:
         self.inert: set[fx.Node] = set()          # index path and aux values: they take no relevance
         self.aliases: dict[fx.Node, str] = {}     # an inert value read by a live op, as an aux node
         self.reading_live = False
+        self.mutated: set[str] = set()            # IR names of values an in-place op changes later
 
     # what a front end says -----------------------------------------------------------------
     def handler_of(self, n: fx.Node) -> Optional[Handler]:
@@ -242,6 +253,10 @@ class Lowering:
 
     def is_integer_input(self, n: fx.Node, name: str) -> bool:
         return name in self.integer
+
+    def integer_valued(self, n: fx.Node) -> bool:
+        """``n``'s value holds integers or booleans (front ends that see dtypes say so)."""
+        return False
 
     def skip(self, n: fx.Node) -> bool:
         """Nodes that are not values of the graph (sizes, export's guards)."""
@@ -353,6 +368,11 @@ class Lowering:
         self.emit(n, "aux", [], base=n.name)
         self.inert.add(n)
 
+    def in_place(self, n: fx.Node) -> None:
+        """``n`` changed its first operand in place (and was mapped): the operand's value is
+        recorded as it was before."""
+        self.mutated.add(self.ir_of[n.args[0]])
+
     # the walk ----------------------------------------------------------------------------------
     def build(self) -> Graph:
         inputs: list[str] = []
@@ -377,6 +397,9 @@ class Lowering:
             else:
                 self._call(n)
         assert output is not None
+        for node in self.nodes:
+            if node.name in self.mutated:
+                node.meta["mutated"] = True
         return Graph(nodes=self.nodes, inputs=tuple(inputs), output=output)
 
     def _output(self, n: fx.Node) -> str:
@@ -394,6 +417,9 @@ class Lowering:
         data = [d for d in node_args((n.args, n.kwargs)) if d in self.ir_of]
         ids = self.lookup_indices(n)
         if any(d in self.live for d in data) or (ids is not None and ids in self.origin):
+            if ids is None and self.integer_valued(n):
+                self.aux(n)                          # indices, masks: a choice made from the input
+                return
             self.live.add(n)
             self.reading_live = ids is None          # a lookup reads the ids themselves
             try:
@@ -498,17 +524,19 @@ def check_supported(graph: Graph) -> None:
 class Recorder(fx.Interpreter):
     """Runs a graph module keeping the values the graph's nodes read (``wanted`` fx node names);
     every other intermediate (e.g. a convolution's output before a folded BatchNorm) is freed
-    after its last use, as in a plain forward pass."""
+    after its last use, as in a plain forward pass. Values an in-place op changes later
+    (``copied``) are kept as copies taken when they were computed."""
 
-    def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
+    def __init__(self, gm: fx.GraphModule, wanted: set[str], copied: frozenset[str] = frozenset()) -> None:
         super().__init__(gm, garbage_collect_values=True)
         self.wanted = wanted
+        self.copied = copied
         self.kept: dict[str, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
         if n.name in self.wanted:
-            self.kept[n.name] = value
+            self.kept[n.name] = value.clone() if n.name in self.copied and isinstance(value, Tensor) else value
         return value
 
 
@@ -517,9 +545,10 @@ def runner(graph: Graph, gm: fx.GraphModule) -> Runner:
     ``wanted`` (and any other node that shares a recorded value, e.g. a layer with its folded
     BatchNorm)."""
     fx_of = {n.name: n.meta["fx"] for n in graph.nodes if n.kind != "constant"}
+    copied = frozenset(n.meta["fx"] for n in graph.nodes if n.meta.get("mutated"))
 
     def run(inputs: Sequence[Any], wanted: set) -> dict:
-        rec = Recorder(gm, {fx_of[w] for w in wanted if w in fx_of})
+        rec = Recorder(gm, {fx_of[w] for w in wanted if w in fx_of}, copied)
         rec.run(*inputs)
         return {n.name: rec.kept[n.meta["fx"]] for n in graph.nodes
                 if n.kind != "constant" and n.meta["fx"] in rec.kept}

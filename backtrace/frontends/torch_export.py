@@ -129,15 +129,57 @@ def _div(b: Lowering, n: fx.Node, ins: list) -> None:
     b.emit(n, "scale", [a for a in n.args[:2] if isinstance(a, fx.Node)])
 
 
-@handler("matmul", "linear")
+@handler("matmul", "linear", "batched_linear")
 def _product(b: Lowering, n: fx.Node, ins: list) -> None:
     x, w = n.args[0], n.args[1]
     if x in b.live and w in b.live:
         b.emit(n, "matmul", [x, w])
     elif x in b.live and _is_param(w) and _val(w).dim() == 2:
         b.emit(n, "linear", [x], dense_params(b.const(w).t(), None))
+    elif _val(x).dim() < 2 or _val(w).dim() < 2:
+        raise Unmapped("a product with a vector")
     else:
-        raise Unmapped("a product of a live value with a computed (non-parameter) matrix")
+        # the other factor carries no relevance (weights an MoE router picked per row, a constant)
+        b.emit(n, "batched_linear", [x, w], {"side": "left" if x in b.live else "right"})
+
+
+@handler("grouped_linear")
+def _grouped_mm(b: Lowering, n: fx.Node, ins: list) -> None:
+    names = ["input", "weight", "offs", "bias"]
+    a = dict(zip(names, n.args))
+    a.update(n.kwargs)
+    x, w, offs = a["input"], a["weight"], a.get("offs")
+    if (w in b.live or not isinstance(offs, fx.Node) or a.get("bias") is not None
+            or _val(x).dim() != 2 or _val(w).dim() != 3):
+        raise Unmapped("a grouped product other than rows grouped by offsets times one weight matrix per group")
+    b.emit(n, "grouped_linear", [x, w, offs])
+
+
+@handler("index")
+def _index(b: Lowering, n: fx.Node, ins: list) -> None:
+    x, indices = n.args[0], n.args[1]
+    b.emit(n, "index", [x] + [i for i in indices if i is not None], {"slots": tuple(i is not None for i in indices)})
+
+
+@handler("topk")
+def _topk(b: Lowering, n: fx.Node, ins: list) -> None:
+    dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", -1)
+    b.emit(n, "topk", [n.args[0]], {"dim": int(dim)})
+
+
+def _in_place(h: Handler) -> Handler:
+    """``x.mul_(s)`` / ``x.div_(s)`` by a constant or a statistic (the renormalised top-k
+    routing weights): see :meth:`Lowering.in_place`. Only scales: a view of ``x`` taken before
+    the op reads ``x`` past it, which only a rule that hands relevance on unchanged allows."""
+
+    def emit(b: Lowering, n: fx.Node, ins: list) -> None:
+        if n.args[0] not in b.live:
+            raise Unmapped("an in-place op on a value that carries no relevance, by one that does")
+        h(b, n, ins)
+        if b.nodes[-1].kind != "scale":
+            raise Unmapped("an in-place product of two values computed from the input")
+        b.in_place(n)
+    return Handler(("scale",), emit)
 
 
 @handler("matmul")
@@ -218,7 +260,7 @@ TABLE: dict[Any, Handler] = by_target({
      aten.view_as, aten.reshape_as): same("reshape"),
     (aten.transpose, aten.permute, aten.t, aten.expand, aten.slice, aten.select, aten.narrow, aten.repeat,
      aten.flip, aten.roll, aten.constant_pad_nd, aten.movedim, aten.expand_as, aten.pixel_shuffle, aten.numpy_T,
-     aten.mT): with_fn("index_map"),
+     aten.mT, aten.repeat_interleave): with_fn("index_map"),
     operator.getitem: getitem,
     aten.cat: cat,
     (aten.split, aten.split_with_sizes, aten.chunk): split(2),
@@ -228,15 +270,19 @@ TABLE: dict[Any, Handler] = by_target({
     # arithmetic (elementwise functions of one tensor are "pointwise": activations in the reference's sense)
     aten.add: add(sub=False), aten.sub: add(sub=True), aten.rsub: _rsub,
     aten.mul: _mul, aten.div: _div, aten.neg: same("scale"),
+    aten.mul_: _in_place(_mul), aten.div_: _in_place(_div),
     (aten.pow, aten.exp, aten.log, aten.sqrt, aten.rsqrt, aten.erf, aten.abs, aten.reciprocal, aten.sin, aten.cos,
      aten.square, aten.log1p, aten.expm1, aten.clamp, aten.clamp_min, aten.clamp_max): same("pointwise"),
+    # routing (mixture of experts); transformers' grouped product off the GPU is its own op
+    aten.topk: _topk, aten.index: _index, (aten._grouped_mm, "transformers::grouped_mm_fallback"): _grouped_mm,
     # attention and masks
     _PRODUCTS: _product, aten.baddbmm: _baddbmm,
     aten.scaled_dot_product_attention: _attention,
     aten.where: _where, (aten.masked_fill, aten.masked_fill_): _masked_fill,
 })
 # ops computing an elementwise function of their live operands (chains of them over one tensor fold)
-_ELEMENTWISE = {t for t, h in TABLE.items() if h.all("elementwise")}
+# (in place ones excepted: they are mapped one by one, see _in_place)
+_ELEMENTWISE = {t for t, h in TABLE.items() if h.all("elementwise") and t not in (aten.mul_, aten.div_)}
 
 
 class ExportLowering(Lowering):
@@ -253,7 +299,12 @@ class ExportLowering(Lowering):
         self.root: dict[fx.Node, fx.Node] = {}    # elementwise functions: the tensor they are a function of
 
     def handler_of(self, n: fx.Node) -> Optional[Handler]:
-        return TABLE.get(_packet(n.target))
+        op = _packet(n.target)
+        return TABLE.get(op) or TABLE.get(getattr(op, "_qualified_op_name", None))
+
+    def integer_valued(self, n: fx.Node) -> bool:
+        v = _val(n)
+        return isinstance(v, Tensor) and not (v.is_floating_point() or v.is_complex())
 
     def no_rule(self, n: fx.Node) -> str:
         return _NO_RULE
@@ -371,6 +422,19 @@ def primary_output(out: Any) -> Any:
     if isinstance(out, (tuple, list)):
         return out[0]
     return out
+
+
+def exportable_experts(model: nn.Module) -> None:
+    """Switch transformers' mixture-of-experts layers of ``model`` (the engine's copy) from the
+    "eager" experts implementation to "grouped_mm". The eager one (the default of an MoE block
+    built on its own) loops in Python over the experts the batch hit, a loop whose length depends
+    on the data, which torch.export cannot trace; "grouped_mm" (transformers' default for a model)
+    computes the same products with the tokens sorted by expert, in one graph."""
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if hasattr(m, "_apply_gate") and hasattr(config, "_experts_implementation") \
+                and config._experts_implementation in (None, "eager"):
+            config._experts_implementation = "grouped_mm"
 
 
 def _name_integer_input(wrapper: nn.Module, inputs: Sequence[Any], names: Sequence[str]) -> None:

@@ -301,6 +301,9 @@ TABLE: dict[Any, Handler] = by_target({
     (operator.neg, torch.neg, "neg"): same("scale"),
     torch.where: _where,
     (torch.masked_fill, "masked_fill", "masked_fill_"): _masked_fill,
+    # routing: torch.fx does not know which values are integer indices (the export front end does)
+    (torch.topk, "topk"): unlowered("topk", "torch.fx cannot tell the indices from the values; frontend='export' "
+                                            "maps it"),
 })
 del _BN
 

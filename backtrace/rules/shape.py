@@ -85,3 +85,34 @@ class PassThroughRule(LinearInRelevanceRule):
     def default(self, node: Node, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor,
                 opts: EvalOptions) -> list[Relevance]:
         return [relevance] + [None] * (len(inputs) - 1)
+
+
+@register("index")
+class IndexRule(LinearInRelevanceRule):
+    """``x[i, j, ...]`` by index tensors the model computes (the rows routed to an expert, a
+    permutation, one position per sample): each element's relevance goes back to the element it
+    was read from, an element read several times gets the sum. ``params["slots"]``: for each
+    entry of the index list, whether it is a tensor (the next input) or a full slice; the index
+    tensors take none."""
+
+    reads_output = False
+
+    def default(self, node: Node, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor,
+                opts: EvalOptions) -> list[Relevance]:
+        tensors = iter(inputs[1:])
+        indices = [next(tensors) if slot else None for slot in node.params["slots"]]
+        return [adjoint(lambda t: torch.ops.aten.index.Tensor(t, indices), inputs[0], relevance)] + \
+            [None] * (len(inputs) - 1)
+
+
+@register("topk")
+class TopKRule(LinearInRelevanceRule):
+    """``values, indices = topk(x, k, dim)`` (an MoE router's choice of experts): the values'
+    relevance goes back to the entries of ``x`` they were taken from. The indices are an integer
+    value (``aux``): the choice itself takes none."""
+
+    def default(self, node: Node, inputs: Sequence[Tensor], output: Any, relevance: Any,
+                opts: EvalOptions) -> list[Relevance]:
+        r_values, indices = relevance[0], output[1]
+        r = torch.zeros(inputs[0].shape, dtype=r_values.dtype, device=r_values.device)
+        return [r.scatter_add_(node.params["dim"], indices, r_values)] + [None] * (len(inputs) - 1)
