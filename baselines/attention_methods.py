@@ -4,7 +4,8 @@
 Both read the attention probabilities the model computes (``model.attentions(ids)``: every
 layer's ``(N, heads, L, L)``, from eager attention) for the token the classifier reads: ``[CLS]``
 (position 0) for ``pooling: cls``, the mean of the real tokens' rows for ``pooling: mean`` (the
-pooling the classifier head applies). They ignore the target class, and are non-negative.
+pooling the classifier head applies), the last real token for ``pooling: last`` (a decoder read
+at its next token). They ignore the target class, and are non-negative.
 """
 from __future__ import annotations
 
@@ -14,15 +15,25 @@ import torch
 from torch import Tensor, nn
 
 from .base import ExplainContext, Explainer
+from .vocabulary import check_choice
 
 TRANSFORMER_KINDS = ("transformer",)
 
 
+POOLINGS = ("cls", "mean", "last")
+
+
 def read_rows(scores: Tensor, real: Tensor, pooling: str) -> Tensor:
-    """The row(s) of token-to-token scores ``(N, L, L)`` the classifier reads: row 0 (``cls``) or
-    the mean of the rows of real (non-pad) tokens (``mean``)."""
+    """The row(s) of token-to-token scores ``(N, L, L)`` the classifier reads: row 0 (``cls``),
+    the mean of the rows of real (non-pad) tokens (``mean``), or the row of the last real token
+    (``last``: a decoder read as a next-token classifier)."""
+    check_choice("pooling", pooling, POOLINGS)
     if pooling == "cls":
         return scores[:, 0]
+    if pooling == "last":
+        steps = torch.arange(1, real.shape[1] + 1, device=real.device)
+        last = (real.long() * steps).argmax(dim=1)
+        return scores[torch.arange(len(scores), device=scores.device), last]
     weights = real.to(scores.dtype)
     return (weights.unsqueeze(-1) * scores).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
 

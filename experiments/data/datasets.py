@@ -8,6 +8,7 @@ statistics; text ones (N, L) int64 token ids, right-padded; labels are int64. Th
 from __future__ import annotations
 
 from experiments.data.base import UNKNOWN_LABEL, Dataset
+from experiments.data.decoder_tasks import kv_retrieval
 from experiments.data.image import cifar10, digits, fashion_mnist, imagenet_samples, mnist
 from experiments.data.synthetic import synthetic_image, synthetic_tabular
 from experiments.data.tabular import breast_cancer, lending_club
@@ -20,4 +21,5 @@ __all__ = [
     "digits", "mnist", "fashion_mnist", "cifar10", "imagenet_samples",
     "synthetic_tabular", "synthetic_image",
     "sentiment_rationales", "sst2",
+    "kv_retrieval",     # copy_prompts is the zoo's (experiments.zoo.decoders): the prompts SmolLM2 completes
 ]

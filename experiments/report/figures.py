@@ -219,7 +219,7 @@ class TokenRow:
     """One sample of a text table: its feature tokens, rationale and each method's relevance."""
 
     description: str
-    tokens: list[str]                 # word pieces; a continuation piece starts with "##"
+    tokens: list[str]                 # word pieces (WordPiece "##" continuations, or byte-level BPE "Ġ" spaces)
     rationale: Optional[np.ndarray]   # bool per token, or None
     values: dict[str, np.ndarray]     # method -> relevance per token, scaled to [-1, 1]
     raw: dict[str, np.ndarray]        # method -> relevance per token as recorded
@@ -282,8 +282,15 @@ def _ink(background: tuple[float, float, float]) -> str:
     return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.4 else "black"
 
 
+BPE_SPACE = "\u0120"     # byte-level BPE (GPT-2, SmolLM2) writes a leading space as "Ġ"
+
+
 def _display(tokens: list[str]) -> list[tuple[str, bool]]:
-    """Each piece as shown, and whether a space goes before it (none before a ``##`` piece)."""
+    """Each piece as shown, and whether a space goes before it: WordPiece marks a continuation
+    with ``##`` (no space before it); byte-level BPE marks a space with a leading ``Ġ`` instead
+    (no space before a piece without one)."""
+    if any(t.startswith(BPE_SPACE) for t in tokens):
+        return [(t[1:], True) if t.startswith(BPE_SPACE) else (t, False) for t in tokens]
     return [(t[2:], False) if t.startswith("##") and k else (t, k > 0) for k, t in enumerate(tokens)]
 
 

@@ -253,10 +253,11 @@ def check_writable(key: str, path: str | os.PathLike[str]) -> None:
 
 
 def check_output_dirs(cfg: DictConfig) -> None:
-    """``results_dir`` (always) and ``cache_dir`` (where a model is trained) must be writable."""
+    """``results_dir`` (always) and ``cache_dir`` (where a model is trained, or a pretrained one
+    keeps its converted weights: ``model.weights_cache``) must be writable."""
     check_writable("results_dir", cfg.results_dir)
     model = cfg.get("model")
-    if model is None or not model.get("pretrained"):
+    if model is None or not model.get("pretrained") or model.get("weights_cache"):
         check_writable("cache_dir", cfg.cache_dir)
 
 
@@ -462,7 +463,9 @@ def check_command_line(argv: Sequence[str]) -> list[DictConfig]:
         swept = [o for o in job if o.split("=", 1)[0] in sweep_keys] if multirun else []
         cfg = _compose_job([*searchpath, *job], config_dirs, swept)
         validate(cfg)
-        dirs = (cfg.get("results_dir"), cfg.get("cache_dir"), bool(cfg.get("model", {}).get("pretrained")))
+        model = cfg.get("model", {})
+        dirs = (cfg.get("results_dir"), cfg.get("cache_dir"),
+                bool(model.get("pretrained")) and not model.get("weights_cache"))
         if dirs not in checked:
             checked.add(dirs)
             check_output_dirs(cfg)

@@ -35,11 +35,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
-    """The dataset a config names; a value of the wrong kind in ``dataset.*`` is one config line."""
+    """The dataset a config names; a value of the wrong kind in ``dataset.*`` is one config line.
+    A loader that takes a ``cache_dir`` (one that asks a model, ``copy_prompts``) gets the run's."""
+    import inspect
+
     from hydra.errors import InstantiationException
+    from hydra.utils import get_method
 
     try:
-        return instantiate(cfg.dataset)
+        takes_cache = "cache_dir" in inspect.signature(get_method(cfg.dataset._target_)).parameters
+    except Exception:      # an unimportable target: instantiate names it below
+        takes_cache = False
+    try:
+        return instantiate(cfg.dataset, **({"cache_dir": cfg.cache_dir} if takes_cache else {}))
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, (DataError, ConfigError, FileNotFoundError)):

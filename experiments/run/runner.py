@@ -327,7 +327,8 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
                   "weights_sha256": prep.trained.weights_sha256},   # what reproduce --check compares first
         "dataset": {"name": ds.name, "modality": ds.modality, "n_test": int(len(ds.x_test)),
                     "n_classes": ds.n_classes, "class_names": ds.class_names,
-                    "ground_truth": ds.ground_truth is not None},   # figures need not rebuild the data
+                    "ground_truth": ds.ground_truth is not None,    # figures need not rebuild the data
+                    **({"tokenizer": ds.info["tokenizer"]["tokenizer"]} if ds.modality == "text" else {})},
         "method": {"name": getattr(method_cls, "name", cfg.method._target_),
                    "config": cfg.get("method_config"),      # the config chosen (method=...); None if unknown
                    "signed": bool(explainer.signed),

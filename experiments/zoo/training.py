@@ -123,8 +123,10 @@ def model_cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, seed: int,
     })
 
 
-def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
-    """Instantiate the network, giving it the sizes the dataset determines that it accepts."""
+def build_network(model_cfg: DictConfig, dataset: Dataset, cache_dir: Optional[str | Path] = None) -> nn.Module:
+    """Instantiate the network, giving it the sizes the dataset determines that it accepts, and
+    the run's ``cache_dir`` where it takes one (a network that converts its weights once, SmolLM2:
+    a place to keep them that is not part of the config)."""
     from hydra.errors import InstantiationException
     from hydra.utils import get_method, instantiate
 
@@ -137,6 +139,8 @@ def build_network(model_cfg: DictConfig, dataset: Dataset) -> nn.Module:
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     names = {p.name for p in params}
     sizes = {k: v for k, v in dataset.model_kwargs().items() if takes_any or k in names}
+    if cache_dir is not None and "cache_dir" in names:
+        sizes["cache_dir"] = str(cache_dir)
     try:
         return instantiate(model_cfg.net, **sizes)
     except InstantiationException as exc:
@@ -358,7 +362,7 @@ def _load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Data
         # give them the training thread count now (a model that will train needs them so)
         tensorflow_threads(train_threads(model_cfg.train), required=loaded is None)
     torch.manual_seed(seed)
-    net = build_network(model_cfg, dataset)
+    net = build_network(model_cfg, dataset, cache_dir)
     if pretrained:
         sha = hashlib.sha256(state_blob(net.state_dict())).hexdigest()
         net.to(device).eval()

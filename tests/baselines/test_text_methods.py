@@ -179,6 +179,7 @@ def test_rollout_two_layers_by_hand():
 @pytest.mark.parametrize("pooling,expected", [
     ("cls", [0.0, 0.5625, 0.0625, 0.0]),
     ("mean", [0.0, (0.5625 + 1.0) / 3, (0.0625 + 1.0) / 3, 0.0]),   # mean of the three real rows
+    ("last", [0.0, 0.0, 1.0, 0.0]),                                  # the last real token's row (a decoder's)
 ])
 def test_attention_rollout_reads_the_classifier_token(pooling, expected):
     stub = StubAttention(pooling)

@@ -8,11 +8,12 @@ import pytest
 from hydra.utils import instantiate
 
 from experiments.run.config import compose, group_options
+from metrics.generation import GENERATION_METRICS
 from metrics.quantus_metrics import QUANTUS_METRICS
 from metrics.tabular import TABULAR_METRICS
 from metrics.text import TEXT_METRICS
 
-ALL = {**QUANTUS_METRICS, **TABULAR_METRICS, **TEXT_METRICS}
+ALL = {**QUANTUS_METRICS, **TABULAR_METRICS, **TEXT_METRICS, **GENERATION_METRICS}
 SETS = {
     "quick": {"faithfulness_correlation", "sparseness"},
     "image": {"faithfulness_correlation", "faithfulness_estimate", "pixel_flipping", "monotonicity_correlation",
@@ -26,6 +27,7 @@ SETS = {
                              "relevance_rank_accuracy"},
     # the text set: every text metric but ERASER's trapezoid area (the same ranking as average precision)
     "text": set(TEXT_METRICS) - {"token_auprc_trapezoid"},
+    "generation": set(GENERATION_METRICS) | {"text_comprehensiveness", "text_sufficiency"},
 }
 
 
@@ -75,3 +77,11 @@ def test_text_metrics_follow_the_run_output_and_seed():
     assert built["text_class_sensitivity"].params["max_samples"] == 16
     assert built["text_comprehensiveness"].params["percentages"] == [1, 5, 10, 20, 50]
     assert built["text_morf_auc"].params["steps"] == 10 and compose(["+metric@m=text_morf_auc"]).m.steps is None
+
+
+def test_the_generation_set_removes_tokens_and_reads_ten_steps():
+    built = {k: instantiate(v, channel_reduction="sum", output="softmax")
+             for k, v in compose(["metrics=generation"]).metrics.items()}
+    assert {built[k].params["deletion"] for k in ("text_comprehensiveness", "text_sufficiency", "morf_lerf_area")} \
+        == {"remove"}
+    assert built["morf_lerf_area"].params["steps"] == 10 and built["morf_lerf_area"].params["curve"] == "logits"
