@@ -116,8 +116,9 @@ def _one_signed(data: TableData, method: str) -> bool:
     return returns.get("mixed_sign_samples", 1.0 if data.signed.get(method, True) else 0.0) <= 0
 
 
-def _colour_bars(fig: Any, kinds: set[str], rect: Sequence[float]) -> None:
-    """One horizontal bar per scale used (signed: -1..1, one-signed: 0..1 of each map's max)."""
+def _colour_bars(fig: Any, kinds: set[str], rect: Sequence[float], fontsize: float) -> None:
+    """One horizontal bar per scale used (signed: -1..1, one-signed: 0..1 of each map's max),
+    side by side in ``rect``; its caption on two lines under it, in ``fontsize`` points."""
     plt = _plt()
     from matplotlib.colors import Normalize
 
@@ -130,17 +131,39 @@ def _colour_bars(fig: Any, kinds: set[str], rect: Sequence[float]) -> None:
         sm = plt.cm.ScalarMappable(norm=Normalize(-1 if signed else 0, 1), cmap=SIGNED_CMAP if signed else UNSIGNED_CMAP)
         bar = fig.colorbar(sm, cax=cax, orientation="horizontal")
         bar.set_ticks([-1, 0, 1] if signed else [0, 0.5, 1])
-        bar.ax.tick_params(labelsize=6)
-        bar.set_label(("signed maps" if signed else "one-signed maps") + f": relevance / max |relevance| of the map",
-                      fontsize=6)
+        bar.ax.tick_params(labelsize=fontsize)
+        bar.set_label(("signed maps" if signed else "one-signed maps") + ":\nrelevance / max |relevance| of the map",
+                      fontsize=fontsize)
+
+
+# -- text legible on the report page ---------------------------------------------------------
+
+# The widest an image is drawn on the report page (its body is at most 1500 CSS px wide, less 2 x 24
+# px of padding; images keep max-width: 100%), and the smallest text a figure may show there.
+PAGE_IMAGE_PX = 1452
+MIN_TEXT_PX = 10.0
+CHAR_EM = 0.6            # a generous mean advance of DejaVu Sans, in ems: room for a line of text
+
+
+def rendered_px(fontsize_pt: float, fig_width_in: float, dpi: float) -> float:
+    """How many CSS pixels tall text of ``fontsize_pt`` is drawn on the report page: a point is
+    dpi/72 pixels of the PNG, and a PNG wider than the page is scaled down to its width."""
+    return fontsize_pt * dpi / 72 * min(1.0, PAGE_IMAGE_PX / (fig_width_in * dpi))
+
+
+def legible_pt(fig_width_in: float, dpi: float) -> float:
+    """The smallest font size (points) drawn :data:`MIN_TEXT_PX` tall on the page (see
+    :func:`rendered_px`): on a figure wider than the page it grows with the figure's width."""
+    return MIN_TEXT_PX * 72 * max(1 / dpi, fig_width_in / PAGE_IMAGE_PX)
 
 
 # -- image heatmap grid ------------------------------------------------------------------------
 
-def heatmap_figure(data: TableData, n_rows: int = 6) -> Any:
+def heatmap_figure(data: TableData, n_rows: int = 6, dpi: int = 110) -> Any:
     """Samples as rows (class, target, prediction at the left), the input then each method as
-    columns; the ground-truth mask outlined on every cell where the data have one. None when the
-    records hold no inputs."""
+    columns; the ground-truth mask outlined on every cell where the data have one. Its text is
+    sized for a PNG of ``dpi`` on the report page (:func:`legible_pt`). None when the records
+    hold no inputs."""
 
     plt = _plt()
     methods = method_order(list(data.folders))
@@ -151,10 +174,29 @@ def heatmap_figure(data: TableData, n_rows: int = 6) -> Any:
     info = sample_info(data)
     inputs = first["inputs"][:n_rows]
     n, cols = len(inputs), len(methods) + 1
-    cell, label_w, top, bottom = 1.45, 1.15, 0.95, 0.85
-    fig_w, fig_h = label_w + cell * cols, top + bottom + cell * n
+    labels = [info.describe(i) for i in range(n)]
+    label_chars = max(len(line) for label in labels for line in label.split("\n"))
+    cell = 1.45
+    # the row labels widen the figure, and a wider figure is drawn smaller on the page: grow the
+    # font until it is legible at the figure's own width (converges: the labels are a small part of it)
+    font = legible_pt(cell * cols, dpi)
+    for _ in range(200):          # bounded: labels of hundreds of characters would never settle
+        label_w = 0.2 + label_chars * CHAR_EM * font / 72
+        fig_w = label_w + cell * cols
+        need = legible_pt(fig_w, dpi)
+        if need <= font:
+            break
+        font = need + 0.01
+    title_chars = max(8, int(0.95 * cell * 72 / (CHAR_EM * font)))
+    titles = [textwrap.fill(t, title_chars) for t in ["input"] + [method_title(m) for m in methods]]
+    title_lines = max(t.count("\n") + 1 for t in titles)
+    line = 1.3 * font / 72                      # one line of text, inches
+    top = 0.1 + 2 * 1.1 * line + 0.15 + title_lines * line + 0.05
+    bar_h, below_bar = 0.14, 0.1 + 3.6 * line   # tick labels and a two-line caption under each bar
+    bottom = 0.15 + below_bar + bar_h + 0.15
+    fig_h = top + bottom + cell * n
     fig, axes = plt.subplots(n, cols, figsize=(fig_w, fig_h), squeeze=False)
-    fig.subplots_adjust(left=label_w / fig_w, right=0.99, top=1 - top / fig_h, bottom=bottom / fig_h,
+    fig.subplots_adjust(left=label_w / fig_w, right=1 - 0.05 / fig_w, top=1 - top / fig_h, bottom=bottom / fig_h,
                         wspace=0.06, hspace=0.08)
     kinds: set[str] = set()
     for i in range(n):
@@ -175,15 +217,17 @@ def heatmap_figure(data: TableData, n_rows: int = 6) -> Any:
         if mask is not None and mask.any():
             for j in range(cols):
                 axes[i, j].contour(mask.astype(float), levels=[0.5], colors=GROUND_TRUTH_COLOUR, linewidths=0.9)
-        axes[i, 0].set_ylabel(info.describe(i), fontsize=6, rotation=0, ha="right", va="center", labelpad=4)
-    for j, title in enumerate(["input"] + [method_title(m) for m in methods]):
-        axes[0, j].set_title(textwrap.fill(title, 14), fontsize=7)
+        axes[i, 0].set_ylabel(labels[i], fontsize=font, rotation=0, ha="right", va="center", labelpad=4)
+    for j, title in enumerate(titles):
+        axes[0, j].set_title(title, fontsize=font)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     note = f"{SCALE_NOTE}" + ("; green outline: ground-truth mask" if info.ground_truth is not None else "")
-    fig.suptitle(f"{data.name}: {data.model} on {data.dataset}\n{note}", fontsize=8, y=1 - 0.06 / fig_h, va="top")
-    _colour_bars(fig, kinds, [label_w / fig_w, 0.45 / fig_h, 1 - label_w / fig_w - 0.01, 0.1 / fig_h])
+    fig.suptitle(f"{data.name}: {data.model} on {data.dataset}\n{note}", fontsize=1.1 * font, y=1 - 0.1 / fig_h,
+                 va="top")
+    _colour_bars(fig, kinds, [label_w / fig_w, (0.15 + below_bar) / fig_h, 1 - (label_w + 0.05) / fig_w, bar_h / fig_h],
+                 font)
     for a in arrays.values():
         a.close()
     return fig
@@ -191,7 +235,7 @@ def heatmap_figure(data: TableData, n_rows: int = 6) -> Any:
 
 def heatmap_grid(data: TableData, path: Path, n_rows: int = 6, dpi: int = 110) -> Optional[Path]:
     """Draw :func:`heatmap_figure` to ``path`` (PNG); None when the records hold no inputs."""
-    fig = heatmap_figure(data, n_rows)
+    fig = heatmap_figure(data, n_rows, dpi)
     if fig is None:
         return None
     return _save(fig, path, dpi)
@@ -294,7 +338,7 @@ def _display(tokens: list[str]) -> list[tuple[str, bool]]:
     return [(t[2:], False) if t.startswith("##") and k else (t, k > 0) for k, t in enumerate(tokens)]
 
 
-def token_heatmap_figure(data: TableData, n_samples: int = 4, width_chars: int = 96) -> Any:
+def token_heatmap_figure(data: TableData, n_samples: int = 4, width_chars: int = 96, dpi: int = 110) -> Any:
     """A PNG-ready figure: per sample a header (class, target, prediction), then one line per
     method with every token on a background coloured by its relevance; rationale tokens are
     underlined. Laid out in a monospace font, so positions are exact in character units."""
@@ -319,8 +363,12 @@ def token_heatmap_figure(data: TableData, n_samples: int = 4, width_chars: int =
     fontsize = 8.0
     char_in = 0.602 * fontsize / 72        # DejaVu Sans Mono advance width
     line_in = 1.9 * fontsize / 72
-    bar_in = 0.8
-    fig_w, fig_h = width_chars * char_in + 0.3, len(lines) * line_in + 0.3 + bar_in
+    fig_w = width_chars * char_in + 0.3
+    small = max(legible_pt(fig_w, dpi), 7.0)   # the title and the colour bars' captions
+    fontsize = max(fontsize, legible_pt(fig_w, dpi))
+    bar_h, below_bar = 0.1, 0.1 + 3.6 * 1.3 * small / 72
+    bar_in = 0.1 + below_bar + bar_h + 0.15
+    fig_h = len(lines) * line_in + 0.3 + 1.3 * small / 72 + bar_in
     fig = plt.figure(figsize=(fig_w, fig_h))
     ax = fig.add_axes([0.15 / fig_w, bar_in / fig_h, width_chars * char_in / fig_w, len(lines) * line_in / fig_h])
     ax.set_xlim(0, width_chars)
@@ -346,33 +394,50 @@ def token_heatmap_figure(data: TableData, n_samples: int = 4, width_chars: int =
                     ax.plot([x0, x0 + len(piece)], [yc + 0.4, yc + 0.4], color="black", linewidth=1.1)
     fig.text(0.5, 1 - 0.08 / fig_h, f"{data.name}: {data.model} on {data.dataset}; {SCALE_NOTE} per sample"
              + ("; underlined: rationale tokens" if rows[0].rationale is not None else ""),
-             ha="center", va="top", fontsize=7)
-    _colour_bars(fig, kinds, [0.1, 0.42 / fig_h, 0.8, 0.1 / fig_h])
+             ha="center", va="top", fontsize=small)
+    _colour_bars(fig, kinds, [0.05, (0.1 + below_bar) / fig_h, 0.9, bar_h / fig_h], small)
     return fig
 
 
+def _words(tokens: list[str]) -> list[list[tuple[int, str]]]:
+    """The pieces grouped into words: a piece with a space before it starts one, the ``##``
+    pieces after it continue it; ``(token index, piece)`` per piece."""
+    words: list[list[tuple[int, str]]] = []
+    for k, (piece, space) in enumerate(_display(tokens)):
+        if space or not words:
+            words.append([])
+        words[-1].append((k, piece))
+    return words
+
+
 def _wrap(row: TokenRow, method: str, width: int) -> list[list[tuple[int, str, float, bool]]]:
-    """One method's tokens of one sample placed on lines of ``width`` characters:
+    """One method's tokens of one sample placed on lines of ``width`` characters, breaking
+    between words only (a word longer than a line gets a line of its own):
     ``(x, piece, scaled value, in rationale)`` per token."""
     lines: list[list[tuple[int, str, float, bool]]] = [[]]
     x = 0
-    for k, (piece, space) in enumerate(_display(row.tokens)):
-        x += 1 if space else 0
-        if x + len(piece) > width and lines[-1]:
+    for word in _words(row.tokens):
+        length = sum(len(piece) for _, piece in word)
+        if lines[-1] and x + 1 + length > width:
             lines.append([])
             x = 0
-        gt = bool(row.rationale[k]) if row.rationale is not None else False
-        lines[-1].append((x, piece, float(row.values[method][k]), gt))
-        x += len(piece)
+        x += 1 if lines[-1] else 0
+        for k, piece in word:
+            gt = bool(row.rationale[k]) if row.rationale is not None else False
+            lines[-1].append((x, piece, float(row.values[method][k]), gt))
+            x += len(piece)
     return lines
+
+
+TOKEN_DPI = 110
 
 
 def token_heatmap(data: TableData, path: Path, n_samples: int = 4) -> Optional[Path]:
     """Draw :func:`token_heatmap_figure` to ``path`` (PNG); None when the records hold no token ids."""
-    fig = token_heatmap_figure(data, n_samples)
+    fig = token_heatmap_figure(data, n_samples, dpi=TOKEN_DPI)
     if fig is None:
         return None
-    return _save(fig, path, dpi=110, palette=True)
+    return _save(fig, path, dpi=TOKEN_DPI, palette=True)
 
 
 TOKEN_CSS = """
@@ -382,6 +447,7 @@ TOKEN_CSS = """
 .token-heatmap th { text-align: right; font-weight: normal; color: #333; padding: 2px 10px 2px 0; white-space: nowrap; }
 .token-heatmap td { padding: 2px 0; line-height: 1.9; }
 .token-heatmap .tok { padding: 1px 2px; border-radius: 2px; }
+.token-heatmap .word { white-space: nowrap; }
 .token-heatmap .rationale { text-decoration: underline; text-decoration-thickness: 2px; text-underline-offset: 3px; }
 """
 
@@ -400,15 +466,18 @@ def token_heatmap_html(data: TableData, n_samples: int = 4) -> str:
     for row in rows:
         out.append(f'<p class="sample-head">{html.escape(row.description)}</p><table>')
         for m, values in row.values.items():
-            spans = []
-            for k, (piece, space) in enumerate(_display(row.tokens)):
-                colour = _colour(float(values[k]), row.one_signed[m])
-                r, g, b = (int(round(255 * c)) for c in colour)
-                cls = "tok rationale" if row.rationale is not None and row.rationale[k] else "tok"
-                spans.append((" " if space else "") + f'<span class="{cls}" style="background: rgb({r}, {g}, {b}); '
-                             f'color: {_ink(colour)}" '
-                             f'title="{row.raw[m][k]:.4g}">{html.escape(piece)}</span>')
-            out.append(f"<tr><th>{html.escape(method_title(m))}</th><td>{''.join(spans)}</td></tr>")
+            words = []
+            for word in _words(row.tokens):       # a word's pieces never part across lines
+                spans = []
+                for k, piece in word:
+                    colour = _colour(float(values[k]), row.one_signed[m])
+                    r, g, b = (int(round(255 * c)) for c in colour)
+                    cls = "tok rationale" if row.rationale is not None and row.rationale[k] else "tok"
+                    spans.append(f'<span class="{cls}" style="background: rgb({r}, {g}, {b}); '
+                                 f'color: {_ink(colour)}" '
+                                 f'title="{row.raw[m][k]:.4g}">{html.escape(piece)}</span>')
+                words.append(f'<span class="word">{"".join(spans)}</span>')
+            out.append(f"<tr><th>{html.escape(method_title(m))}</th><td>{' '.join(words)}</td></tr>")
         out.append("</table>")
     out.append("</div>")
     return "\n".join(out)

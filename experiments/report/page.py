@@ -36,7 +36,11 @@ nav ul { columns: 3; } code { background: #f3f3f3; padding: 0 3px; border-radius
 table { border-collapse: collapse; margin: 10px 0; font-size: 12.5px; }
 th, td { border: 1px solid #d7d7d7; padding: 3px 6px; vertical-align: top; }
 th { background: #f4f6f8; }
-.table-wrap { overflow-x: auto; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
+.table-wrap th:first-child, .table-wrap td:first-child { position: sticky; left: 0; z-index: 1; background: #fff;
+       box-shadow: 1px 0 0 #d7d7d7; }
+.table-wrap th:first-child { background: #f4f6f8; }
+.table-wrap td.value { white-space: nowrap; }
 td.better { background: #e3f4e3; } td.worse { background: #fbe3e3; } td.ambiguous { background: #fff4d6; }
 dl.settings { display: grid; grid-template-columns: max-content auto; gap: 2px 14px; font-size: 13px; }
 dl.settings dt { font-weight: 600; } dl.settings dd { margin: 0; }
@@ -46,7 +50,11 @@ details summary { cursor: pointer; font-size: 13px; margin: 6px 0; }
 .charts { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 .charts figure { flex: 1 1 520px; max-width: 760px; } .charts figure img { width: 100%; }
 """
+HEATMAP_DPI = 85          # the heatmap grid PNG; its text is sized for it (figures.legible_pt)
 MARK_CLASS = {"+": "better", "-": "worse", "~": "ambiguous"}
+# A cell that holds a number: a mean with its interval, a paired test's outcome (its mark, then p=),
+# a NaN count; such a cell never wraps inside it (the table scrolls instead).
+VALUE_CELL = re.compile(r"<td>((?:<strong>)?(?:[+\-~=] p=)?[-+]?(?:\d|nan\b|n/a\b|inf\b).*?)</td>")
 
 
 def _markdown(text: str) -> str:
@@ -55,8 +63,10 @@ def _markdown(text: str) -> str:
 
     rendered = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
     rendered = rendered.replace("<table>", '<div class="table-wrap"><table>').replace("</table>", "</table></div>")
+    rendered = VALUE_CELL.sub(lambda m: f'<td class="value">{m.group(1)}</td>', rendered)
     # the Wilcoxon cells start with their outcome mark: colour them
-    return re.sub(r"<td>([+\-~]) p=", lambda m: f'<td class="{MARK_CLASS[m.group(1)]}">{m.group(1)} p=', rendered)
+    return re.sub(r'<td class="value">([+\-~]) p=',
+                  lambda m: f'<td class="value {MARK_CLASS[m.group(1)]}">{m.group(1)} p=', rendered)
 
 
 def _first_record(data: TableData) -> dict[str, Any]:
@@ -111,9 +121,9 @@ def table_section(data: TableData, stats: dict[str, Any], out: Path) -> str:
              "<h3>Run settings</h3>", _settings_list(run_settings(data)),
              f"<details><summary>Metric settings ({len(data.metric_settings)} metrics)</summary>"
              + _settings_list(metric_settings(data)) + "</details>",
-             "<h3>Table</h3>", _markdown(to_markdown(data, stats))]
+             "<h3>Table</h3>", _markdown(to_markdown(data, stats, title=method_title))]
     if data.modality == "image":
-        parts.append(_figure(figures.heatmap_grid(data, out / f"{data.name}_heatmaps.png", n_rows=4, dpi=85),
+        parts.append(_figure(figures.heatmap_grid(data, out / f"{data.name}_heatmaps.png", n_rows=4, dpi=HEATMAP_DPI),
                              "The first samples (rows: index, class, target, prediction) and each method's map; "
                              f"{figures.SCALE_NOTE}.", out))
     elif data.modality == "text":

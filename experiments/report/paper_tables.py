@@ -39,7 +39,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -320,8 +320,10 @@ def scoring_rule(data: TableData) -> str:
     return ("Scoring: " + "; ".join(parts) + ".") if parts else ""
 
 
-def method_notes(data: TableData) -> list[str]:
-    """What each method was told (budget, absent value) and what its maps held."""
+def method_notes(data: TableData, title: Callable[[str], str] = str) -> list[str]:
+    """What each method was told (budget, absent value) and what its maps held; ``title``: how
+    the method column writes a method (the report page writes them out, the markdown files keep
+    the config names)."""
     lines = ["| method | explains | signed (declared) | samples with mixed-sign maps | budget | absent value "
              "| relevance kept (mean) |", "|---|---|---|---|---|---|---|"]
     for method in method_order(list(data.methods)):
@@ -329,7 +331,7 @@ def method_notes(data: TableData) -> list[str]:
         returns = info.get("returns") or {}
         mixed = returns.get("mixed_sign_samples")
         explains = data.settings.get("output") if info.get("reads_output", True) else "reads no output"
-        lines.append(f"| {method} | {explains} | {'yes' if info.get('signed') else 'no (scored as magnitude)'} | "
+        lines.append(f"| {title(method)} | {explains} | {'yes' if info.get('signed') else 'no (scored as magnitude)'} | "
                      f"{'-' if mixed is None else f'{100 * mixed:.0f}%'} | {_declared(info.get('budget'))} | "
                      f"{_declared(info.get('absent'))} | {_kept(info.get('diagnostics') or {})} |")
     rule = scoring_rule(data)
@@ -343,13 +345,15 @@ def method_notes(data: TableData) -> list[str]:
     return lines
 
 
-def to_markdown(data: TableData, stats: dict[str, Any]) -> str:
+def to_markdown(data: TableData, stats: dict[str, Any], title: Callable[[str], str] = str) -> str:
+    """The table, its method notes and tests as markdown; ``title`` writes each method's name in
+    the tables (the config name by default; :func:`~experiments.report.methods.method_title` on the page)."""
     wide = stats["wide"]
     metrics = list(data.directions)
     head = ["method"] + [f"{m} {ARROW[data.directions[m]]}" for m in metrics] + ["mean rank ↓", "s/sample", "fwd+bwd units"]
     lines = [heading(data, stats), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in wide.iterrows():
-        cells = [row["method"]]
+        cells = [title(row["method"])]
         for m in metrics:
             cell = _interval(row, m)
             if row["method"] in stats["best"][m]:
@@ -361,7 +365,7 @@ def to_markdown(data: TableData, stats: dict[str, Any]) -> str:
         cells += [_fmt(row["mean_rank"]), _fmt(row["seconds_per_sample"] or np.nan),
                   _fmt(row["forward_backward_units"] or np.nan)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [""] + method_notes(data)
+    lines += [""] + method_notes(data, title)
     agreement = agreement_note(data.folders, text=data.modality == "text")   # backtrace vs lrp / attnlrp maps
     lines += [""] + agreement if agreement else []
     fr = stats["friedman"]
@@ -370,7 +374,7 @@ def to_markdown(data: TableData, stats: dict[str, Any]) -> str:
             f"{r.metric} p={_fmt(r.pvalue)}" + (f" ({r.note})" if r.note else "") for r in fr.itertuples())]
     wx, ref = stats["wilcoxon"], stats["reference"]
     if ref is not None and len(wx):
-        lines += [""] + wilcoxon_lines(wx, ref, metrics)
+        lines += [""] + wilcoxon_lines(wx, ref, metrics, title=title)
     elif ref is None:
         lines += ["", "No reference method in this table (pass --reference METHOD for the paired tests)."]
     return "\n".join(lines) + "\n"
@@ -391,7 +395,8 @@ def unreachable(wx: pd.DataFrame, metrics: list[str], alpha: float = ALPHA) -> d
     return out
 
 
-def wilcoxon_lines(wx: pd.DataFrame, ref: str, metrics: list[str], alpha: float = ALPHA) -> list[str]:
+def wilcoxon_lines(wx: pd.DataFrame, ref: str, metrics: list[str], alpha: float = ALPHA,
+                   title: Callable[[str], str] = str) -> list[str]:
     """The paired tests under a table; one line instead, where the samples are too few for any
     of them to come out below ``alpha``."""
     short = unreachable(wx, metrics, alpha)
@@ -407,7 +412,7 @@ def wilcoxon_lines(wx: pd.DataFrame, ref: str, metrics: list[str], alpha: float 
              f"=: no difference at {alpha}, ~: significant but the mean difference and r disagree in direction.",
              "", "| method | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
     for method in method_order(list(wx["method"].unique())):
-        cells = [method]
+        cells = [title(method)]
         for m in metrics:
             r = wx[(wx["method"] == method) & (wx["metric"] == m)]
             if m in short:

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.report.figures import (heatmap_figure, rank_chart, token_heatmap, token_heatmap_html, token_rows,
+from experiments.report.figures import (MIN_TEXT_PX, PAGE_IMAGE_PX, TokenRow, _wrap, heatmap_figure, legible_pt,
+                                        rank_chart, rendered_px, token_heatmap, token_heatmap_html, token_rows,
                                         write_token_heatmap_html)
 from experiments.report.methods import method_title
 from experiments.report.paper_tables import collect, main as write_tables
@@ -126,3 +127,53 @@ def test_rank_chart_lists_every_method(tables, tmp_path):
 
     path = rank_chart(tables[0]["toy_tabular"], tmp_path / "ranks.png", n_boot=50)
     assert matplotlib.image.imread(path).shape[0] > 50
+
+
+def test_legible_font_size_by_hand():
+    # a figure twice the page's image width is drawn at half its size: 10 px needs 14.4 pt at 100 dpi
+    wide = 2 * PAGE_IMAGE_PX / 100
+    assert legible_pt(wide, 100) == pytest.approx(14.4)
+    assert rendered_px(14.4, wide, 100) == pytest.approx(10.0)
+    # one narrower than the page is drawn at its own size: 10 px are 10 x 72 / dpi points
+    assert legible_pt(5.0, 110) == pytest.approx(720 / 110)
+    assert rendered_px(720 / 110, 5.0, 110) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("dpi", [85, 110])
+def test_heatmap_text_is_legible_on_the_page_and_inside_the_figure(tables, dpi):
+    import matplotlib.pyplot as plt
+
+    fig = heatmap_figure(tables[0]["toy_image"], n_rows=4, dpi=dpi)
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(lambda o: hasattr(o, "get_fontsize") and o.get_text()) if t.get_visible()]
+    labels = [t for t in texts if "prediction:" in t.get_text()]
+    captions = [t for t in texts if t.get_text().endswith("max |relevance| of the map")]
+    assert len(labels) == 4 and len(captions) == 2
+    assert min(rendered_px(t.get_fontsize(), fig.get_figwidth(), dpi) for t in texts) >= MIN_TEXT_PX - 1e-9
+    width, height = fig.get_figwidth() * dpi, fig.get_figheight() * dpi
+    for t in texts:                                   # nothing cut off at the figure's edges
+        box = t.get_window_extent(renderer)
+        assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1, t.get_text()
+    first_column = min(ax.get_window_extent(renderer).x0 for ax in fig.axes if ax.images)
+    assert all(t.get_window_extent(renderer).x1 <= first_column for t in labels)   # row labels clear of the maps
+    plt.close(fig)
+
+
+def test_token_lines_break_between_words_only():
+    tokens = ["a", "truly", "wonder", "##ful", "film"]
+    row = TokenRow("", tokens, None, {"m": np.zeros(5)}, {"m": np.zeros(5)}, {"m": False})
+    # 14 characters: "a truly wonder" would fit, "ful" would not; the word moves down whole
+    lines = [[piece for _, piece, _, _ in line] for line in _wrap(row, "m", 14)]
+    assert lines == [["a", "truly"], ["wonder", "ful", "film"]]
+    lines = [[piece for _, piece, _, _ in line] for line in _wrap(row, "m", 5)]   # a word longer than a line
+    assert lines == [["a"], ["truly"], ["wonder", "ful"], ["film"]]
+
+
+def test_token_html_keeps_each_word_together(tables):
+    fragment = token_heatmap_html(tables[0]["toy_text"], n_samples=2)
+    row = re.findall(r"<tr><th>DLBacktrace</th><td>(.*?)</td></tr>", fragment)[1]
+    words = re.findall(r'<span class="word">((?:<span [^>]*>[^<]*</span>)+)</span>', row)
+    assert [re.sub(r"<[^>]+>", "", w) for w in words] == SENTENCES[1].split()
+    assert max(w.count('class="tok') for w in words) > 1          # a word of several pieces is one span
