@@ -12,7 +12,8 @@ from experiments.data.decoder_tasks import kv_retrieval
 from experiments.data.image import cifar10, digits, fashion_mnist, imagenet_samples, mnist
 from experiments.data.synthetic import synthetic_image, synthetic_tabular
 from experiments.data.tabular import breast_cancer, lending_club
-from experiments.data.text import sentiment_rationales, sst2
+from experiments.data.sst2 import sst2
+from experiments.data.text import sentiment_rationales
 from experiments.errors import DataError
 
 __all__ = [
