@@ -22,6 +22,9 @@ MODEL_KINDS = ("mlp", "conv", "transformer", "recurrent")
 FRAMEWORKS = ("torch", "keras")  # Keras models come wrapped (experiments.keras_models.KerasClassifier)
 CHANNEL_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs", "none")
 OUTPUTS = ("logits", "softmax")  # what a method explains: the raw class scores or their softmax
+# A dense task's head (baselines.dense_heads) returns the explained value itself: every method
+# explains it as it is, under this output name, and no classifier is explained under it.
+DENSE_OUTPUT = "identity"
 
 
 class IncompatibleMethodError(ValueError):
@@ -91,6 +94,8 @@ class Explainer:
     outputs: ClassVar[tuple[str, ...]] = OUTPUTS  # functions of the model it can explain
     frameworks: ClassVar[tuple[str, ...]] = FRAMEWORKS    # frameworks whose models it can explain
     deterministic: ClassVar[bool] = True
+    # Whether it explains a dense task's head (baselines.dense_heads): the value the head returns
+    dense: ClassVar[bool] = True
     # True where image attributions are one map per pixel, (N, 1, H, W), instead of one per input
     # channel: every channel reduction leaves such a map unchanged (GradCAM, LIME's superpixels).
     pixel_map: ClassVar[bool] = False
@@ -101,6 +106,7 @@ class Explainer:
 
     def __init__(self, model: nn.Module, context: ExplainContext, **params: Any) -> None:
         self.check_compatible(context.modality, context.model_kind, params.get("output"), framework_of(model))
+        check_dense(type(self), model, params.get("output"))
         # Explanations are always of the model as deployed: BatchNorm/Dropout in inference mode.
         self.model = model.eval()
         self.context = context
@@ -125,7 +131,7 @@ class Explainer:
             raise IncompatibleMethodError(
                 f"method {cls.name!r} does not support {model_kind!r} models; it supports: {', '.join(cls.model_kinds)}"
             )
-        if output is not None and output not in cls.outputs:
+        if output is not None and output != DENSE_OUTPUT and output not in cls.outputs:
             why = f" ({cls.output_note})" if getattr(cls, "output_note", "") else ""
             raise IncompatibleMethodError(
                 f"method {cls.name!r} cannot explain output {output!r}{why}; valid choices: {', '.join(cls.outputs)}"
@@ -203,6 +209,24 @@ class Explainer:
             )
 
 
+def check_dense(cls: type, model: nn.Module, output: Optional[str]) -> None:
+    """A dense task's head is explained as it is (output ``identity``), and only by methods that
+    can; ``identity`` on a classifier would explain its logits under another name."""
+    from .dense_heads import DenseHead
+
+    dense = isinstance(model, DenseHead)
+    if dense and not cls.dense:
+        raise IncompatibleMethodError(f"method {cls.name!r} does not support the dense task {model.task!r}")
+    if output is None:
+        return
+    if dense and output != DENSE_OUTPUT:
+        raise IncompatibleMethodError(f"method {cls.name!r}: a {model.task} head is explained as it is; "
+                                      f"output must be {DENSE_OUTPUT!r}, not {output!r}")
+    if not dense and output == DENSE_OUTPUT:
+        raise IncompatibleMethodError(f"method {cls.name!r}: output 'identity' is for dense-task heads "
+                                      f"(baselines.dense_heads); for a classifier choose softmax or logits")
+
+
 def framework_of(model: nn.Module) -> str:
     """``"keras"`` for a wrapped Keras model, else ``"torch"``."""
     return str(getattr(model, "framework", "torch"))
@@ -227,10 +251,11 @@ def check_choice(what: str, value: Any, choices: tuple[Any, ...]) -> Any:
 
 
 def with_output(model: nn.Module, output: str) -> nn.Module:
-    """``model`` itself for ``"logits"``; ``model`` followed by a softmax over classes for
-    ``"softmax"`` (the paper's classifiers end in a softmax; the zoo's models return logits)."""
-    check_choice("output", output, OUTPUTS)
-    if output == "logits":
+    """``model`` itself for ``"logits"`` (and for ``"identity"``, a dense head's value); ``model``
+    followed by a softmax over classes for ``"softmax"`` (the paper's classifiers end in a softmax;
+    the zoo's models return logits)."""
+    check_choice("output", output, (*OUTPUTS, DENSE_OUTPUT))
+    if output in ("logits", DENSE_OUTPUT):
         return model
     return nn.Sequential(model, nn.Softmax(dim=-1)).eval()
 
