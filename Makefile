@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	$(PY) -m pip install -q --no-deps dl-backtrace==0.0.25
+	# lrp and attnlrp: zennit and lxt declare torchvision, bitsandbytes and open_clip_torch, which
+	# their modules used here never import (baselines/lrp_packages.py enters them without __init__).
+	$(PY) -m pip install -q --no-deps -c constraints.txt zennit lxt
 	touch $(STAMP)
 
 # Fashion-MNIST ships as a Debian package; install it where apt exists and it is missing.

@@ -4,6 +4,7 @@ through lookups, and the values a model computes from them alone (masks, counts,
 take none; an integer value fed to a layer that needs floats is refused by name."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, Optional, Sequence
 
@@ -11,11 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from backtrace.ir import Graph
+from backtrace.ops import kinds
 
 # the input explain() returns by default, for a mapping of keyword inputs
 PRIMARY_INPUTS = ("input_ids", "inputs_embeds", "pixel_values")
-# op kinds an integer/bool input may feed: lookups and index moves (no arithmetic)
-INDEX_KINDS = ("embedding", "embedding_bag", "getitem", "index_map", "reshape", "identity", "split", "cat", "aux")
 
 
 def normalise_inputs(model: nn.Module, inputs: Any, graph: Optional[Graph]
@@ -23,8 +23,6 @@ def normalise_inputs(model: nn.Module, inputs: Any, graph: Optional[Graph]
     """``(names, values, keywords)``: a mapping gives its keys (in the graph's order when the
     graph is known); a tuple or one tensor gives the graph's input names (or the forward's
     parameter names)."""
-    from backtrace.frontends.torch_export import input_names
-
     if isinstance(inputs, Mapping):
         items = {str(k): v for k, v in inputs.items() if v is not None}
         if graph is not None:
@@ -39,6 +37,16 @@ def normalise_inputs(model: nn.Module, inputs: Any, graph: Optional[Graph]
     if graph is not None and len(values) == len(graph.inputs):
         return tuple(graph.inputs), values, False
     return tuple(input_names(model, len(values))), values, False
+
+
+def input_names(model: nn.Module, n: int) -> list[str]:
+    """Names for ``n`` positional inputs: the forward's parameter names where it has them."""
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else f"input_{i}" for i in range(n)]
 
 
 def integer_inputs(model: Any, inputs: Any) -> dict[str, Any]:
@@ -90,11 +98,12 @@ def check_finite(names: Sequence[str], values: Sequence[Any]) -> None:
 
 def check_integer(names: Sequence[str], values: Sequence[Any], graph: Graph) -> None:
     """Refuse an integer/bool input that ``graph`` feeds to an op other than a lookup, an index
-    move or an ``aux`` computation."""
+    move or an ``aux`` computation (the catalogue's index-like kinds)."""
+    index_like = kinds("index_like")
     for name, v in zip(names, values):
         if not isinstance(v, Tensor) or v.is_floating_point() or v.is_complex():
             continue
         if name in graph.inputs:
             for user in graph.nodes:
-                if name in user.inputs and user.kind not in INDEX_KINDS:
+                if name in user.inputs and user.kind not in index_like:
                     raise integer_input_error(name, v.dtype, user.name, user.kind, user.source)

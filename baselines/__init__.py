@@ -1,31 +1,22 @@
 """Attribution methods behind one interface (:class:`~baselines.base.Explainer`), each built from
-its Hydra config in ``configs/method/<name>.yaml``."""
-from .attention_methods import AttentionLastMethod, AttentionRolloutMethod
-from .backtrace_method import BacktraceContrastiveMethod, BacktraceMethod
-from .base import (
-    Attribution,
-    ExplainContext,
-    Explainer,
-    IncompatibleMethodError,
-    reduce_channels,
-)
-from .captum_methods import GradientXInputMethod, IntegratedGradientsMethod, SaliencyMethod, SmoothGradMethod
-from .controls import RandomMethod, SobelMethod
-from .gradcam import GradCAMMethod
-from .lime_methods import LimeMethod
-from .shap_methods import ShapDeepMethod, ShapGradientMethod, ShapKernelMethod, ShapPartitionMethod
+its Hydra config in ``configs/method/<name>.yaml``.
 
-METHODS: dict[str, type[Explainer]] = {
-    cls.name: cls
-    for cls in (
-        BacktraceMethod, BacktraceContrastiveMethod, SaliencyMethod, GradientXInputMethod,
-        IntegratedGradientsMethod, SmoothGradMethod, GradCAMMethod, ShapKernelMethod,
-        ShapPartitionMethod, ShapGradientMethod, ShapDeepMethod, LimeMethod, RandomMethod, SobelMethod,
-        AttentionRolloutMethod, AttentionLastMethod,
-    )
-}
+``from baselines import METHODS, Explainer, ...`` (and a config's ``_target_: baselines.<Class>``)
+loads the methods on first use (:mod:`baselines.registry`): the shared vocabulary
+(:mod:`baselines.vocabulary`) is imported by the command line's checks, which must not wait for
+every attribution library to load."""
+from typing import Any
 
-__all__ = [
-    "Attribution", "ExplainContext", "Explainer", "IncompatibleMethodError", "METHODS", "reduce_channels",
-    *(cls.__name__ for cls in METHODS.values()),
-]
+from .lrp_packages import enter_zennit
+
+# zennit's __init__ imports torchvision, and Quantus imports zennit whenever it is installed:
+# entering zennit narrowly here lets `import baselines, quantus` work (baselines.lrp_packages).
+enter_zennit()
+
+
+def __getattr__(name: str) -> Any:
+    import baselines.registry as registry
+
+    if name in registry.__all__:
+        return getattr(registry, name)
+    raise AttributeError(f"module 'baselines' has no attribute {name!r}")

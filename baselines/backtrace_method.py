@@ -10,7 +10,7 @@ the sign of the output it came from, so a sample's map has one sign throughout (
 starting value) and says how much, not which way. Contrastive mode's positive map is unsigned for
 the same reason; its ``difference`` map (positive minus negative) is signed.
 
-A Keras model (``experiments.keras_models.KerasClassifier``) is explained through its Keras model
+A Keras model (``experiments.zoo.keras_models.KerasClassifier``) is explained through its Keras model
 (with a Keras softmax appended for ``softmax``) by the engine's Keras front end; inputs and
 relevance are moved between the harness's layout and Keras's.
 
@@ -25,8 +25,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .base import MODALITIES, ExplainContext, Explainer, check_choice
+from .base import ExplainContext, Explainer
 from .dense_heads import DenseHead
+from .vocabulary import MODALITIES, check_choice
 
 CONTRASTIVE_OUTPUTS = ("positive", "difference")
 

@@ -7,9 +7,7 @@ supports, so an unsupported pairing is refused before anything runs.
 """
 from __future__ import annotations
 
-import random
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator, Optional
 
@@ -17,14 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-MODALITIES = ("tabular", "image", "text")
+from .vocabulary import CHANNEL_REDUCTIONS, CLASS_OUTPUTS, DENSE_OUTPUT, MODALITIES, OUTPUTS, check_choice
+
 MODEL_KINDS = ("mlp", "conv", "transformer", "recurrent")
-FRAMEWORKS = ("torch", "keras")  # Keras models come wrapped (experiments.keras_models.KerasClassifier)
-CHANNEL_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs", "none")
-OUTPUTS = ("logits", "softmax")  # what a method explains: the raw class scores or their softmax
-# A dense task's head (baselines.dense_heads) returns the explained value itself: every method
-# explains it as it is, under this output name, and no classifier is explained under it.
-DENSE_OUTPUT = "identity"
+FRAMEWORKS = ("torch", "keras")  # Keras models come wrapped (experiments.zoo.keras_models.KerasClassifier)
 
 
 class IncompatibleMethodError(ValueError):
@@ -62,7 +56,9 @@ def check_token_ids(inputs: Tensor) -> None:
 @dataclass
 class ExplainContext:
     """What a method may need besides the model: the data it may draw a background from, the
-    run seed (every stochastic method seeds from it), and the kind of model and data."""
+    run seed (every stochastic method seeds from it), and the kind of model and data. ``extras``
+    holds what only some methods read; for text, ``extras["tokenizer"]`` is the tokenizer of the
+    token ids (a transformers tokenizer: ``convert_ids_to_tokens``), handed over by the harness."""
 
     modality: str
     model_kind: str
@@ -91,7 +87,8 @@ class Explainer:
     signed: ClassVar[bool] = True                       # attributions carry a sign
     modalities: ClassVar[tuple[str, ...]] = MODALITIES  # data it can explain
     model_kinds: ClassVar[tuple[str, ...]] = MODEL_KINDS  # models it can explain
-    outputs: ClassVar[tuple[str, ...]] = OUTPUTS  # functions of the model it can explain
+    # functions of a classifier it can explain (a dense head's own value, ``identity``: ``dense``)
+    outputs: ClassVar[tuple[str, ...]] = CLASS_OUTPUTS
     frameworks: ClassVar[tuple[str, ...]] = FRAMEWORKS    # frameworks whose models it can explain
     deterministic: ClassVar[bool] = True
     # Whether it explains a dense task's head (baselines.dense_heads): the value the head returns
@@ -243,18 +240,11 @@ def plain(value: Any) -> Any:
     return value
 
 
-def check_choice(what: str, value: Any, choices: tuple[Any, ...]) -> Any:
-    """One clear line for a bad config value, naming the valid choices."""
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
-    return value
-
-
 def with_output(model: nn.Module, output: str) -> nn.Module:
     """``model`` itself for ``"logits"`` (and for ``"identity"``, a dense head's value); ``model``
     followed by a softmax over classes for ``"softmax"`` (the paper's classifiers end in a softmax;
     the zoo's models return logits)."""
-    check_choice("output", output, (*OUTPUTS, DENSE_OUTPUT))
+    check_choice("output", output, OUTPUTS)
     if output in ("logits", DENSE_OUTPUT):
         return model
     return nn.Sequential(model, nn.Softmax(dim=-1)).eval()
@@ -291,24 +281,6 @@ def numpy_predictor(model: nn.Module, device: torch.device, to_tensor: Callable[
         return np.concatenate(outs, 0).astype(np.float64) if outs else np.zeros((0,))
 
     return predict
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed the global torch, numpy and random generators for a library call that draws from them
-    (captum's NoiseTunnel, shap's KernelExplainer), restoring their previous states afterwards so
-    the call neither depends on nor disturbs anything else in the process."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
 
 
 def group_by_target(targets: Tensor) -> Iterator[tuple[int, Tensor]]:
@@ -364,8 +336,7 @@ def sign_profile(attributions: Tensor) -> dict[str, float]:
 def reduce_channels(attributions: Tensor, how: str = "sum") -> Tensor:
     """Collapse the channel axis of image attributions (N, C, H, W) -> (N, 1, H, W), the same way
     for every method before metrics. Non-image attributions are returned unchanged."""
-    if how not in CHANNEL_REDUCTIONS:
-        raise ValueError(f"unknown channel reduction {how!r}; choose one of: {', '.join(CHANNEL_REDUCTIONS)}")
+    check_choice("channel reduction", how, CHANNEL_REDUCTIONS)
     if attributions.ndim != 4 or how == "none":
         return attributions
     if how == "sum":

@@ -26,10 +26,11 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
-from .base import ExplainContext, Explainer, check_choice, seeded
+from .base import ExplainContext, Explainer
 from .text_inputs import HIDDEN_REDUCTION, TOKEN_BASELINES, EmbeddingsAsInput, baseline_ids, embedding_layer, reduce_hidden
+from .vocabulary import MODALITIES, check_choice, seeded
 
-GRADIENT_MODALITIES = ("tabular", "image", "text")  # text: gradients at the token embeddings
+GRADIENT_MODALITIES = MODALITIES  # text: gradients at the token embeddings
 
 
 class _TextGradients:

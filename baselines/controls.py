@@ -7,7 +7,8 @@ import torch
 from skimage.filters import sobel
 from torch import Tensor, nn
 
-from .base import MODALITIES, ExplainContext, Explainer, check_choice
+from .base import ExplainContext, Explainer
+from .vocabulary import MODALITIES, check_choice
 
 NOISES = ("normal", "uniform")
 

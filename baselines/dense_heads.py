@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-DENSE_TASKS = ("binary-segmentation", "bbox-regression")
+from .vocabulary import DENSE_TASKS
 BOX_OUTPUTS = ("coordinate", "sum")
 BOX_COORDINATES = ("x0", "y0", "x1", "y1")
 

@@ -11,7 +11,7 @@ channel-pooled gradient weighs the feature maps; it has no per-input-channel mea
 channel reduction leaves it unchanged. With the ReLU of the paper it is non-negative: unsigned
 (``relu_attributions: false`` gives the signed map, and the instance then says ``signed``).
 
-A Keras model (``experiments.keras_models.KerasClassifier``) gets the same map from its Keras
+A Keras model (``experiments.zoo.keras_models.KerasClassifier``) gets the same map from its Keras
 layers, with the gradient taken by ``tf.GradientTape`` (``layer`` names a Keras layer).
 
 A dense task's head (``baselines.dense_heads``) is Seg-Grad-CAM (Vinogradova et al., 2020): the
@@ -28,7 +28,8 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
-from .base import ExplainContext, Explainer, check_choice, framework_of, leaf_calls
+from .base import ExplainContext, Explainer, framework_of, leaf_calls
+from .vocabulary import check_choice
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
 

@@ -24,7 +24,8 @@ from lime.wrappers.scikit_image import SegmentationAlgorithm
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .base import ExplainContext, Explainer, check_choice, numpy_predictor
+from .base import ExplainContext, Explainer, numpy_predictor
+from .vocabulary import check_choice
 from .text_inputs import TEXT_MASKS, feature_mask, hide_tokens, unpadded
 
 SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb")

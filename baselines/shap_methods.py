@@ -25,12 +25,11 @@ from .base import (
     ExplainContext,
     Explainer,
     SelectOutput,
-    check_choice,
     group_by_target,
     leaf_calls,
     numpy_predictor,
-    seeded,
 )
+from .vocabulary import check_choice, seeded
 
 KERNEL_BACKGROUNDS = ("kmeans", "sample", "full")
 
@@ -109,7 +108,11 @@ class FeatureTokens:
     [CLS], [SEP] and padding must never be masked. So the masker sees the sample's feature tokens
     themselves: its masks line up with our ids one to one, and its own hierarchy (word pieces
     joined into words, words into phrases at punctuation) is built from their names. No offsets
-    are given, so shap names each token by ``convert_ids_to_tokens``."""
+    are given, so shap names each token by ``convert_ids_to_tokens``, which asks the run's own
+    tokenizer (the explain context's ``extras["tokenizer"]``)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
 
     def __call__(self, s: str, return_offsets_mapping: bool = False, **_: Any) -> dict[str, list[int]]:
         if return_offsets_mapping:
@@ -117,9 +120,7 @@ class FeatureTokens:
         return {"input_ids": [int(v) for v in s.split()]}
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        from experiments.text_models import load_tokenizer
-
-        return load_tokenizer().convert_ids_to_tokens([int(i) for i in ids])
+        return self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
 
 
 class ShapPartitionMethod(Explainer):
@@ -155,6 +156,10 @@ class ShapPartitionMethod(Explainer):
         fwd = self.forward_fn(output)
         if context.modality == "text":
             self.mask = mask
+            self.tokenizer = context.extras.get("tokenizer")
+            if self.tokenizer is None:
+                raise ValueError("shap_partition on text needs the run's tokenizer in its explain context "
+                                 "(context.extras['tokenizer']), to name the tokens it groups into words")
             self.predict = numpy_predictor(fwd, context.device, torch.from_numpy, self.batch_size)
             self.tabular_explainer = None
         elif context.modality == "image":
@@ -188,7 +193,7 @@ class ShapPartitionMethod(Explainer):
                 return self.predict(hide_tokens(row.expand(len(masked), -1), keep, self.mask, model.mask_token_id,
                                                 model.pad_token_id).numpy())
 
-            masker = shap.maskers.Text(FeatureTokens(), mask_token=int(model.mask_token_id), output_type="token_ids")
+            masker = shap.maskers.Text(FeatureTokens(self.tokenizer), mask_token=int(model.mask_token_id), output_type="token_ids")
             explainer = shap.PartitionExplainer(predict, masker)
             sentence = " ".join(str(int(v)) for v in row[positions])
             exp = explainer([sentence], max_evals=self.max_evals, batch_size=self.batch_size, outputs=[t], silent=True)

@@ -1,7 +1,7 @@
 """What every text method shares: which tokens are features, how a token is hidden, and how a
 gradient method sees the token embeddings as its input.
 
-Text inputs are right-padded int64 token ids ``(N, L)``; a text model (``experiments.text_models``)
+Text inputs are right-padded int64 token ids ``(N, L)``; a text model (``experiments.zoo.text_models``)
 says which of them are features (:meth:`feature_mask`: real, non-special tokens). Methods that hide
 tokens (lime, shap, the IG baseline) hide only features, never ``[CLS]``, ``[SEP]`` or padding.
 """
@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .vocabulary import check_choice
 
 # How a hidden token is taken out of a sentence: replaced by the tokenizer's [MASK] id, or
 # removed (the later tokens move up and the row is padded at the end, as the tokenizer pads).
@@ -29,7 +31,7 @@ def text_model_check(model: nn.Module) -> None:
     pad and mask ids); anything else is refused in one line."""
     missing = [a for a in ("feature_mask", "embedding_layer", "pad_token_id", "mask_token_id") if not hasattr(model, a)]
     if missing:
-        raise TypeError(f"text methods need a text model (experiments.text_models.TextClassifier); "
+        raise TypeError(f"text methods need a text model (experiments.zoo.text_models.TextClassifier); "
                         f"{type(model).__name__} lacks {', '.join(missing)}")
 
 
@@ -53,8 +55,7 @@ def hide_tokens(ids: Tensor, keep: Tensor, how: str, mask_token_id: int, pad_tok
     with ``pad_token_id`` at the end (``remove``). Vectorised over the rows."""
     if how == "mask_token":
         return torch.where(keep, ids, torch.full_like(ids, mask_token_id))
-    if how != "remove":
-        raise ValueError(f"unknown text mask {how!r}; choose one of: {', '.join(TEXT_MASKS)}")
+    check_choice("text mask", how, TEXT_MASKS)
     # a stable sort on "hidden" moves the kept tokens to the front in their order
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
     moved = torch.gather(ids, 1, order)
@@ -66,8 +67,7 @@ def hide_tokens(ids: Tensor, keep: Tensor, how: str, mask_token_id: int, pad_tok
 def baseline_ids(model: nn.Module, ids: Tensor, token: str) -> Tensor:
     """``ids`` with every feature token replaced by the baseline token (``mask`` or ``pad``);
     ``[CLS]``, ``[SEP]`` and padding stay, so the baseline is the same sentence frame, empty."""
-    if token not in TOKEN_BASELINES:
-        raise ValueError(f"unknown token baseline {token!r}; choose one of: {', '.join(TOKEN_BASELINES)}")
+    check_choice("token baseline", token, TOKEN_BASELINES)
     fill = model.mask_token_id if token == "mask" else model.pad_token_id
     return torch.where(feature_mask(model, ids), torch.full_like(ids, fill), ids)
 

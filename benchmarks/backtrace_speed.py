@@ -102,7 +102,7 @@ def _cnn() -> tuple[nn.Module, torch.Tensor]:
 
 
 def _resnet() -> tuple[nn.Module, torch.Tensor]:
-    from experiments.models import ResNet
+    from experiments.zoo.models import ResNet
 
     torch.manual_seed(0)
     return ResNet(in_channels=3, num_classes=10, depth=8).eval(), torch.randn(BATCH, 3, 32, 32)

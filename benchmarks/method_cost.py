@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from baselines import METHODS, ExplainContext  # noqa: E402
-from experiments.config import method_config  # noqa: E402
+from experiments.run.config import method_config  # noqa: E402
 
 METHOD_DIR = ROOT / "configs" / "method"
 # What "small" changes, per method; every other parameter keeps its config value.
@@ -54,10 +54,10 @@ def load_setup(random_model: bool, n: int, overrides: list[str]
     """The trained ResNet of ``model=resnet`` with its test samples, or an untrained ResNet-8 on
     random inputs (the cost of every method here does not depend on the weights)."""
     if not random_model:
-        from experiments.config import compose
-        from experiments.pipeline import prepare
+        from experiments.run.config import load_config
+        from experiments.run.pipeline import prepare
 
-        cfg = compose(["model=resnet", *overrides])
+        cfg = load_config(["model=resnet", *overrides])
         prep = prepare(cfg)
         ds = prep.dataset
         x = ds.x_test[:n].float()
@@ -67,7 +67,7 @@ def load_setup(random_model: bool, n: int, overrides: list[str]
                              x_train=ds.x_train, seed=int(cfg.seed), device=prep.device,
                              feature_names=ds.feature_names)
         return prep.model.eval(), ctx, x, targets, f"model=resnet ({ds.name}, trained)"
-    from experiments.models import ResNet
+    from experiments.zoo.models import ResNet
 
     torch.manual_seed(0)
     model = ResNet(in_channels=1, num_classes=10, depth=8).eval()

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.sweep_index import read_index  # noqa: E402
+from experiments.run.sweep_index import read_index  # noqa: E402
 
 
 def sweep(experiment: str, results: Path, cache: Path, extra: list[str]) -> tuple[float, Path]:
@@ -58,15 +58,15 @@ def main() -> int:
     load = os.getloadavg()[0]
 
     os.environ["BACKTRACE_BENCH_NO_PROGRESS"] = "1"
-    from experiments.config import compose
-    from experiments.pipeline import prepare
+    from experiments.run.config import load_config
+    from experiments.run.pipeline import prepare
 
     with tempfile.TemporaryDirectory(prefix="sweep-speedup-") as tmp:
         tmpdir = Path(tmp)
         cache = tmpdir / "cache"
         common = [f"n_samples={args.n_samples}", *args.overrides]
         start = time.perf_counter()
-        prepare(compose([f"+experiment={args.experiment}", f"cache_dir={cache}", *common]))
+        prepare(load_config([f"+experiment={args.experiment}", f"cache_dir={cache}", *common]))
         print(f"model of {args.experiment}: trained in {time.perf_counter() - start:.1f} s (not timed below)")
 
         seq_runs, par_runs = [], []

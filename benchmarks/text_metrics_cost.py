@@ -29,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.text_models import BertClassifier, LSTMClassifier, tokenizer_spec  # noqa: E402
+from experiments.data.tokenizer import tokenizer_spec  # noqa: E402
+from experiments.zoo.text_models import BertClassifier, LSTMClassifier  # noqa: E402
 from metrics.text import TEXT_METRICS  # noqa: E402
 
 METRICS = (("text_comprehensiveness", {}), ("text_sufficiency", {}), ("text_morf_auc", {}),

@@ -1,4 +1,5 @@
-"""The benchmark harness: datasets, model zoo, training cache, the runner and run records.
+"""The benchmark harness: data (``experiments.data``), the model zoo (``experiments.zoo``), running
+cells (``experiments.run``) and reporting their records (``experiments.report``).
 
 ``from experiments import evaluate, run_cell, sweep`` gives the Python API (:mod:`experiments.api`),
 imported on first use so that the harness's light modules stay light."""

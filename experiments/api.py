@@ -1,14 +1,15 @@
 """The benchmark from Python (notebooks, scripts): a configured cell, a sweep, or a model of your own.
 
-- :func:`run_cell` composes the run config with Hydra's compose API (the same overrides and
-  config folders as ``run.py``), runs it with the runner, and returns its record as a DataFrame.
+- :func:`run_cell` composes and checks the run config once (:func:`experiments.run.config.load_config`:
+  the same overrides, config folders and checks as ``run.py``), runs it with the runner, and
+  returns its record as a DataFrame.
 - :func:`sweep` does that for a list of override sets and returns one DataFrame.
 - :func:`evaluate` scores any ``nn.Module`` on tensors you hold with chosen methods and metrics,
   without a dataset or model config: each method and metric is built from its config (its YAML
   on the search path, your own folders included) and run by the runner's own
-  :func:`experiments.runner.explain_and_score`.
+  :func:`experiments.run.runner.explain_and_score`.
 
-Bad input raises :class:`experiments.config.ConfigError` (or the error a method or metric raises)
+Bad input raises :class:`experiments.errors.ConfigError` (or the error a method or metric raises)
 with the same one-line message ``run.py`` prints.
 """
 from __future__ import annotations
@@ -22,25 +23,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from experiments.config import (ConfigDirs, ConfigError, check_choice, check_command_line, check_overrides,
-                                group_options)
+from baselines.vocabulary import MODALITIES, check_choice
+from experiments.errors import ConfigError
+from experiments.run.config import CHOICES, ConfigDirs, group_options, load_config
 
 # Columns of scores.csv that are not metric scores.
 SAMPLE_COLUMNS = ("sample", "label", "prediction", "target")
 MetricsArg = Union[str, Sequence[str], None]
-
-
-def _argv(overrides: Sequence[str], config_dirs: ConfigDirs) -> list[str]:
-    return [*(f"--config-dir={Path(d).expanduser().resolve()}" for d in config_dirs), *overrides]
-
-
-def compose_checked(overrides: Sequence[str] = (), config_dirs: ConfigDirs = ()) -> Any:
-    """The run config of ``overrides``, checked as ``run.py`` checks its command line (names and
-    choices on the search path, composition, run settings, output folders)."""
-    argv = _argv(overrides, config_dirs)
-    check_overrides(argv)
-    (cfg,) = check_command_line(argv)
-    return cfg
 
 
 @contextlib.contextmanager
@@ -62,7 +51,7 @@ def record_frame(folder: Union[str, Path]) -> pd.DataFrame:
     prediction, target, one column per metric) with the cell's model, dataset and method;
     ``.attrs["summary"]`` holds each metric's mean, direction, n and n_nan and
     ``.attrs["record"]`` the whole ``record.json``."""
-    from experiments.records import load_record
+    from experiments.run.records import load_record
 
     record, scores = load_record(folder)
     frame = scores.copy()
@@ -80,11 +69,15 @@ def run_cell(overrides: Sequence[str] = (), config_dirs: ConfigDirs = ()) -> pd.
     """Run one cell as ``run.py OVERRIDES`` would (``config_dirs``: as ``--config-dir``), or read
     its record when one exists (``force=true`` reruns), and return the record as a DataFrame
     (:func:`record_frame`)."""
-    from experiments.runner import run
+    return _run_checked(load_config(overrides, config_dirs))
 
-    cfg = compose_checked(overrides, config_dirs)
+
+def _run_checked(cfg: Any) -> pd.DataFrame:
+    """Run a config from :func:`load_config` (checked there, so not again) and read its record."""
+    from experiments.run.runner import run
+
     with _user_errors():
-        result = run(cfg)
+        result = run(cfg, checked=True)
     return record_frame(result.path)
 
 
@@ -93,11 +86,10 @@ def sweep(override_sets: Sequence[Sequence[str]], config_dirs: ConfigDirs = (),
     """:func:`run_cell` for each override set (plus ``common``), one after another; the records
     stacked into one DataFrame with an ``overrides`` column. Every set is composed and checked
     before the first cell runs, so a bad one fails before any work is done."""
-    for overrides in override_sets:
-        compose_checked([*common, *overrides], config_dirs)
+    configs = [load_config([*common, *overrides], config_dirs) for overrides in override_sets]
     frames = []
-    for overrides in override_sets:
-        frame = run_cell([*common, *overrides], config_dirs)
+    for overrides, cfg in zip(override_sets, configs):
+        frame = _run_checked(cfg)
         frame.insert(0, "overrides", " ".join(overrides))
         frames.append(frame)
     if not frames:
@@ -188,12 +180,13 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
     ``summary`` (method -> metric -> mean, direction, n, n_nan, plus the runtime) and
     ``attributions`` (method -> array, as the metrics scored them).
     """
-    from baselines.base import MODALITIES, ExplainContext, check_finite_inputs
-    from experiments.runner import build_metrics, explain_and_score
-    from experiments.training import predict
+    from baselines.base import ExplainContext, check_finite_inputs
+    from experiments.data.tokenizer import load_tokenizer
+    from experiments.run.runner import build_metrics, explain_and_score
+    from experiments.zoo.training import predict
 
     check_choice("modality", modality, MODALITIES)
-    check_choice("target", target, ("label", "prediction"))
+    check_choice("target", target, CHOICES["target"])
     if isinstance(methods, str):
         methods = [methods]
     if not methods:
@@ -227,7 +220,8 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
     gt = _as_tensor("ground_truth", ground_truth) if ground_truth is not None else None
     train = _as_tensor("x_train", x_train).to(x.dtype) if x_train is not None else x
     context = ExplainContext(modality=modality, model_kind=model_kind(model), n_classes=n_classes, x_train=train,
-                             seed=int(seed), device=dev, feature_names=feature_names)
+                             seed=int(seed), device=dev, feature_names=feature_names,
+                             extras={"tokenizer": load_tokenizer()} if modality == "text" else {})
     settings = [f"output={output}", f"seed={seed}", f"batch_size={batch_size}",
                 f"channel_reduction={channel_reduction}", *_metric_overrides(metrics, config_dirs), *overrides]
 
@@ -235,7 +229,7 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
     with _frozen(model):
         for name in methods:
             params = [f"method.{k}={_override_value(v)}" for k, v in method_params.get(name, {}).items()]
-            cfg = compose_checked([f"method={name}", *settings, *params], config_dirs)
+            cfg = load_config([f"method={name}", *settings, *params], config_dirs)
             torch.manual_seed(int(seed))
             np.random.seed(int(seed))
             scores = pd.DataFrame({"sample": np.arange(len(x)), "label": labels.numpy(),
@@ -278,7 +272,7 @@ def _override_value(value: Any) -> str:
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean score per method (rows) and metric (columns) of an :func:`evaluate` or :func:`sweep`
-    frame: a quick look, not the paper tables' statistics (``experiments.paper_tables``)."""
+    frame: a quick look, not the paper tables' statistics (``experiments.report.paper_tables``)."""
     key = "overrides" if "overrides" in frame.columns else "method"
     metric_cols = [c for c in frame.columns
                    if c not in (*SAMPLE_COLUMNS, "method", "model", "dataset", "config_hash", "overrides")

@@ -37,6 +37,11 @@ class _LazyTensorFlow:
 def import_quantus() -> ModuleType:
     if "quantus" in sys.modules:
         return sys.modules["quantus"]
+    # Quantus imports zennit's modules whenever zennit is installed, and zennit's own __init__
+    # imports torchvision, which cannot import here: enter zennit without its __init__ first.
+    from baselines.lrp_packages import enter_zennit
+
+    enter_zennit()
     if "tensorflow" in sys.modules:  # already loaded by the user: nothing to avoid
         return importlib.import_module("quantus")
     sys.modules["tensorflow"] = None  # type: ignore[assignment]  # find_spec -> None, import fails

@@ -17,16 +17,15 @@ numerically scores NaN; a failure on every sample is re-raised, as it is a usage
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import warnings
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
+from baselines.vocabulary import OUTPUTS, device_of, seeded
 from metrics.base import Metric, MetricInfo
 from metrics.quantus_import import import_quantus
 
@@ -50,20 +49,6 @@ SIMILARITIES = {
 # all) is read by the runner, which scores only the first that many samples with this metric.
 CALL_PARAMS = {"softmax": False, "output": None, "batch_size": 64, "seed": 0, "channel_reduction": "sum",
                "device": None, "max_samples": None}
-OUTPUTS = ("softmax", "logits", "identity")
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed NumPy's and torch's global generators (Quantus uses both) and restore them after."""
-    np_state, torch_state = np.random.get_state(), torch.random.get_rng_state()
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(np_state)
-        torch.random.set_rng_state(torch_state)
 
 
 def curve_auc(curves: np.ndarray) -> np.ndarray:
@@ -81,12 +66,6 @@ def resolve_count(name: str, value: Any, n_features: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or int(value) != value:
         raise ValueError(f"bad {name} {value!r}; use a positive integer or a fraction in (0, 1)")
     return int(value)
-
-
-def _device_of(model: nn.Module) -> str:
-    """Where Quantus must put its inputs: the model's device (``device: null`` in a config)."""
-    param = next(iter(model.parameters()), None)
-    return str(param.device) if param is not None else "cpu"
 
 
 def _to_numpy(t: Any, dtype: Any = np.float64) -> Optional[np.ndarray]:
@@ -208,7 +187,7 @@ class QuantusMetric(Metric):
             warnings.simplefilter("ignore")  # Quantus warns once per sample and step
             raw = metric(model=model, x_batch=x, y_batch=y, a_batch=a.copy(), s_batch=s,
                          channel_first=True, explain_func=explain_func, explain_func_kwargs={},
-                         softmax=self.params["softmax"], device=self.params["device"] or _device_of(model),
+                         softmax=self.params["softmax"], device=self.params["device"] or str(device_of(model)),
                          batch_size=self.params["batch_size"])
         return self.summarise(raw, metric)
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.base import for_scoring
+from baselines.vocabulary import check_choice
 from metrics.base import Metric, MetricInfo
 
 OUTPUTS = ("probability", "logit")
@@ -55,8 +56,7 @@ class TabularMetric(Metric):
                              f"valid: {', '.join(sorted(allowed))}")
         merged = {**allowed, **params}
         merged["output"] = OUTPUT_ALIASES.get(merged["output"], merged["output"])
-        if merged["output"] not in OUTPUTS:
-            raise ValueError(f"unknown output {merged['output']!r}; choose one of: {', '.join(OUTPUTS)}")
+        check_choice("output", merged["output"], OUTPUTS)
         baseline = merged["baseline"]
         if not (baseline in ("zero", "batch_mean") or isinstance(baseline, (int, float))):
             raise ValueError(f"unknown baseline {baseline!r}; choose one of: zero, batch_mean, or a number")
@@ -170,8 +170,7 @@ class Infidelity(TabularMetric):
     defaults = {"n_perturbations": 64, "noise_std": 0.1, "seed": 0, "scale": "optimal"}
 
     def compute(self, model, x, y, a, explainer):
-        if self.params["scale"] not in ("optimal", "none"):
-            raise ValueError(f"unknown scale {self.params['scale']!r}; choose one of: optimal, none")
+        check_choice("scale", self.params["scale"], ("optimal", "none"))
         n, f = x.shape
         s = int(self.params["n_perturbations"])
         gen = torch.Generator().manual_seed(int(self.params["seed"]))
@@ -221,8 +220,7 @@ class Comprehensiveness(TabularMetric):
     keep_top: ClassVar[bool] = False
 
     def compute(self, model, x, y, a, explainer):
-        if self.params["rank_by"] not in ("signed", "absolute"):
-            raise ValueError(f"unknown rank_by {self.params['rank_by']!r}; choose one of: signed, absolute")
+        check_choice("rank_by", self.params["rank_by"], ("signed", "absolute"))
         n, f = x.shape
         ks = resolve_ks(list(self.params["ks"]), f)
         order = self.ranking(np.abs(a) if self.params["rank_by"] == "absolute" else a)

@@ -2,7 +2,7 @@
 that re-explain (class sensitivity, randomisation), written from their definitions.
 
 Inputs are right-padded token ids ``(N, L)`` with attributions ``(N, L)``; the features are the
-tokens :meth:`experiments.text_models.TextClassifier.feature_mask` marks (never ``[CLS]``,
+tokens :meth:`experiments.zoo.text_models.TextClassifier.feature_mask` marks (never ``[CLS]``,
 ``[SEP]`` or padding): only they are ranked, deleted, scored or compared, so a sample's score does
 not depend on its padding. Tokens are ranked by the attributions as given (signed for signed
 methods; the runner passes magnitudes for unsigned ones), highest first, ties in position order.
@@ -32,20 +32,14 @@ from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score
 from torch import Tensor, nn
 
-from baselines.base import seeded
+from baselines.vocabulary import CLASS_OUTPUTS, check_choice, device_of, seeded
 from metrics.base import Metric, MetricInfo
 from metrics.explain_adapter import ExplainFunc
 
-OUTPUTS = ("softmax", "logits")
 DELETIONS = ("mask", "remove")
 MAPS = ("given", "absolute")
 COMMON_PARAMS: dict[str, Any] = {"output": "softmax", "chunk_size": 256, "channel_reduction": "sum",
                                  "max_samples": None}
-
-
-def _check(what: str, value: Any, choices: Sequence[Any]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(map(str, choices))}")
 
 
 # -- deletion, ranking, model calls ------------------------------------------------------------
@@ -54,7 +48,7 @@ def delete_tokens(ids: Tensor, drop: Tensor, deletion: str, mask_token_id: int, 
     """``ids`` with the tokens where ``drop`` is True deleted, by ``[MASK]`` replacement
     (``mask``) or by removal with the rest closed up and right-padded to the same width
     (``remove``)."""
-    _check("deletion", deletion, DELETIONS)
+    check_choice("deletion", deletion, DELETIONS)
     if deletion == "mask":
         return torch.where(drop, torch.full_like(ids, mask_token_id), ids)
     keep = ~drop & ids.ne(pad_token_id)
@@ -84,11 +78,6 @@ def bin_sizes(percentages: Sequence[float], n_features: Tensor) -> Tensor:
                         dtype=torch.long).reshape(len(n), len(fracs))
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def spearman_rows(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Per row, Spearman's rank correlation of ``a`` and ``b`` over the entries ``keep`` marks;
     NaN where fewer than two are kept or either side is constant there."""
@@ -116,11 +105,11 @@ class TextMetric(Metric):
             raise ValueError(f"unknown parameter(s) {unknown} for metric {self.info.name!r}; "
                              f"valid: {', '.join(sorted(allowed))}")
         merged = {**allowed, **params}
-        _check("output", merged["output"], OUTPUTS)
+        check_choice("output", merged["output"], CLASS_OUTPUTS)  # text models are classifiers
         if "deletion" in merged:
-            _check("deletion", merged["deletion"], DELETIONS)
+            check_choice("deletion", merged["deletion"], DELETIONS)
         if "maps" in merged:
-            _check("maps", merged["maps"], MAPS)
+            check_choice("maps", merged["maps"], MAPS)
         chunk = merged["chunk_size"]
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"bad chunk_size {chunk!r} for metric {self.info.name!r}; use a positive integer")
@@ -146,7 +135,7 @@ class TextMetric(Metric):
             raise ValueError(f"metric {name!r}: attributions hold non-finite values; they are refused")
         if not callable(getattr(model, "feature_mask", None)):
             raise ValueError(f"metric {name!r} needs a text model with feature_mask(ids) "
-                             f"(experiments.text_models.TextClassifier); got {type(model).__name__}")
+                             f"(experiments.zoo.text_models.TextClassifier); got {type(model).__name__}")
         if self.needs_explainer and explainer is None:
             raise ValueError(f"metric {name!r} re-runs the explainer: pass explainer=<baselines.base.Explainer>")
         if self.needs_ground_truth:
@@ -162,7 +151,7 @@ class TextMetric(Metric):
         if len(y) != len(x):
             raise ValueError(f"metric {name!r}: {len(y)} targets for {len(x)} samples; give one target per sample")
         model.eval()
-        feature = model.feature_mask(x.to(_device_of(model))).cpu().bool()
+        feature = model.feature_mask(x.to(device_of(model))).cpu().bool()
         memo = getattr(explainer, "memo", None)
         self._memo = memo if isinstance(memo, dict) else None
         try:
@@ -192,7 +181,7 @@ class TextMetric(Metric):
         run), the logits of every sequence are kept there, keyed by the model and the sequence
         without its padding, so the metrics of one run share them: MoRF's steps are
         comprehensiveness's bins, the unperturbed sentence is read by all of them."""
-        device, pad = _device_of(model), int(model.pad_token_id)
+        device, pad = device_of(model), int(model.pad_token_id)
         if len(ids) == 0:
             return torch.zeros(0, 0)
         distinct, inverse = torch.unique(ids, dim=0, return_inverse=True)

@@ -1,7 +1,9 @@
 """Front ends turn a model into the IR: ``torch_fx`` (symbolic tracing, once per model),
 ``torch_export`` (torch.export's ATen graph, once per input signature) and ``keras`` (a Keras 3
 model mirrored in torch, then traced by ``torch_fx``; imported only for Keras models, so
-torch-only use never imports TensorFlow).
+torch-only use never imports TensorFlow). The two torch front ends are one walk over an fx
+graph (``lowering``), each with its table from targets to handlers; Keras has its table of
+layers (``keras_layers``).
 
 A front end holds the engine's working copy of the model (``model``: the caller's model is
 never changed) and gives ``(Graph, runner)`` for a batch of inputs; ``runner(inputs, wanted)``

@@ -1,4 +1,5 @@
-"""The rule interface and registry: adding a layer means one rule class and one ``@register``.
+"""The rule interface and registry: one rule class per op kind of the catalogue
+(:mod:`backtrace.ops`), registered with ``@register``.
 
 Conventions every rule can rely on (the engine guarantees them):
 
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from backtrace.ir import Node
+from backtrace.ops import CATALOGUE, OpKind, declare
 
 
 @dataclass(frozen=True)
@@ -82,15 +84,24 @@ class LinearInRelevanceRule(Rule):
 RULES: dict[str, Rule] = {}
 
 
-def register(*kinds: str) -> Callable[[type[Rule]], type[Rule]]:
-    """Class decorator: one instance of the rule serves every listed op kind."""
+def register(*kinds: str | OpKind) -> Callable[[type[Rule]], type[Rule]]:
+    """Class decorator: one instance of the rule serves every listed op kind: a name from the
+    catalogue, or a new :class:`~backtrace.ops.OpKind`, which this adds to the catalogue."""
 
     def deco(cls: type[Rule]) -> type[Rule]:
-        inst = cls()
-        cls.kinds = kinds
-        for k in kinds:
+        names = tuple(k.name if isinstance(k, OpKind) else k for k in kinds)
+        for k in names:
             if k in RULES:
                 raise ValueError(f"rule for op kind {k!r} registered twice")
+        for k in kinds:
+            if isinstance(k, OpKind):
+                declare(k)
+            elif k not in CATALOGUE:
+                raise ValueError(f"op kind {k!r} is not in the catalogue (backtrace.ops); "
+                                 f"register it as an OpKind to add it")
+        inst = cls()
+        cls.kinds = names
+        for k in names:
             RULES[k] = inst
         return cls
 

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from backtrace.ir import Node
+from backtrace.ops import kinds
 from backtrace.rules.adjoint import adjoint
 from backtrace.rules.base import EvalOptions, LinearInRelevanceRule, Relevance, register, tree_zeros_like
 
@@ -73,11 +74,7 @@ class SplitRule(LinearInRelevanceRule):
         return [torch.cat(list(relevance), dim=dim)] + [None] * (len(inputs) - 1)
 
 
-ACTIVATION_KINDS = ("relu", "relu6", "leaky_relu", "elu", "gelu", "silu", "mish", "softplus", "hardtanh",
-                    "hardswish", "hardsigmoid", "tanh", "sigmoid", "softmax")
-
-
-@register("identity", "dropout", *ACTIVATION_KINDS)
+@register("identity", "dropout", *kinds("activation"))
 class PassThroughRule(LinearInRelevanceRule):
     """Activations, Dropout and identities hand the relevance on unchanged (an activation's
     effect is taken into account by the layer before it, through its saturation bounds)."""

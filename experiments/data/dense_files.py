@@ -26,7 +26,8 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-from experiments.loaders.base import DataError, Dataset, as_inputs, as_labels, subset
+from experiments.data.base import Dataset, as_inputs, as_labels, subset
+from experiments.errors import DataError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",

@@ -18,7 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from experiments.loaders.base import DataError, Dataset, as_inputs, as_labels, check_size
+from experiments.data.base import Dataset, as_inputs, as_labels, check_size
+from experiments.errors import DataError
 
 SHAPES = ("disc", "square", "triangle", "ring", "diamond")
 TEXTURES = ("stripes", "checks", "flat")
@@ -145,7 +146,7 @@ class FashionItems:
     """Fashion-MNIST training images to cut objects from (loaded once, seeded order)."""
 
     def __init__(self, n: int, seed: int) -> None:
-        from experiments.loaders.image import fashion_mnist
+        from experiments.data.image import fashion_mnist
 
         ds = fashion_mnist(n_train=n, n_test=1, seed=seed)
         self.images = ds.x_train[:, 0].numpy()
@@ -292,7 +293,7 @@ def synthetic_boxes(n_train: int = 2000, n_test: int = 500, size: int = 32, chan
     ``target`` is a shape (distractors: the other shapes); with ``objects: fashion_mnist`` the
     target is the Fashion-MNIST class ``target_item`` (1: Trouser) and distractors are items of
     other classes. The target is drawn last, so it is whole and its box is its own pixels' box.
-    ``ground_truth`` is the box filled in as a mask (``experiments.loaders.base.box_masks``)."""
+    ``ground_truth`` is the box filled in as a mask (``experiments.data.base.box_masks``)."""
     name = "synthetic_boxes"
     spec = SceneSpec(size, channels, tuple(float(v) for v in object_size), float(contrast), clutter, float(noise),
                      objects)

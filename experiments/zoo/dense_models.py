@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from experiments.config import ConfigError
-from experiments.keras_models import KerasClassifier, _init_seed, _keras
+from experiments.errors import ConfigError
+from experiments.zoo.keras_models import KerasClassifier, _init_seed, _keras
 
 UPSAMPLINGS = ("transpose", "bilinear")
 

@@ -10,7 +10,7 @@ recorded in place of a classifier's accuracy.
   one minus the generalised IoU of Rezatofighi et al., 2019), ``l1`` or ``giou``; its score is the
   mean box IoU over the test images.
 
-Training is the classifiers' loop (``experiments.training``) with the task's loss: Adam, seeded
+Training is the classifiers' loop (``experiments.zoo.training``) with the task's loss: Adam, seeded
 data order, one progress bar. The loss is chosen by the model config's ``train.loss`` among its
 task's, the first being the default.
 """
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from experiments.config import ConfigError
-from experiments.loaders.base import Dataset
+from experiments.data.base import Dataset
+from experiments.errors import ConfigError
 
 LOSSES = {"binary-segmentation": ("bce_dice", "bce", "dice"), "bbox-regression": ("l1_giou", "l1", "giou")}
 SCORES = {"binary-segmentation": "test IoU", "bbox-regression": "test mean box IoU"}
@@ -125,7 +125,7 @@ def train_dense(model: nn.Module, dataset: Dataset, train_cfg: Any, seed: int, d
     trains with Keras's ``fit`` on the same loss."""
     from tqdm.auto import tqdm
 
-    from experiments.training import OPTIMIZERS
+    from experiments.zoo.training import OPTIMIZERS
 
     task = dataset.task
     name = loss_name(task, train_cfg)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backtrace import Backtrace, explain
-from experiments.models import ResNet
+from experiments.zoo.models import ResNet
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:
@@ -106,7 +106,7 @@ def test_efficientnet_lite0_explains_chelsea() -> None:
     from skimage import data
     from skimage.transform import resize
 
-    from experiments.models import efficientnet_lite0
+    from experiments.zoo.models import efficientnet_lite0
 
     model = efficientnet_lite0()
     img = resize(data.chelsea(), (224, 224), anti_aliasing=True).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The benchmark's text classifiers (``experiments.text_models``) through the engine, as they are:
+"""The benchmark's text classifiers (``experiments.zoo.text_models``) through the engine, as they are:
 token ids in, a padding mask computed inside ``forward`` from the ids. What the model computes
 from the ids alone (``ids.ne(pad)``, its casts, sums and clamps) carries no relevance; per-token
 relevance is finite, exactly 0 on padding, and the same whatever the padding length and the
@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from backtrace import Backtrace, UnsupportedOperation, explain
 from tests.backtrace.test_rules_naive import BOUNDS, unit_default
 
-text_models = pytest.importorskip("experiments.text_models")
+text_models = pytest.importorskip("experiments.zoo.text_models")
+tokenizer = pytest.importorskip("experiments.data.tokenizer")
 
 DT = torch.float64
 LENGTHS = (7, 5, 3)                    # real tokens per sentence, [CLS] and [SEP] included
@@ -21,7 +22,7 @@ MODES = ("default", "contrastive")
 
 @pytest.fixture(scope="module")
 def spec() -> dict:
-    full = text_models.tokenizer_spec()
+    full = tokenizer.tokenizer_spec()
     return {k: full[k] for k in ("vocab_size", "pad_token_id", "mask_token_id", "special_token_ids")}
 
 

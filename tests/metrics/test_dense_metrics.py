@@ -10,7 +10,7 @@ from torch import nn
 
 from baselines import ExplainContext, METHODS
 from baselines.dense_heads import dense_head
-from experiments.loaders.base import box_masks
+from experiments.data.base import box_masks
 from experiments.zoo.dense_models import UNet
 from metrics.dense import DENSE_METRICS, RegionLeRF, RegionMoRF, deletion_inputs, region_ranking
 from metrics.quantus_metrics import (MPRT, AttributionLocalisation, FaithfulnessCorrelation, PointingGame,

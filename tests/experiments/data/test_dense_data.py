@@ -13,7 +13,8 @@ from PIL import Image
 
 from experiments.data import dense_files, scenes
 from experiments.data.scenes import SHAPES, SceneSpec, mask_box, render_scene, shape_mask
-from experiments.loaders.base import DataError, Dataset, box_masks
+from experiments.data.base import Dataset, box_masks
+from experiments.errors import DataError
 
 FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 

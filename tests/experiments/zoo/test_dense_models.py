@@ -10,8 +10,8 @@ from torch import nn
 
 from backtrace import explain
 from baselines.dense_heads import dense_head
-from experiments.config import ConfigError
-from experiments.loaders.base import Dataset
+from experiments.data.base import Dataset
+from experiments.errors import ConfigError
 from experiments.zoo import dense_training as dt
 from experiments.zoo.dense_models import BoxCNN, UNet, parameter_count
 

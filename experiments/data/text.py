@@ -1,0 +1,433 @@
+"""Text datasets: a generated sentiment corpus with known rationales, and GLUE SST-2.
+
+Both are tokenised with the benchmark's one tokenizer (``experiments.zoo.text_models``): int64 ids
+``(N, L)``, ``[CLS] ... [SEP]`` then right padding with the pad id, ``L`` the longest sequence of
+either split (at most ``max_length``). Labels: 0 negative, 1 positive.
+
+``sentiment_rationales`` is to text what ``synthetic_image`` is to images: every sentence is built
+from neutral filler, one to three sentiment words of one polarity (after negation) taken from
+the lexicons that ship in the vaderSentiment and textblob packages, negators ("not", "never")
+that flip the word after them, and distractor words of weak valence. The label is the sign of
+the summed valence of the sentiment words (each flipped when negated), and those words together
+with their negators are the rationale, stored per token in ``ground_truth``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import urllib.error
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from experiments.errors import DataError
+
+from . import formats
+from .base import Dataset, as_labels, check_size, subset
+
+SENTIMENT_CLASSES = ["negative", "positive"]
+
+# -- the lexicon --------------------------------------------------------------------------------
+
+STRONG_VALENCE = 2.0    # |VADER valence| (scale -4..4) of a sentiment word, at least
+WEAK_VALENCE = 0.8      # |valence| of a distractor, at most; 2 distractors never outweigh one sentiment word
+MAX_DISTRACTORS = 2     # so sum(distractors) <= 1.6 < STRONG_VALENCE: the rationale decides the label
+NEGATORS = ("not", "never")
+# Words of the lexicons that are slurs, profanity or about people rather than about a film;
+# leaving them out changes nothing about the task.
+EXCLUDED = frozenset({"fucked", "retarded", "sexy", "autistic", "disabled", "leftist", "rightist", "criminal",
+                      "illegal", "masculine", "cardiac", "military", "black", "pink", "green", "naughty"})
+
+# Neutral vocabulary: none of these words has a valence in either lexicon (checked on load).
+NOUNS = ("film", "movie", "plot", "script", "cast", "soundtrack", "ending", "story", "director", "dialogue",
+         "pacing", "sequel", "setting", "premise", "finale", "camera work", "lead actor", "second act",
+         "opening scene", "editing", "costumes", "screenplay", "narrator", "music")
+COPULAS = ("was", "is", "felt", "seemed", "looked")
+OPENERS = ("", "", "", "all in all ,", "in the end ,", "after an hour ,", "on a quiet sunday evening ,",
+           "as i see it ,", "from start to finish ,", "in short ,", "by the time it ended ,",
+           "according to my sister ,", "this weekend ,")
+CLOSERS = ("", "", "", "overall", "this time", "in my view", "on television", "at the cinema")
+JOINERS = ("and", ", and", "; also ,", ", while", ", plus")
+NEUTRAL_CLAUSES = ("it runs about two hours", "i watched it with my brother", "it came out last year",
+                   "we saw it in a theater downtown", "the story takes place in a town by the sea",
+                   "it was shot at night", "the director also wrote the script")
+
+
+def _package_file(module: str, *parts: str) -> Path:
+    """A data file of an installed package, found without importing the package (importing
+    textblob imports nltk, which takes seconds)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"sentiment_rationales needs the package {module} for its lexicon "
+                        f"(pip install -c constraints.txt vaderSentiment textblob)")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    if not path.is_file():
+        raise DataError(f"sentiment_rationales: the lexicon file {path} is missing from the installed {module}")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def vader_lexicon() -> dict[str, float]:
+    """VADER's word -> mean valence (-4..4), from the vader_lexicon.txt of vaderSentiment."""
+    out = {}
+    for line in _package_file("vaderSentiment", "vader_lexicon.txt").read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2:
+            out[parts[0]] = float(parts[1])
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def textblob_adjectives() -> dict[str, list[float]]:
+    """textblob's adjective -> the polarity (-1..1) of each of its senses (en-sentiment.xml)."""
+    out: dict[str, list[float]] = {}
+    root = ET.parse(_package_file("textblob", "en", "en-sentiment.xml")).getroot()
+    for word in root.iter("word"):
+        if word.get("pos") == "JJ" and word.get("form"):
+            out.setdefault(word.get("form"), []).append(float(word.get("polarity", 0.0)))
+    return out
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """Sentiment words of each polarity, weak-valence distractors, and every word's valence."""
+
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+    distractors: tuple[str, ...]
+    valence: dict[str, float]
+
+
+@functools.lru_cache(maxsize=1)
+def sentiment_lexicon() -> Lexicon:
+    """The words the corpus is built from, where the two lexicons agree.
+
+    Sentiment words: adjectives whose VADER valence is at least ``STRONG_VALENCE`` in magnitude
+    and every textblob sense of which has the same sign (mean polarity at least 0.3). Distractors:
+    adjectives of weak valence, VADER's (0 < |v| <= ``WEAK_VALENCE``, textblob |polarity| <= 0.3)
+    or, for words VADER lacks, textblob's (0.05 <= |polarity| <= 0.2, valence 4 x polarity).
+    """
+    vader, blob = vader_lexicon(), textblob_adjectives()
+    word = re.compile(r"[a-z]{3,}")
+    valence: dict[str, float] = {}
+    positive, negative, distractors = [], [], []
+    for form, senses in sorted(blob.items()):
+        if not word.fullmatch(form) or form in EXCLUDED or form in NEGATORS:
+            continue
+        mean = sum(senses) / len(senses)
+        v = vader.get(form)
+        if v is not None and abs(v) >= STRONG_VALENCE and abs(mean) >= 0.3 and all(s * v >= 0 for s in senses):
+            (positive if v > 0 else negative).append(form)
+            valence[form] = v
+        elif v is not None and 0 < abs(v) <= WEAK_VALENCE and abs(mean) <= 0.3:
+            distractors.append(form)
+            valence[form] = v
+        elif v is None and 0.05 <= abs(mean) <= 0.2:
+            distractors.append(form)
+            valence[form] = 4.0 * mean
+    return Lexicon(tuple(positive), tuple(negative), tuple(distractors), valence)
+
+
+def neutral_words() -> set[str]:
+    """Every word the templates use besides sentiment words, distractors and negators."""
+    phrases = NOUNS + COPULAS + OPENERS + CLOSERS + JOINERS + NEUTRAL_CLAUSES + ("the", ".")
+    return {w for phrase in phrases for w in phrase.split()}
+
+
+# -- the generator ------------------------------------------------------------------------------
+
+ROLES = ("filler", "sentiment", "negator", "distractor")
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One generated sentence: its words, each word's role, and its label."""
+
+    words: tuple[str, ...]
+    roles: tuple[str, ...]
+    label: int
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+    @property
+    def rationale(self) -> tuple[bool, ...]:
+        """Word-level rationale: the sentiment words and their negators."""
+        return tuple(r in ("sentiment", "negator") for r in self.roles)
+
+
+def _clause(rng: np.random.Generator, noun: str, lex: Lexicon, polarity: int, negate: bool) -> list[tuple[str, str]]:
+    """``the <noun> <copula> [not|never] <word>``: the word's own polarity is ``-polarity`` when negated."""
+    pool = lex.positive if (polarity > 0) != negate else lex.negative
+    out = [("the", "filler")] + [(w, "filler") for w in noun.split()] + [(str(rng.choice(COPULAS)), "filler")]
+    if negate:
+        out.append((str(rng.choice(NEGATORS)), "negator"))
+    out.append((str(rng.choice(pool)), "sentiment"))
+    return out
+
+
+def generate_sentence(rng: np.random.Generator, label: int, lex: Lexicon, negation_rate: float = 0.3,
+                      max_sentiment_words: int = 3, distractor_rate: float = 0.5) -> Sentence:
+    """A sentence of label ``label`` (0 negative, 1 positive): 1..``max_sentiment_words`` clauses
+    each carrying one sentiment word of the label's polarity (or of the other polarity, negated),
+    maybe one neutral clause, up to ``MAX_DISTRACTORS`` distractor adjectives in front of nouns,
+    and neutral openers, joiners and closers."""
+    polarity = 1 if label == 1 else -1
+    n_sent = int(rng.integers(1, max_sentiment_words + 1))
+    nouns = rng.choice(len(NOUNS), n_sent, replace=False)
+    clauses = [_clause(rng, NOUNS[i], lex, polarity, bool(rng.random() < negation_rate)) for i in nouns]
+    if rng.random() < 0.3:
+        clauses.append([(w, "filler") for w in str(rng.choice(NEUTRAL_CLAUSES)).split()])
+    order = rng.permutation(len(clauses))
+    clauses = [clauses[i] for i in order]
+    # distractors: an adjective in front of the noun of a clause that starts with "the"
+    n_dist = int(rng.binomial(MAX_DISTRACTORS, distractor_rate))
+    targets = [i for i, c in enumerate(clauses) if c[0][0] == "the"]
+    for i in rng.choice(targets, min(n_dist, len(targets)), replace=False) if targets else []:
+        clauses[int(i)].insert(1, (str(rng.choice(lex.distractors)), "distractor"))
+    words: list[tuple[str, str]] = [(w, "filler") for w in str(rng.choice(OPENERS)).split()]
+    for k, clause in enumerate(clauses):
+        if k:
+            words += [(w, "filler") for w in str(rng.choice(JOINERS)).split()]
+        words += clause
+    words += [(w, "filler") for w in str(rng.choice(CLOSERS)).split()] + [(".", "filler")]
+    return Sentence(tuple(w for w, _ in words), tuple(r for _, r in words), label)
+
+
+def rationale_label(words: Sequence[str], roles: Sequence[str], lex: Lexicon) -> tuple[int, float]:
+    """(label, summed valence) read back from a sentence: the valence of each rationale word,
+    flipped when the word before it is a negator. Distractors are left out of the sum."""
+    total = 0.0
+    for i, (w, r) in enumerate(zip(words, roles)):
+        if r == "sentiment":
+            total += -lex.valence[w] if i and words[i - 1] in NEGATORS else lex.valence[w]
+    return int(total > 0), total
+
+
+def generate_corpus(n: int, seed: int | Sequence[int], negation_rate: float = 0.3, max_sentiment_words: int = 3,
+                    distractor_rate: float = 0.5, exclude: Sequence[str] = ()) -> list[Sentence]:
+    """``n`` distinct sentences, half of each label in a seeded order, none of whose texts is in
+    ``exclude``; deterministic from ``seed``."""
+    lex = sentiment_lexicon()
+    rng = np.random.default_rng(list(seed) if isinstance(seed, (list, tuple)) else seed)
+    labels = rng.permutation(np.arange(n) % 2)
+    seen = set(exclude)
+    out = []
+    for label in labels:
+        for _ in range(1000):
+            s = generate_sentence(rng, int(label), lex, negation_rate, max_sentiment_words, distractor_rate)
+            if s.text not in seen:
+                break
+        else:  # pragma: no cover - the template space holds billions of sentences
+            raise DataError(f"sentiment_rationales: cannot generate {n} distinct sentences; lower n_train/n_test")
+        seen.add(s.text)
+        out.append(s)
+    return out
+
+
+# -- tokenisation ---------------------------------------------------------------------------------
+
+def _tokenizer(name: str) -> Any:
+    from experiments.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+def encode_words(words: Sequence[Sequence[str]], word_masks: Sequence[Sequence[bool]] | None, tokenizer: str,
+                 max_length: int, truncate: bool, name: str) -> tuple[list[list[int]], list[list[int]] | None, int]:
+    """WordPiece ids with ``[CLS]``/``[SEP]`` per sentence, and per token the rationale flag of the
+    word it came from (0 on special tokens). A sequence longer than ``max_length`` is cut to its
+    first ``max_length - 1`` tokens and ``[SEP]`` (``truncate``) or refused. Returns (ids, masks,
+    number of sequences cut)."""
+    tok = _tokenizer(tokenizer)
+    enc = tok([list(w) for w in words], is_split_into_words=True, add_special_tokens=True)
+    ids = [list(map(int, x)) for x in enc["input_ids"]]
+    masks = None
+    if word_masks is not None:
+        masks = [[0 if j is None else int(bool(word_masks[i][j])) for j in enc.word_ids(i)] for i in range(len(ids))]
+    long = [i for i, r in enumerate(ids) if len(r) > max_length]
+    if long and not truncate:
+        raise DataError(f"{name}: sentence {long[0]} has {len(ids[long[0]])} tokens, more than "
+                        f"max_length={max_length}; raise max_length")
+    for i in long:
+        ids[i] = ids[i][: max_length - 1] + [int(tok.sep_token_id)]
+        if masks is not None:
+            masks[i] = masks[i][: max_length - 1] + [0]
+    return ids, masks, len(long)
+
+
+def pad(rows: Sequence[Sequence[int]], length: int, value: int) -> torch.Tensor:
+    """Right-pad int rows to ``length``: (N, length) int64."""
+    out = torch.full((len(rows), length), int(value), dtype=torch.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
+    return out
+
+
+def _check_max_length(name: str, max_length: Any) -> None:
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 8 <= max_length <= 512:
+        raise DataError(f"max_length={max_length!r} is invalid for dataset {name}; choose an integer in 8..512")
+
+
+def sentiment_rationales(n_train: int = 4000, n_test: int = 500, max_length: int = 64, negation_rate: float = 0.3,
+                         max_sentiment_words: int = 3, distractor_rate: float = 0.5, tokenizer: str = "minilm",
+                         seed: int = 0) -> Dataset:
+    """The generated sentiment corpus (module docstring): balanced binary labels, a test split
+    with no sentence of the training split, and the rationale of every test token in
+    ``ground_truth`` (1 on the WordPiece tokens of the sentiment words and their negators)."""
+    name = "sentiment_rationales"
+    for arg, n in (("n_train", n_train), ("n_test", n_test)):
+        check_size(name, arg, n, 10**6)
+    _check_max_length(name, max_length)
+    if not isinstance(negation_rate, (int, float)) or isinstance(negation_rate, bool) or not 0 <= negation_rate <= 1:
+        raise DataError(f"negation_rate={negation_rate!r} is invalid for dataset {name}; choose a number in [0, 1]")
+    if not isinstance(distractor_rate, (int, float)) or isinstance(distractor_rate, bool) or not 0 <= distractor_rate <= 1:
+        raise DataError(f"distractor_rate={distractor_rate!r} is invalid for dataset {name}; choose a number in [0, 1]")
+    if isinstance(max_sentiment_words, bool) or max_sentiment_words not in (1, 2, 3):
+        raise DataError(f"max_sentiment_words={max_sentiment_words!r} is invalid for dataset {name}; choose 1, 2 or 3")
+    from experiments.data.tokenizer import tokenizer_spec
+
+    spec = tokenizer_spec(tokenizer)
+    # The test split comes from its own seeded stream, so it does not change with n_train (a model
+    # fine-tuned on fewer sentences is scored on the same test sentences); training sentences
+    # repeat none of its texts.
+    settings = (negation_rate, max_sentiment_words, distractor_rate)
+    test = generate_corpus(n_test, [seed, 1], *settings)
+    sentences = generate_corpus(n_train, [seed, 0], *settings, exclude=[s.text for s in test]) + test
+    ids, masks, _ = encode_words([s.words for s in sentences], [s.rationale for s in sentences], tokenizer,
+                                 max_length, truncate=False, name=name)
+    length = max(len(r) for r in ids)
+    x = pad(ids, length, spec["pad_token_id"])
+    gt = pad(masks[n_train:], length, 0).float()
+    y = np.array([s.label for s in sentences], dtype=np.int64)
+    lex = sentiment_lexicon()
+    return Dataset(name, "text", x[:n_train], as_labels(y[:n_train]), x[n_train:], as_labels(y[n_train:]), 2,
+                   class_names=list(SENTIMENT_CLASSES), ground_truth=gt,
+                   texts_test=[s.text for s in sentences[n_train:]],
+                   info={"tokenizer": spec, "source": "generated from the vaderSentiment and textblob lexicons",
+                         "lexicon": {"positive": len(lex.positive), "negative": len(lex.negative),
+                                     "distractors": len(lex.distractors)},
+                         "label_rule": "sign of the summed VADER valence of the sentiment words, each flipped "
+                                       "when preceded by a negator (not, never)",
+                         "rationale": "the WordPiece tokens of the sentiment words and of their negators",
+                         "length": length, "negation_rate": negation_rate, "distractor_rate": distractor_rate})
+
+
+# -- SST-2 ------------------------------------------------------------------------------------------
+
+SST2_PARQUET_URL = "https://huggingface.co/datasets/stanfordnlp/sst2/resolve/main/data/{split}-00000-of-00001.parquet"
+SST2_SPLITS = {"train": ("train", "train"), "test": ("validation", "dev")}   # ours: (parquet name, GLUE TSV name)
+
+
+def _find_sst2(data_dir: Path, split: str) -> Path | None:
+    """The file of one SST-2 split in ``data_dir``: the Hugging Face parquet layout
+    (``[data/|sst2/]<split>-*.parquet`` or ``<split>.parquet``) or the GLUE TSV one
+    (``[SST-2/]train.tsv``, ``dev.tsv``)."""
+    parquet, tsv = SST2_SPLITS[split]
+    for folder in (data_dir, data_dir / "data", data_dir / "sst2"):
+        found = sorted(folder.glob(f"{parquet}-*.parquet")) + sorted(folder.glob(f"{parquet}.parquet"))
+        if found:
+            return found[0]
+    for folder in (data_dir, data_dir / "SST-2"):
+        if (folder / f"{tsv}.tsv").is_file():
+            return folder / f"{tsv}.tsv"
+    return None
+
+
+def _download_sst2(data_dir: Path) -> None:
+    for parquet, _ in SST2_SPLITS.values():
+        formats.download(SST2_PARQUET_URL.format(split=parquet), data_dir / "data" / f"{parquet}-00000-of-00001.parquet")
+
+
+def read_sst2_file(path: Path) -> tuple[list[str], np.ndarray]:
+    """Sentences and 0/1 labels of one SST-2 file (parquet or GLUE TSV), checked."""
+    if path.suffix == ".parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:
+            raise DataError(f"sst2: cannot read {path} as parquet ({type(exc).__name__}: {exc})".replace("\n", " ")) from None
+    else:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if not lines:
+            raise DataError(f"sst2: {path} is empty")
+        header = lines[0].split("\t")
+        rows = []
+        for number, line in enumerate(lines[1:], start=2):
+            if not line:
+                continue
+            fields = line.split("\t")
+            if len(fields) != len(header):
+                raise DataError(f"sst2: {path} line {number} has {len(fields)} tab-separated fields, the header "
+                                f"{len(header)} ({', '.join(header)})")
+            rows.append(fields)
+        frame = pd.DataFrame(rows, columns=header)
+    missing = [c for c in ("sentence", "label") if c not in frame.columns]
+    if missing:
+        raise DataError(f"sst2: {path} has no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))}); "
+                        f"the GLUE test split has no labels: use train and validation/dev")
+    labels = pd.to_numeric(frame["label"], errors="coerce")
+    bad = ~labels.isin([0, 1])
+    if bool(bad.any()):
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"sst2: {path} row {row + 1} has label {frame['label'].iloc[row]!r}; SST-2 labels are 0 "
+                        f"(negative) and 1 (positive)")
+    sentences = [str(s).strip() for s in frame["sentence"]]
+    return sentences, labels.to_numpy(dtype=np.int64)
+
+
+def sst2(data_dir: str = "data/sst2", download: bool = True, n_train: int | None = 8000, n_test: int | None = None,
+         max_length: int = 64, tokenizer: str = "minilm", seed: int = 0) -> Dataset:
+    """GLUE SST-2 (Socher et al. 2013): movie-review sentences, negative/positive.
+
+    The test split's labels are hidden by GLUE, so the validation split (872 sentences) is the
+    test split here. Files are read from ``data_dir`` in the Hugging Face parquet layout or the
+    GLUE TSV layout; where neither is there and ``download`` is true the parquet files are
+    fetched. Seeded subsets of each split (``null``: all); sentences longer than ``max_length``
+    tokens are cut (``info["truncated"]`` counts them). No rationales: ``ground_truth`` is None.
+    """
+    name = "sst2"
+    _check_max_length(name, max_length)
+    folder = Path(os.path.expanduser(data_dir))
+    files = {split: _find_sst2(folder, split) for split in SST2_SPLITS}
+    if any(f is None for f in files.values()) and download:
+        try:
+            _download_sst2(folder)
+        except (urllib.error.URLError, OSError) as err:
+            raise DataError(f"sst2: no SST-2 files in {folder} and the download failed ({err}); put "
+                            f"train/validation parquet files (data/train-*.parquet) or GLUE's train.tsv and dev.tsv "
+                            f"there") from None
+        files = {split: _find_sst2(folder, split) for split in SST2_SPLITS}
+    missing = [split for split, f in files.items() if f is None]
+    if missing:
+        split = SST2_SPLITS[missing[0]]
+        raise DataError(f"sst2: no {split[0]} split in {folder} (looked for {split[0]}-*.parquet, data/{split[0]}-*.parquet "
+                        f"and {split[1]}.tsv){'' if download else ' and download=false'}; put the SST-2 files there")
+    rng = np.random.default_rng(seed)
+    texts, labels = {}, {}
+    for split, arg, n in (("train", "n_train", n_train), ("test", "n_test", n_test)):
+        sentences, y = read_sst2_file(files[split])  # type: ignore[arg-type]
+        idx = subset(name, arg, n, len(sentences), rng)
+        texts[split], labels[split] = [sentences[i] for i in idx], y[idx]
+    from experiments.data.tokenizer import tokenizer_spec
+
+    spec = tokenizer_spec(tokenizer)
+    words = {split: [t.split() for t in texts[split]] for split in texts}
+    encoded = {split: encode_words(words[split], None, tokenizer, max_length, truncate=True, name=name)
+               for split in texts}
+    length = max(len(r) for split in encoded for r in encoded[split][0])
+    x = {split: pad(encoded[split][0], length, spec["pad_token_id"]) for split in encoded}
+    return Dataset(name, "text", x["train"], as_labels(labels["train"]), x["test"], as_labels(labels["test"]), 2,
+                   class_names=list(SENTIMENT_CLASSES), texts_test=texts["test"],
+                   info={"tokenizer": spec, "source": f"GLUE SST-2 ({', '.join(str(f) for f in files.values())})",
+                         "split": "train: GLUE train; test: GLUE validation (the GLUE test labels are hidden)",
+                         "length": length, "max_length": max_length,
+                         "truncated": int(sum(encoded[s][2] for s in encoded))})

@@ -1,1 +1,0 @@
-"""Dataset loaders, split by kind; import them from `experiments.datasets`."""

@@ -1,0 +1,479 @@
+"""The figures of a results table, drawn to be read: heatmap grids (images), token heatmaps
+(text), the mean-rank chart and the method cost chart.
+
+Every figure says how to read it: methods by their written-out names, the class, target and
+prediction of each sample, a colour bar for the scale (each map is scaled to its own largest
+|value|, so the bar runs from -1 to 1 of that), and the ground-truth mask outlined where the data
+have one. Figures read the record folders of a :class:`~experiments.report.table_data.TableData`.
+"""
+from __future__ import annotations
+
+import html
+import json
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from experiments.report.methods import method_order, method_title
+from experiments.report.table_data import TableData
+
+GROUND_TRUTH_COLOUR = "#00c853"
+SIGNED_CMAP, UNSIGNED_CMAP = "bwr", "Reds"
+SCALE_NOTE = "each map scaled to its own max |relevance|"
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -- what each sample is ---------------------------------------------------------------------
+
+@dataclass
+class SampleInfo:
+    """The explained samples of a table, in the order of its arrays: dataset index, class,
+    target and prediction, the class names and the ground-truth masks where known."""
+
+    samples: np.ndarray
+    labels: np.ndarray
+    targets: np.ndarray
+    predictions: np.ndarray
+    class_names: Optional[list[str]] = None
+    ground_truth: Optional[np.ndarray] = None
+
+    def name(self, c: int) -> str:
+        if c < 0:
+            return "?"
+        return self.class_names[c] if self.class_names and c < len(self.class_names) else str(c)
+
+    def describe(self, i: int, sep: str = "\n") -> str:
+        return sep.join([f"#{int(self.samples[i])}", f"class: {self.name(int(self.labels[i]))}",
+                         f"target: {self.name(int(self.targets[i]))}",
+                         f"prediction: {self.name(int(self.predictions[i]))}"])
+
+
+# Where the dataset registry was (experiments/datasets.py) when records did not yet keep class
+# names and ground truth; such records' dataset configs name it.
+LEGACY_REGISTRY = "experiments.datasets."
+
+
+def _rebuild_dataset(record: dict[str, Any]) -> Any:
+    """The table's dataset rebuilt from the record's own config, for records written before the
+    class names and ground truth were stored with them; never downloads."""
+    cfg = (record.get("config") or {}).get("dataset")
+    if not isinstance(cfg, dict) or "_target_" not in cfg:
+        return None
+    from hydra.utils import instantiate
+
+    cfg = {**cfg, **({"download": False} if "download" in cfg else {})}
+    if str(cfg["_target_"]).startswith(LEGACY_REGISTRY):  # such records name the registry's old module
+        cfg["_target_"] = "experiments.data.datasets." + str(cfg["_target_"])[len(LEGACY_REGISTRY):]
+    try:
+        return instantiate(cfg)
+    except Exception as exc:  # a loader whose files are not here: the figure goes without
+        print(f"note: figures of {record['dataset']['name']} without class names or ground truth "
+              f"(dataset not rebuilt: {type(exc).__name__}: {exc})".replace("\n", " "), file=sys.stderr)
+        return None
+
+
+def sample_info(data: TableData) -> SampleInfo:
+    """Read the samples' classes from the table's first record (every record of a table explained
+    the same samples), class names from ``record.json``, ground truth from ``arrays.npz``, each
+    rebuilt from the dataset config only where the record predates them (a record that says
+    whether its data have ground truth keeps everything a figure needs)."""
+    folder = next(iter(data.folders.values()))
+    record = json.loads((folder / "record.json").read_text())
+    scores = pd.read_csv(folder / "scores.csv")
+    with np.load(folder / "arrays.npz") as arrays:
+        targets = arrays["targets"] if "targets" in arrays else scores.get("target", pd.Series(-1, index=scores.index)).to_numpy()
+        gt = arrays["ground_truth"] if "ground_truth" in arrays else None
+    samples = scores["sample"].to_numpy()
+    labels = scores["label"].to_numpy() if "label" in scores else np.full(len(scores), -1)
+    preds = scores["prediction"].to_numpy() if "prediction" in scores else np.full(len(scores), -1)
+    names = record["dataset"].get("class_names")
+    legacy = "ground_truth" not in record["dataset"]
+    if legacy and (names is None or (gt is None and data.modality in ("image", "text"))):
+        ds = _rebuild_dataset(record)
+        if ds is not None:
+            names = names or ds.class_names
+            if gt is None and ds.ground_truth is not None:
+                gt = np.asarray(ds.ground_truth)[samples]
+    return SampleInfo(samples, labels, np.asarray(targets), preds, names, gt)
+
+
+def _one_signed(data: TableData, method: str) -> bool:
+    """Maps drawn on a sequential scale: no sample of the method had both signs."""
+    returns = data.methods.get(method, {}).get("returns") or {}
+    return returns.get("mixed_sign_samples", 1.0 if data.signed.get(method, True) else 0.0) <= 0
+
+
+def _colour_bars(fig: Any, kinds: set[str], rect: Sequence[float]) -> None:
+    """One horizontal bar per scale used (signed: -1..1, one-signed: 0..1 of each map's max)."""
+    plt = _plt()
+    from matplotlib.colors import Normalize
+
+    left, bottom, width, height = rect
+    kinds_sorted = [k for k in ("signed", "one-signed") if k in kinds]
+    w = width / max(len(kinds_sorted), 1)
+    for i, kind in enumerate(kinds_sorted):
+        cax = fig.add_axes([left + i * w + 0.1 * w, bottom, 0.8 * w, height])
+        signed = kind == "signed"
+        sm = plt.cm.ScalarMappable(norm=Normalize(-1 if signed else 0, 1), cmap=SIGNED_CMAP if signed else UNSIGNED_CMAP)
+        bar = fig.colorbar(sm, cax=cax, orientation="horizontal")
+        bar.set_ticks([-1, 0, 1] if signed else [0, 0.5, 1])
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label(("signed maps" if signed else "one-signed maps") + f": relevance / max |relevance| of the map",
+                      fontsize=6)
+
+
+# -- image heatmap grid ------------------------------------------------------------------------
+
+def heatmap_figure(data: TableData, n_rows: int = 6) -> Any:
+    """Samples as rows (class, target, prediction at the left), the input then each method as
+    columns; the ground-truth mask outlined on every cell where the data have one. None when the
+    records hold no inputs."""
+
+    plt = _plt()
+    methods = method_order(list(data.folders))
+    arrays = {m: np.load(data.folders[m] / "arrays.npz") for m in methods}
+    first = next((a for a in arrays.values() if "inputs" in a), None)
+    if first is None:
+        return None
+    info = sample_info(data)
+    inputs = first["inputs"][:n_rows]
+    n, cols = len(inputs), len(methods) + 1
+    cell, label_w, top, bottom = 1.45, 1.15, 0.95, 0.85
+    fig_w, fig_h = label_w + cell * cols, top + bottom + cell * n
+    fig, axes = plt.subplots(n, cols, figsize=(fig_w, fig_h), squeeze=False)
+    fig.subplots_adjust(left=label_w / fig_w, right=0.99, top=1 - top / fig_h, bottom=bottom / fig_h,
+                        wspace=0.06, hspace=0.08)
+    kinds: set[str] = set()
+    for i in range(n):
+        img = inputs[i]
+        img = img[0] if img.shape[0] == 1 else np.transpose((img - img.min()) / (np.ptp(img) + 1e-12), (1, 2, 0))
+        axes[i, 0].imshow(img, cmap="gray" if img.ndim == 2 else None)
+        mask = info.ground_truth[i].reshape(img.shape[:2]) if info.ground_truth is not None else None
+        for j, m in enumerate(methods, start=1):
+            a = arrays[m]["attributions"][i]
+            a = a.reshape(a.shape[-2:]) if a.ndim == 3 else a
+            scale = float(np.abs(a).max()) or 1.0
+            if _one_signed(data, m):
+                axes[i, j].imshow(np.abs(a) / scale, cmap=UNSIGNED_CMAP, vmin=0, vmax=1)
+                kinds.add("one-signed")
+            else:
+                axes[i, j].imshow(a / scale, cmap=SIGNED_CMAP, vmin=-1, vmax=1)
+                kinds.add("signed")
+        if mask is not None and mask.any():
+            for j in range(cols):
+                axes[i, j].contour(mask.astype(float), levels=[0.5], colors=GROUND_TRUTH_COLOUR, linewidths=0.9)
+        axes[i, 0].set_ylabel(info.describe(i), fontsize=6, rotation=0, ha="right", va="center", labelpad=4)
+    for j, title in enumerate(["input"] + [method_title(m) for m in methods]):
+        axes[0, j].set_title(textwrap.fill(title, 14), fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    note = f"{SCALE_NOTE}" + ("; green outline: ground-truth mask" if info.ground_truth is not None else "")
+    fig.suptitle(f"{data.name}: {data.model} on {data.dataset}\n{note}", fontsize=8, y=1 - 0.06 / fig_h, va="top")
+    _colour_bars(fig, kinds, [label_w / fig_w, 0.45 / fig_h, 1 - label_w / fig_w - 0.01, 0.1 / fig_h])
+    for a in arrays.values():
+        a.close()
+    return fig
+
+
+def heatmap_grid(data: TableData, path: Path, n_rows: int = 6, dpi: int = 110) -> Optional[Path]:
+    """Draw :func:`heatmap_figure` to ``path`` (PNG); None when the records hold no inputs."""
+    fig = heatmap_figure(data, n_rows)
+    if fig is None:
+        return None
+    return _save(fig, path, dpi)
+
+
+def _save(fig: Any, path: Path, dpi: int = 110, palette: bool = False) -> Path:
+    """Write a PNG; ``palette``: as 256 indexed colours (charts of a few flat colours lose
+    nothing visible and shrink to about a third; heatmaps would band, so they stay RGB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    if palette:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            quantised = im.convert("RGB").quantize(colors=256, dither=Image.Dither.NONE)
+        quantised.save(path, optimize=True)
+    return path
+
+
+# -- text: token heatmaps ----------------------------------------------------------------------
+
+@dataclass
+class TokenRow:
+    """One sample of a text table: its feature tokens, rationale and each method's relevance."""
+
+    description: str
+    tokens: list[str]                 # word pieces; a continuation piece starts with "##"
+    rationale: Optional[np.ndarray]   # bool per token, or None
+    values: dict[str, np.ndarray]     # method -> relevance per token, scaled to [-1, 1]
+    raw: dict[str, np.ndarray]        # method -> relevance per token as recorded
+    one_signed: dict[str, bool]
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    ids = {int(i) for i in tokenizer.all_special_ids}
+    if tokenizer.pad_token_id is not None:
+        ids.add(int(tokenizer.pad_token_id))
+    return ids
+
+
+def token_rows(data: TableData, n_samples: int = 4) -> list[TokenRow]:
+    """The first ``n_samples`` samples of a text table: special and pad tokens left out, each
+    method's values scaled by its largest |value| on that sample."""
+    from experiments.data.tokenizer import load_tokenizer
+
+    folder = next(iter(data.folders.values()))
+    record = json.loads((folder / "record.json").read_text())
+    tokenizer = load_tokenizer(record["dataset"].get("tokenizer", "minilm"))
+    special = _special_ids(tokenizer)
+    methods = method_order(list(data.folders))
+    info = sample_info(data)
+    attributions = {}
+    ids = None
+    for m in methods:
+        with np.load(data.folders[m] / "arrays.npz") as a:
+            attributions[m] = a["attributions"][:n_samples].reshape(min(n_samples, len(a["attributions"])), -1)
+            if ids is None and "inputs" in a:
+                ids = a["inputs"][:n_samples].astype(np.int64)
+    if ids is None:
+        return []
+    rows = []
+    for i in range(len(ids)):
+        keep = np.array([int(t) not in special for t in ids[i]])
+        tokens = tokenizer.convert_ids_to_tokens([int(t) for t in ids[i][keep]])
+        gt = None if info.ground_truth is None else info.ground_truth[i].reshape(-1)[keep].astype(bool)
+        values, raw, one = {}, {}, {}
+        for m in methods:
+            v = attributions[m][i][keep].astype(np.float64)
+            scale = float(np.abs(v).max()) or 1.0
+            one[m] = _one_signed(data, m)
+            raw[m] = v
+            values[m] = np.abs(v) / scale if one[m] else v / scale
+        rows.append(TokenRow(info.describe(i, sep=" · "), list(tokens), gt, values, raw, one))
+    return rows
+
+
+def _colour(value: float, one_signed: bool) -> tuple[float, float, float]:
+    plt = _plt()
+    cmap = plt.get_cmap(UNSIGNED_CMAP if one_signed else SIGNED_CMAP)
+    rgba = cmap(float(value) if one_signed else 0.5 + 0.5 * float(value))
+    return rgba[0], rgba[1], rgba[2]
+
+
+def _ink(background: tuple[float, float, float]) -> str:
+    """Black text on light backgrounds, white on dark ones (relative luminance below 0.4)."""
+    r, g, b = background
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.4 else "black"
+
+
+def _display(tokens: list[str]) -> list[tuple[str, bool]]:
+    """Each piece as shown, and whether a space goes before it (none before a ``##`` piece)."""
+    return [(t[2:], False) if t.startswith("##") and k else (t, k > 0) for k, t in enumerate(tokens)]
+
+
+def token_heatmap_figure(data: TableData, n_samples: int = 4, width_chars: int = 96) -> Any:
+    """A PNG-ready figure: per sample a header (class, target, prediction), then one line per
+    method with every token on a background coloured by its relevance; rationale tokens are
+    underlined. Laid out in a monospace font, so positions are exact in character units."""
+    from matplotlib.patches import Rectangle
+
+    plt = _plt()
+    rows = token_rows(data, n_samples)
+    if not rows:
+        return None
+    methods = list(rows[0].values)
+    label_chars = max(len(method_title(m)) for m in methods) + 2
+    text_chars = width_chars - label_chars
+    lines: list[tuple[str, Any]] = []   # ("head", text) | ("tokens", (method, [(x, piece, value, gt)]))
+    kinds: set[str] = set()
+    for row in rows:
+        lines.append(("head", row.description))
+        for m in methods:
+            for k, placed in enumerate(_wrap(row, m, text_chars)):
+                lines.append(("tokens", (m if k == 0 else "", m, placed)))
+            kinds.add("one-signed" if row.one_signed[m] else "signed")
+        lines.append(("gap", None))
+    fontsize = 8.0
+    char_in = 0.602 * fontsize / 72        # DejaVu Sans Mono advance width
+    line_in = 1.9 * fontsize / 72
+    bar_in = 0.8
+    fig_w, fig_h = width_chars * char_in + 0.3, len(lines) * line_in + 0.3 + bar_in
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes([0.15 / fig_w, bar_in / fig_h, width_chars * char_in / fig_w, len(lines) * line_in / fig_h])
+    ax.set_xlim(0, width_chars)
+    ax.set_ylim(len(lines), 0)
+    ax.axis("off")
+    one_signed = {m: rows[0].one_signed[m] for m in methods}
+    for y, (kind, content) in enumerate(lines, start=0):
+        yc = y + 0.5
+        if kind == "head":
+            ax.text(0, yc, content, family="monospace", fontsize=fontsize, weight="bold", va="center")
+        elif kind == "tokens":
+            label, m, placed = content
+            if label:
+                ax.text(0, yc, method_title(label), family="monospace", fontsize=fontsize, va="center", color="#333333")
+            for x, piece, value, gt in placed:
+                x0 = label_chars + x
+                ax.add_patch(Rectangle((x0, yc - 0.42), len(piece), 0.84, facecolor=_colour(value, one_signed[m]),
+                                       edgecolor="none"))
+                colour = _colour(value, one_signed[m])
+                ax.text(x0 + len(piece) / 2, yc, piece, family="monospace", fontsize=fontsize, ha="center", va="center",
+                        color=_ink(colour))
+                if gt:
+                    ax.plot([x0, x0 + len(piece)], [yc + 0.4, yc + 0.4], color="black", linewidth=1.1)
+    fig.text(0.5, 1 - 0.08 / fig_h, f"{data.name}: {data.model} on {data.dataset}; {SCALE_NOTE} per sample"
+             + ("; underlined: rationale tokens" if rows[0].rationale is not None else ""),
+             ha="center", va="top", fontsize=7)
+    _colour_bars(fig, kinds, [0.1, 0.42 / fig_h, 0.8, 0.1 / fig_h])
+    return fig
+
+
+def _wrap(row: TokenRow, method: str, width: int) -> list[list[tuple[int, str, float, bool]]]:
+    """One method's tokens of one sample placed on lines of ``width`` characters:
+    ``(x, piece, scaled value, in rationale)`` per token."""
+    lines: list[list[tuple[int, str, float, bool]]] = [[]]
+    x = 0
+    for k, (piece, space) in enumerate(_display(row.tokens)):
+        x += 1 if space else 0
+        if x + len(piece) > width and lines[-1]:
+            lines.append([])
+            x = 0
+        gt = bool(row.rationale[k]) if row.rationale is not None else False
+        lines[-1].append((x, piece, float(row.values[method][k]), gt))
+        x += len(piece)
+    return lines
+
+
+def token_heatmap(data: TableData, path: Path, n_samples: int = 4) -> Optional[Path]:
+    """Draw :func:`token_heatmap_figure` to ``path`` (PNG); None when the records hold no token ids."""
+    fig = token_heatmap_figure(data, n_samples)
+    if fig is None:
+        return None
+    return _save(fig, path, dpi=110, palette=True)
+
+
+TOKEN_CSS = """
+.token-heatmap { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px; }
+.token-heatmap .sample-head { font-weight: bold; margin: 12px 0 4px; }
+.token-heatmap table { border-collapse: collapse; }
+.token-heatmap th { text-align: right; font-weight: normal; color: #333; padding: 2px 10px 2px 0; white-space: nowrap; }
+.token-heatmap td { padding: 2px 0; line-height: 1.9; }
+.token-heatmap .tok { padding: 1px 2px; border-radius: 2px; }
+.token-heatmap .rationale { text-decoration: underline; text-decoration-thickness: 2px; text-underline-offset: 3px; }
+"""
+
+
+def token_heatmap_html(data: TableData, n_samples: int = 4) -> str:
+    """The token heatmap as an HTML fragment: coloured spans (title: the recorded value),
+    rationale tokens underlined. Empty when the records hold no token ids."""
+    rows = token_rows(data, n_samples)
+    if not rows:
+        return ""
+    has_gt = rows[0].rationale is not None
+    out = ['<div class="token-heatmap">',
+           f"<p>Background: relevance, {SCALE_NOTE} per sample (red-blue: signed maps, blue negative; "
+           "reds: one-signed maps)" + ("; <span class=\"rationale\">underlined</span>: rationale tokens" if has_gt else "")
+           + ". Hover a token for its recorded value.</p>"]
+    for row in rows:
+        out.append(f'<p class="sample-head">{html.escape(row.description)}</p><table>')
+        for m, values in row.values.items():
+            spans = []
+            for k, (piece, space) in enumerate(_display(row.tokens)):
+                colour = _colour(float(values[k]), row.one_signed[m])
+                r, g, b = (int(round(255 * c)) for c in colour)
+                cls = "tok rationale" if row.rationale is not None and row.rationale[k] else "tok"
+                spans.append((" " if space else "") + f'<span class="{cls}" style="background: rgb({r}, {g}, {b}); '
+                             f'color: {_ink(colour)}" '
+                             f'title="{row.raw[m][k]:.4g}">{html.escape(piece)}</span>')
+            out.append(f"<tr><th>{html.escape(method_title(m))}</th><td>{''.join(spans)}</td></tr>")
+        out.append("</table>")
+    out.append("</div>")
+    return "\n".join(out)
+
+
+def write_token_heatmap_html(data: TableData, path: Path, n_samples: int = 4) -> Optional[Path]:
+    """A standalone page holding :func:`token_heatmap_html`."""
+    body = token_heatmap_html(data, n_samples)
+    if not body:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                    f"<title>{html.escape(data.name)}: token relevance</title><style>{TOKEN_CSS}</style></head>"
+                    f"<body><h1>{html.escape(data.name)}: {html.escape(data.model)} on {html.escape(data.dataset)}</h1>"
+                    f"{body}</body></html>\n")
+    return path
+
+
+# -- ranks and cost ----------------------------------------------------------------------------
+
+def rank_chart(data: TableData, path: Path, n_boot: int = 1000) -> Optional[Path]:
+    """Each method's mean rank over the table's metrics (1 = best) with its bootstrap 95%
+    interval over samples (:func:`metrics.statistics.bootstrap_mean_ranks`); best at the top."""
+    from metrics.statistics import bootstrap_mean_ranks
+
+    ranks = bootstrap_mean_ranks(data.scores, data.directions, n_boot=n_boot).dropna(subset=["mean_rank"])
+    if len(ranks) < 2:
+        return None
+    ranks = ranks.sort_values("mean_rank", ascending=False)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.2, 0.9 + 0.3 * len(ranks)))
+    y = np.arange(len(ranks))
+    err = np.vstack([ranks["mean_rank"] - ranks["ci_low"], ranks["ci_high"] - ranks["mean_rank"]])
+    ax.errorbar(ranks["mean_rank"], y, xerr=np.clip(err, 0, None), fmt="o", color="#1f4e79", ecolor="#7f9fbf",
+                capsize=3, markersize=4)
+    ax.set_yticks(y, [method_title(m) for m in ranks["method"]], fontsize=7)
+    ax.set_xlim(0.5, len(ranks) + 0.5)
+    ax.invert_xaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel(f"mean rank over {len(data.directions)} metrics (1 = best); bars: bootstrap 95% interval over samples",
+                  fontsize=7)
+    ax.set_title(f"{data.name}: rank across metrics", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, palette=True)
+
+
+def cost_chart(data: TableData, path: Path) -> Optional[Path]:
+    """Seconds per explained sample and the same time in forward+backward passes of the model
+    (both from the records' ``runtime``), one bar per method, log scales."""
+
+    methods = method_order(list(data.runtime))
+    seconds = [data.runtime[m].get("seconds_per_sample") for m in methods]
+    units = [data.runtime[m].get("forward_backward_units") for m in methods]
+    if not any(v for v in seconds if v):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 0.9 + 0.3 * len(methods)), sharey=True)
+    y = np.arange(len(methods))[::-1]
+    for ax, values, label in ((axes[0], seconds, "seconds per sample"),
+                              (axes[1], units, "forward+backward units per sample")):
+        v = np.array([x if x and x > 0 else np.nan for x in values], dtype=float)
+        ax.barh(y, np.nan_to_num(v, nan=0.0), color="#4c72b0")
+        for yi, vi in zip(y, v):
+            ax.text(vi if np.isfinite(vi) else 0, yi, f" {vi:.3g}" if np.isfinite(vi) else " n/a", va="center", fontsize=6)
+        if np.isfinite(v).any():
+            ax.set_xscale("log")
+            ax.set_xlim(np.nanmin(v) / 2, np.nanmax(v) * 8)
+        ax.set_xlabel(label + " (log)", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [method_title(m) for m in methods], fontsize=7)
+    fig.suptitle(f"{data.name}: cost of each method", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, palette=True)

@@ -1,0 +1,68 @@
+"""config -> (dataset, trained model): the part of a run that scripts and benchmarks share."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from experiments.data.datasets import Dataset
+from experiments.errors import ConfigError, DataError, unimportable
+from experiments.run.config import check_pairing
+from experiments.zoo.training import TrainedModel, load_or_train
+
+
+@dataclass
+class Prepared:
+    dataset: Dataset
+    model: nn.Module
+    model_kind: str
+    trained: TrainedModel
+    device: torch.device
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is available; valid choices here: cpu, auto")
+    return torch.device(name)
+
+
+def load_dataset(cfg: DictConfig) -> Dataset:
+    """The dataset a config names; a value of the wrong kind in ``dataset.*`` is one config line."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(cfg.dataset)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, (DataError, ConfigError, FileNotFoundError)):
+            raise cause from None
+        if isinstance(cause, ImportError):
+            raise unimportable("dataset", cfg.dataset._target_, cause) from None
+        if isinstance(cause, (TypeError, ValueError)):
+            raise ConfigError(f"dataset: cannot load {cfg.dataset._target_} with these settings "
+                              f"({type(cause).__name__}: {cause})".replace("\n", " ")) from None
+        raise
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Load the dataset, check the pairing, and get the (cached or trained) model of a checked
+    config (:func:`experiments.run.config.load_config`, or the runner's own check)."""
+    device = resolve_device(cfg.device)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    dataset = load_dataset(cfg)
+    seconds["load_data"] = time.perf_counter() - start
+    check_pairing(cfg.model, dataset.name, dataset.modality)
+    start = time.perf_counter()
+    trained = load_or_train(cfg.model, cfg.dataset, dataset, int(cfg.seed), cfg.cache_dir, device)
+    seconds["load_model"] = time.perf_counter() - start
+    for p in trained.model.parameters():
+        p.requires_grad_(False)
+    return Prepared(dataset, trained.model, str(cfg.model.kind), trained, device, seconds)
