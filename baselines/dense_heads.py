@@ -26,9 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .vocabulary import DENSE_TASKS
+from .vocabulary import DENSE_TASKS, ConfigError, check_choice
 BOX_OUTPUTS = ("coordinate", "sum")
 BOX_COORDINATES = ("x0", "y0", "x1", "y1")
+# A head's settings (a dense model config's ``head`` block): thresholding for segmentation; for
+# boxes, box_output and the coordinate explained (the target of every sample).
+HEAD_PARAMS = {"binary-segmentation": ("thresholding",), "bbox-regression": ("box_output", "coordinate")}
 
 
 class DenseHead(nn.Module):
@@ -71,6 +74,17 @@ class DenseHead(nn.Module):
         """(the model DLBacktrace explains, its options): the engine's own task on the network."""
         raise NotImplementedError
 
+    def output_view(self) -> nn.Module:
+        """A torch network whose outputs the explained value is a sum of parts of
+        (:meth:`value_parts`): for methods that start from the outputs of a network made of
+        layers, as LRP does."""
+        raise NotImplementedError
+
+    def value_parts(self, out: Tensor, targets: Tensor) -> Tensor:
+        """The explained value of each sample split over the outputs ``out`` of
+        :meth:`output_view`: shaped like ``out``, summing per sample to ``self(x)[i, targets[i]]``."""
+        raise NotImplementedError
+
     def keras_value(self, out: Any, targets: Any) -> Any:
         """The explained value from the Keras network's output ``out`` (a TF tensor, channels-last),
         one per sample, in TensorFlow (GradCAM's tape needs it there)."""
@@ -97,7 +111,7 @@ class SegmentationScore(DenseHead):
         super().__init__(net)
         t = float(thresholding)
         if not 0.0 <= t < 1.0:
-            raise ValueError(f"thresholding={thresholding!r} is invalid; choose a probability in [0, 1)")
+            raise ConfigError(f"thresholding={thresholding!r} is invalid; choose a probability in [0, 1)")
         self.thresholding = t
 
     @property
@@ -123,6 +137,12 @@ class SegmentationScore(DenseHead):
             return self.net.with_output("sigmoid"), {"task": self.task, "thresholding": self.thresholding}
         return nn.Sequential(self.net, nn.Sigmoid()).eval(), {"task": self.task, "thresholding": self.thresholding}
 
+    def output_view(self) -> nn.Module:
+        return nn.Sequential(self.net, nn.Sigmoid()).eval()     # the probabilities p
+
+    def value_parts(self, out: Tensor, targets: Tensor) -> Tensor:
+        return out * (out > self.thresholding).to(out.dtype)    # p on the kept pixels, 0 elsewhere
+
     def keras_value(self, out: Any, targets: Any) -> Any:
         import tensorflow as tf
 
@@ -138,9 +158,7 @@ class BoxScore(DenseHead):
 
     def __init__(self, net: nn.Module, box_output: str = "coordinate") -> None:
         super().__init__(net)
-        if box_output not in BOX_OUTPUTS:
-            raise ValueError(f"unknown box_output {box_output!r}; choose one of: {', '.join(BOX_OUTPUTS)}")
-        self.box_output = box_output
+        self.box_output = check_choice("box_output", box_output, BOX_OUTPUTS)
 
     @property
     def n_outputs(self) -> int:
@@ -168,6 +186,14 @@ class BoxScore(DenseHead):
             return model, options
         return (self.net if self.box_output == "coordinate" else self), options
 
+    def output_view(self) -> nn.Module:
+        return self.net     # the four coordinates
+
+    def value_parts(self, out: Tensor, targets: Tensor) -> Tensor:
+        if self.box_output == "sum":
+            return out
+        return out * torch.nn.functional.one_hot(targets, out.shape[1]).to(out.dtype)
+
     def keras_value(self, out: Any, targets: Any) -> Any:
         import tensorflow as tf
 
@@ -183,13 +209,34 @@ def dense_head(net: nn.Module, task: str, thresholding: float = 0.5, box_output:
         return SegmentationScore(net, thresholding).eval()
     if task == "bbox-regression":
         return BoxScore(net, box_output).eval()
-    raise ValueError(f"unknown dense task {task!r}; choose one of: {', '.join(DENSE_TASKS)}")
+    raise ConfigError(f"unknown dense task {task!r}; valid choices: {', '.join(DENSE_TASKS)}")
 
 
 def explained_targets(head: DenseHead, n: int, coordinate: int = 0) -> Tensor:
     """The target of each of ``n`` samples: 0 for one-output heads, else the box coordinate."""
     if head.n_outputs == 1:
         return torch.zeros(n, dtype=torch.long)
-    if not 0 <= int(coordinate) < head.n_outputs:
-        raise ValueError(f"box coordinate {coordinate!r} is invalid; choose 0..3 ({', '.join(BOX_COORDINATES)})")
+    if isinstance(coordinate, bool) or not isinstance(coordinate, int) or not 0 <= coordinate < head.n_outputs:
+        raise ConfigError(f"box coordinate {coordinate!r} is invalid; choose 0..3 ({', '.join(BOX_COORDINATES)})")
     return torch.full((n,), int(coordinate), dtype=torch.long)
+
+
+def head_settings(task: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` (a model config's ``head`` block) checked for ``task``: unknown settings and bad
+    values are one :class:`ConfigError` line each; returns them with the defaults filled in."""
+    check_choice("dense task", task, DENSE_TASKS)
+    unknown = sorted(set(params) - set(HEAD_PARAMS[task]))
+    if unknown:
+        raise ConfigError(f"unknown head setting(s) {unknown} for a {task} model; valid: {', '.join(HEAD_PARAMS[task])}")
+    defaults = {"thresholding": 0.5} if task == "binary-segmentation" else {"box_output": "coordinate", "coordinate": 0}
+    merged = {**defaults, **params}
+    probe = dense_head(nn.Identity(), task, **{k: v for k, v in merged.items() if k != "coordinate"})
+    if task == "bbox-regression":
+        explained_targets(probe, 1, merged["coordinate"])
+    return merged
+
+
+def head_of(net: nn.Module, task: str, params: dict[str, Any]) -> DenseHead:
+    """The head of ``task`` on ``net`` with the (checked) settings of a model config's ``head``."""
+    merged = head_settings(task, params)
+    return dense_head(net, task, **{k: v for k, v in merged.items() if k != "coordinate"})

@@ -96,6 +96,7 @@ def _shared(record: dict[str, Any], samples: list[int]) -> dict[str, Any]:
     cfg = record["config"]
     out = {k: cfg.get(k) for k in SHARED_SETTINGS}
     out["model"] = record["model"].get("cache_key") or cfg.get("model")
+    out["head"] = (record.get("dense") or {}).get("head")     # a dense model's explained value
     out["samples"] = samples
     return out
 
@@ -141,7 +142,7 @@ def collect(results_dir: str | Path, tables: Optional[set[str]] = None) -> list[
 def _table_data(name: str, table: str, model: str, dataset: str,
                 cells: dict[str, tuple[dict, pd.DataFrame, Path]]) -> TableData:
     frames, directions, runtime, signed, folders, methods, metric_settings = [], {}, {}, {}, {}, {}, {}
-    accuracy, modality, settings = None, "", {}
+    accuracy, score_name, modality, settings = None, "test accuracy", "", {}
     for variant, (record, scores, folder) in cells.items():
         for metric, info in record["metrics"].items():
             directions[metric] = info["direction"]
@@ -155,15 +156,16 @@ def _table_data(name: str, table: str, model: str, dataset: str,
         folders[variant] = folder
         methods[variant] = {key: record["method"].get(key) for key in ("signed", "returns", "budget", "absent")}
         methods[variant]["diagnostics"] = record.get("diagnostics") or {}
-        accuracy = record["model"]["test_accuracy"]
+        accuracy = record["model"].get("test_score", record["model"]["test_accuracy"])
+        score_name = record["model"].get("test_score_name", "test accuracy")
         modality = record["dataset"]["modality"]
         cfg = record["config"]
         settings = {"output": record.get("output", cfg.get("output")), "target": cfg.get("target"),
                     "n_samples": int(record.get("n_samples", len(scores))),
-                    "saturated": record.get("saturated_samples")}
+                    "saturated": record.get("saturated_samples"), "dense": record.get("dense")}
     long = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["method", "metric", "sample", "score"])
     return TableData(name, table, model, dataset, modality, long, directions, runtime, accuracy, folders, signed,
-                     methods, metric_settings, settings)
+                     methods, metric_settings, settings, score_name)
 
 
 # -- statistics and layout ---------------------------------------------------------------------
@@ -230,10 +232,9 @@ def heading(data: TableData, stats: dict[str, Any]) -> str:
     s = data.settings
     counts = sorted({int(c) for c in stats["summary"]["n"]}) if len(stats["summary"]) else []
     n_text = f"{s.get('n_samples')} test samples"
-    acc = f" (test accuracy {data.accuracy:.3f})" if data.accuracy is not None else ""
-    out = (f"**{data.name}**: model `{data.model}` on `{data.dataset}`{acc}, {n_text}; every method explains "
-           f"the **{s.get('output')}** output for the {s.get('target')} class, and every metric reads it. "
-           f"Cells: mean [bootstrap 95% interval] over the samples every method scored; **bold**: the best mean "
+    acc = f" ({data.score_name} {data.accuracy:.3f})" if data.accuracy is not None else ""
+    out = (f"**{data.name}**: model `{data.model}` on `{data.dataset}`{acc}, {n_text}; {explained(data)}, and "
+           f"every metric reads it. Cells: mean [bootstrap 95% interval] over the samples every method scored; **bold**: the best mean "
            f"and every method whose interval overlaps it; ↑/↓: higher/lower is better; (k NaN): samples on "
            f"which that method's score is undefined (left out of every method's mean for that metric).")
     subsets = {m: v["n"] for m, v in data.metric_settings.items() if v["n"] < int(s.get("n_samples") or 0)}
@@ -248,6 +249,17 @@ def heading(data: TableData, stats: dict[str, Any]) -> str:
     if counts and (len(counts) > 1 or counts[0] != int(s.get("n_samples") or 0)):
         out += f" Samples per metric after leaving out undefined scores: {', '.join(map(str, counts))}."
     return out
+
+
+def explained(data: TableData) -> str:
+    """What every method of the table explains: a classifier's output for the target class, or a
+    dense model's head value (with its settings)."""
+    s = data.settings
+    dense = s.get("dense")
+    if not dense:
+        return f"every method explains the **{s.get('output')}** output for the {s.get('target')} class"
+    head = ", ".join(f"{k}={_short(v)}" for k, v in (dense.get("head") or {}).items())
+    return f"every method explains **{dense.get('explains')}** (the {dense.get('task')} head's value, {head})"
 
 
 def _kept(diagnostics: dict[str, Any]) -> str:

@@ -10,13 +10,13 @@ recorded in place of a classifier's accuracy.
   one minus the generalised IoU of Rezatofighi et al., 2019), ``l1`` or ``giou``; its score is the
   mean box IoU over the test images.
 
-Training is the classifiers' loop (``experiments.zoo.training``) with the task's loss: Adam, seeded
-data order, one progress bar. The loss is chosen by the model config's ``train.loss`` among its
-task's, the first being the default.
+Training is the classifiers' loop (``experiments.zoo.training.train``) with the task's loss and
+``Dataset.targets_train``: Adam, seeded data order, one progress bar. The loss is chosen by the
+model config's ``train.loss`` among its task's, the first being the default; it is part of the
+model's cache key.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -117,46 +117,6 @@ def keras_loss(task: str, name: str) -> Any:
         return g if name == "giou" else l1 + g
 
     return loss
-
-
-def train_dense(model: nn.Module, dataset: Dataset, train_cfg: Any, seed: int, device: torch.device) -> nn.Module:
-    """Adam on the task's loss over ``dataset.targets_train``, deterministic from the seed: the
-    classifiers' loop (seeded model init by the caller, seeded data order here). A Keras network
-    trains with Keras's ``fit`` on the same loss."""
-    from tqdm.auto import tqdm
-
-    from experiments.zoo.training import OPTIMIZERS
-
-    task = dataset.task
-    name = loss_name(task, train_cfg)
-    progress = os.environ.get("BACKTRACE_BENCH_NO_PROGRESS") != "1"
-    if getattr(model, "framework", "torch") == "keras":
-        return model.fit_dense(dataset.x_train, dataset.targets_train, name, epochs=int(train_cfg.epochs),
-                               batch_size=int(train_cfg.batch_size), lr=float(train_cfg.lr),
-                               weight_decay=float(train_cfg.weight_decay), seed=seed, progress=progress).eval()
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model.to(device).train()
-    optimizer = OPTIMIZERS[str(train_cfg.get("optimizer", "adam"))]
-    opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=float(train_cfg.lr),
-                    weight_decay=float(train_cfg.weight_decay))
-    n, bs = len(dataset.x_train), int(train_cfg.batch_size)
-    epochs, steps = int(train_cfg.epochs), -(-n // bs)
-    bar = tqdm(total=epochs * steps, desc=f"training {type(model).__name__}", unit="step", mininterval=1.0,
-               disable=not progress)
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for i in range(0, n, bs):
-            idx = order[i:i + bs]
-            xb, tb = dataset.x_train[idx].to(device), dataset.targets_train[idx].to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = dense_loss(task, name, model(xb), tb)
-            loss.backward()
-            opt.step()
-            bar.update(1)
-            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.3f}", refresh=False)
-    bar.close()
-    return model.eval()
 
 
 @torch.no_grad()

@@ -104,7 +104,7 @@ def test_box_outputs_are_the_coordinates_or_their_sum() -> None:
     torch.testing.assert_close(BoxScore(net, "sum")(x), boxes.sum(1, keepdim=True))
     assert explained_targets(BoxScore(net, "coordinate"), 3, coordinate=2).tolist() == [2, 2, 2]
     assert explained_targets(BoxScore(net, "sum"), 2).tolist() == [0, 0]
-    with pytest.raises(ValueError, match="unknown box_output 'mean'; choose one of: coordinate, sum"):
+    with pytest.raises(ValueError, match="unknown box_output 'mean'; valid choices: coordinate, sum"):
         BoxScore(net, "mean")
 
 

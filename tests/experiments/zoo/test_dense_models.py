@@ -14,6 +14,7 @@ from experiments.data.base import Dataset
 from experiments.errors import ConfigError
 from experiments.zoo import dense_training as dt
 from experiments.zoo.dense_models import BoxCNN, UNet, parameter_count
+from experiments.zoo.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -153,7 +154,7 @@ def test_training_is_seeded_and_lowers_the_loss(task: str) -> None:
         net = UNet(1, (16, 16), widths=(4, 8)) if task == "binary-segmentation" else BoxCNN(1, (16, 16), channels=(4, 8))
         before = dt.dense_loss(task, dt.loss_name(task, TRAIN), dt.dense_outputs(net.eval(), ds.x_train),
                                ds.targets_train)
-        dt.train_dense(net, ds, TRAIN, seed, torch.device("cpu"))
+        train(net, ds, TRAIN, seed, torch.device("cpu"))
         after = dt.dense_loss(task, dt.loss_name(task, TRAIN), dt.dense_outputs(net, ds.x_train), ds.targets_train)
         assert after < before
         return net
@@ -180,7 +181,7 @@ def test_keras_unet_trains_explains_and_computes_the_value_like_torch() -> None:
     torch.manual_seed(0)
     net = keras_unet(1, (16, 16), widths=(4, 8))
     assert parameter_count(net) > 0 and net.cam_layer == "dec0_out"
-    dt.train_dense(net, ds, OmegaConf.create({**TRAIN, "epochs": 1}), 0, torch.device("cpu"))
+    train(net, ds, OmegaConf.create({**TRAIN, "epochs": 1}), 0, torch.device("cpu"))
     x = ds.x_test[:3]
     with torch.no_grad():
         t = float(torch.sigmoid(net(x)).median())
@@ -208,7 +209,7 @@ def test_keras_box_regressor_trains_and_the_sum_head_is_a_fixed_dense_layer() ->
     ds = toy_boxes(n=16)
     torch.manual_seed(0)
     net = keras_bbox(1, (16, 16), channels=(4, 8))
-    dt.train_dense(net, ds, OmegaConf.create({**TRAIN, "epochs": 1}), 0, torch.device("cpu"))
+    train(net, ds, OmegaConf.create({**TRAIN, "epochs": 1}), 0, torch.device("cpu"))
     x = ds.x_test[:3]
     boxes = net(x).detach()
     assert boxes.shape == (3, 4)
