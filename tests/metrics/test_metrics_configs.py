@@ -70,7 +70,7 @@ def test_set_bodies_override_the_metric_defaults():
 def test_dense_sets_read_the_head_and_score_mprt_on_a_subset(name):
     cfg = compose([f"metrics={name}"])
     built = {k: instantiate(v, channel_reduction="sum", output="identity") for k, v in cfg.metrics.items()}
-    assert built["mprt"].params["max_samples"] == 16
+    assert built["mprt"].params["max_samples"] == (8 if name == "segmentation" else 16)
     assert all(m.params["max_samples"] is None for k, m in built.items() if k != "mprt")
     assert built["region_morf"].info.direction == "lower" and built["region_lerf"].info.direction == "higher"
     assert {m.params["output"] for k, m in built.items() if "output" in m.params} == {"identity"}
