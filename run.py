@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Run one benchmark cell (or a multirun sweep with -m): ``python run.py model=resnet method=backtrace``."""
+"""Run one benchmark cell (or a multirun sweep with -m): ``python run.py model=resnet method=backtrace``.
+
+The checkout's entry point; an installed copy has the same as ``backtrace-bench run`` / ``sweep``
+(:mod:`experiments.cli`)."""
 from __future__ import annotations
 
 import os
@@ -19,39 +22,19 @@ if _ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from experiments.errors import ConfigError  # noqa: E402
-from experiments.run.config import check_command_line, check_overrides  # noqa: E402
-
-
-# Whether main() composed and checked every job of this command line before Hydra started, so
-# that the runner does not check them again. It leaves Hydra's own options (--cfg, --config-name,
-# ...) to Hydra; then, as in a launcher's worker process that does not see this value, each job
-# is checked as it runs: a job is never run unchecked.
-_CHECKED = False
+from experiments.cli import check_then_run, run_job  # noqa: E402
 
 
 # An absolute config path, so that run.main() also works when run.py is imported (tests).
 @hydra.main(config_path=str(Path(__file__).resolve().parent / "configs"), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    from experiments.run.runner import run_cli
-
-    run_cli(cfg, checked=_CHECKED)
+    run_job(cfg)
 
 
 def main() -> None:
     """Check the command line first (names, syntax, composition, output folders): a bad one is
     one ``error:`` line and exit code 2, before Hydra starts or anything is loaded."""
-    global _CHECKED
-    _CHECKED = False
-    try:
-        check_overrides(sys.argv[1:])
-        _CHECKED = bool(check_command_line(sys.argv[1:]))
-    except ConfigError as exc:
-        if os.environ.get("BACKTRACE_BENCH_DEBUG") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    _main()
+    check_then_run(_main, sys.argv[1:])
 
 
 if __name__ == "__main__":

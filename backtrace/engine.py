@@ -30,6 +30,8 @@ TASKS = ("binary-classification", "multi-class classification", "bbox-regression
 GENERATION = "generation"     # language models' next-token logits; see :func:`generation_relevance`
 
 Target = Union[None, int, Sequence[int], Tensor]
+# Model dtypes whose rounding the attention rules amplify (see ``Rule.ill_conditioned``).
+_ROUNDED = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class Backtrace:
@@ -67,6 +69,9 @@ class Backtrace:
                                                       else torch.get_default_dtype())
         self.frontend = self._frontend.name
         self.module = self._frontend.module
+        # whether the graph holds an ill-conditioned rule (None: not known before the first
+        # lowering); :func:`explain` then evaluates in float64
+        self.precise: Optional[bool] = None
         self._graph: Optional[Graph] = None
         if self._frontend.graph is not None:
             self._graph, self._runner = self._frontend.lower((), (), False)
@@ -336,7 +341,7 @@ def _rescale(neg: Tensor, scaler: Optional[float]) -> Tensor:
 
 # explain() keeps the last few traced models: tracing once per model, not once per batch.
 _CACHE: "OrderedDict[tuple[int, Optional[torch.dtype]], tuple[weakref.ref, tuple, Backtrace]]" = OrderedDict()
-_CACHE_SIZE = 4
+_CACHE_SIZE = 6          # a model and its float64 copy (see explain's dtype) count twice
 
 
 def _backtrace_for(model: Any, dtype: Optional[torch.dtype], frontend: str = "auto",
@@ -380,18 +385,35 @@ def explain(model: Any, x: Any, mode: str = "default", target: Target = None,
     ``target`` (default: the argmax next token) at ``position`` (default: the last real token
     by the ``attention_mask``, else the last position) of a language model's output.
     ``options``: ``task``, ``multiplier``, ``scaler``, ``thresholding``, ``embedding_reduction``
-    (see :meth:`Backtrace.eval`). ``frontend``: see :class:`Backtrace`."""
+    (see :meth:`Backtrace.eval`). ``frontend``: see :class:`Backtrace`.
+
+    ``dtype``: the dtype the model is evaluated and explained in. ``None``: the model's own,
+    except that a float32 (or half) model whose graph holds attention (``matmul`` between two
+    activations, fused ``attention``) is evaluated in float64 and its relevance handed back in
+    the model's dtype: those rules split a product of two activations in proportion to its
+    terms, which amplifies the rounding of their inputs wherever the product nearly cancels, and
+    float32 rounding differs with the batch's shape, so float32 relevance would depend on which
+    sequences share a batch and on their padding (on a fine-tuned MiniLM by up to 1e-1 of a
+    map's largest value). Pass ``dtype=torch.float32`` to explain in float32 all the same."""
     known = ("task", "multiplier", "scaler", "thresholding", "embedding_reduction")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
     settings = {"task": "multi-class classification", "multiplier": 100.0, "scaler": None, "thresholding": 0.5,
                 "embedding_reduction": "mean", **options}
-    bt = _backtrace_for(model, dtype, frontend, integer_inputs(model, x))
+    ints = integer_inputs(model, x)
+    bt = _backtrace_for(model, dtype, frontend, ints)
     if bt._frontend.graph is not None and not isinstance(x, Mapping):
         n_given = len(x) if isinstance(x, tuple) else 1
         if n_given != len(bt.graph.inputs):
             bt.predict(*(x if isinstance(x, tuple) else (x,)))     # raises the one-line error
+    returned = bt.dtype
+    if dtype is None and bt.dtype in _ROUNDED and bt.precise is not False:
+        if bt.precise is None:              # decided once per traced model, from its graph
+            bt._lower(x)
+            bt.precise = any(RULES[n.kind].ill_conditioned for n in bt.graph.nodes if n.kind in RULES)
+        if bt.precise:
+            bt = _backtrace_for(model, torch.float64, frontend, ints)
     names, values = bt._lower(x)
     if settings["task"] == GENERATION and position is None and "attention_mask" in names:
         mask = values[names.index("attention_mask")]
@@ -404,9 +426,19 @@ def explain(model: Any, x: Any, mode: str = "default", target: Target = None,
     rel = bt._relevance(bt._record(values, bt._read), mode=mode, target=target, keep=keep, release_values=True,
                         position=position, seed_totals=totals, **settings)
     result = {name: rel[name] for name in names} if return_all else rel[primary]
-    if not return_conservation:
-        return bt._frontend.relevance(result)
-    return bt._frontend.relevance((result, _conservation([rel[name] for name in names], totals[0])))
+    if return_conservation:
+        result = (result, _conservation([rel[name] for name in names], totals[0]))
+    if bt.dtype != returned:                # evaluated in float64: handed back in the model's dtype
+        result = _cast(result, returned)
+    return bt._frontend.relevance(result)
+
+
+def _cast(tree: Any, dtype: torch.dtype) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _cast(v, dtype) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_cast(v, dtype) for v in tree)
+    return tree.to(dtype) if isinstance(tree, Tensor) and tree.is_floating_point() else tree
 
 
 def _conservation(relevances: Sequence[Any], seed_total: Any) -> Any:

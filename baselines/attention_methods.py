@@ -56,6 +56,7 @@ class _AttentionMethod(Explainer):
     """Common part: transformers only, the pooling read from the model."""
 
     signed = False
+    reads_output = False      # attention weights, whatever the head makes of them
     modalities = ("text",)
     model_kinds = TRANSFORMER_KINDS
     frameworks = ("torch",)

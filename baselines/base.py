@@ -93,6 +93,9 @@ class Explainer:
     deterministic: ClassVar[bool] = True
     # Whether it explains a dense task's head (baselines.dense_heads): the value the head returns
     dense: ClassVar[bool] = True
+    # False where the map never reads the model's output (attention weights, the controls): such a
+    # method explains no output function, and tables say "reads no output" instead of naming one.
+    reads_output: ClassVar[bool] = True
     # True where image attributions are one map per pixel, (N, 1, H, W), instead of one per input
     # channel: every channel reduction leaves such a map unchanged (GradCAM, LIME's superpixels).
     pixel_map: ClassVar[bool] = False

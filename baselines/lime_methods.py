@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .base import ExplainContext, Explainer, numpy_predictor
-from .vocabulary import check_choice
+from .vocabulary import check_choice, sample_seed
 from .text_inputs import TEXT_MASKS, feature_mask, hide_tokens, unpadded
 
 SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb")
@@ -93,7 +93,10 @@ colour, which on small grey images hides almost nothing and leaves the surrogate
         self.batch_size = int(batch_size)
         self.hide_color = hide_color
         fwd = self.forward_fn(output)
-        # lime draws every perturbation from this one generator, seeded by the run seed
+        # lime draws every perturbation from this one generator (its explainers and discretizer hold
+        # it). It is reseeded for each sample from the run seed and the sample (_reseed), so a
+        # sample's map does not depend on what was explained before it: the same in a run of 16
+        # samples as in one of 143, and in a metric's re-explanation of it as in the run's own.
         self.random_state = np.random.RandomState(context.seed % 2**32)
         if context.modality == "text":
             self.mask = mask
@@ -123,6 +126,9 @@ colour, which on small grey images hides almost nothing and leaves the surrogate
         x = torch.from_numpy(images).float().permute(0, 3, 1, 2)
         return x[:, :1] if self._channels == 1 else x
 
+    def _reseed(self, x: Any, target: int) -> None:
+        self.random_state.seed(sample_seed(self.context.seed, x, np.int64(target)))
+
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
         if self.context.modality == "text":
             return self._explain_text(inputs, targets)
@@ -141,6 +147,7 @@ colour, which on small grey images hides almost nothing and leaves the surrogate
             positions = torch.nonzero(features[i]).flatten()
             if len(positions) == 0:
                 continue  # nothing to explain: no feature tokens
+            self._reseed(ids[i], t)
             sentence = " ".join(f"t{k}" for k in range(len(positions)))
             classify = partial(self._classify, unpadded(self.model, ids[i]), positions)
             exp = self.text.explain_instance(sentence, classify, labels=(t,), num_features=len(positions),
@@ -164,6 +171,7 @@ colour, which on small grey images hides almost nothing and leaves the surrogate
         n_features = x.shape[1]
         out = np.zeros_like(x)
         for i, t in enumerate(targets.tolist()):
+            self._reseed(x[i], t)
             exp = self.tabular.explain_instance(x[i], self.predict, labels=(t,), num_features=n_features,
                                                 num_samples=self.num_samples)
             for feature, weight in exp.local_exp[t]:
@@ -178,6 +186,7 @@ colour, which on small grey images hides almost nothing and leaves the surrogate
         x = inputs.detach().cpu().numpy().astype(np.float64).transpose(0, 2, 3, 1)
         out = np.zeros((n, 1, h, w))
         for i, t in enumerate(targets.tolist()):
+            self._reseed(x[i], t)
             image = np.repeat(x[i], 3, axis=2) if c == 1 else x[i]
             # lime prints a progress bar per image and has no switch for it
             with mock.patch.object(lime_image, "tqdm", partial(tqdm, disable=True)):

@@ -10,7 +10,7 @@ from .base import (
     reduce_channels,
 )
 from .captum_methods import GradientXInputMethod, IntegratedGradientsMethod, SaliencyMethod, SmoothGradMethod
-from .controls import RandomMethod, SobelMethod
+from .controls import RandomMethod, RarityMethod, SobelMethod
 from .gradcam import GradCAMMethod
 from .lime_methods import LimeMethod
 from .lrp_methods import AttnLRPMethod, LRPMethod
@@ -21,7 +21,7 @@ METHODS: dict[str, type[Explainer]] = {
     for cls in (
         BacktraceMethod, BacktraceContrastiveMethod, SaliencyMethod, GradientXInputMethod,
         IntegratedGradientsMethod, SmoothGradMethod, GradCAMMethod, ShapKernelMethod,
-        ShapPartitionMethod, ShapGradientMethod, ShapDeepMethod, LimeMethod, RandomMethod, SobelMethod,
+        ShapPartitionMethod, ShapGradientMethod, ShapDeepMethod, LimeMethod, RandomMethod, SobelMethod, RarityMethod,
         AttentionRolloutMethod, AttentionLastMethod, LRPMethod, AttnLRPMethod,
     )
 }

@@ -36,11 +36,26 @@ class ConfigError(ValueError):
     the one line shown to the user."""
 
 
+# Options that were renamed: asking for an old name says which new one to use.
+RENAMED = {
+    "metric": {
+        "token_auprc": "token_average_precision (what it computed; ERASER's average_precision) or "
+                       "token_auprc_trapezoid (ERASER's auprc)",
+        "token_f1": "token_r_precision (what it computed: k = the rationale's size) or token_hard_f1 "
+                    "(ERASER's token F1 at a fixed fraction of the tokens)",
+    },
+}
+
+
 def check_choice(what: str, value: Any, choices: Iterable[Any]) -> Any:
     """``value`` if it is one of ``choices``, else one :class:`ConfigError` line naming it and
-    every valid choice."""
+    every valid choice (and, for a renamed option, its new name)."""
     choices = list(choices)
     if value not in choices:
+        renamed = RENAMED.get(what, {}).get(value)
+        if renamed:
+            raise ConfigError(f"{what} {value!r} was renamed: use {renamed}; "
+                              f"valid choices: {', '.join(map(str, choices))}")
         raise ConfigError(f"unknown {what} {value!r}; valid choices: {', '.join(map(str, choices))}")
     return value
 
@@ -64,6 +79,21 @@ def seeded(seed: int) -> Iterator[None]:
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
+
+
+def sample_seed(seed: int, *parts: Any) -> int:
+    """A seed for the random draws about one sample, from the run seed and the sample itself (the
+    bytes of its input and target): the draws follow the sample, not its position in a batch or
+    how many samples a run explains, so a sample gets the same draws in every run that holds it."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256(str(int(seed)).encode())
+    for part in parts:
+        array = part.detach().cpu().numpy() if hasattr(part, "detach") else np.asarray(part)
+        digest.update(str(array.dtype).encode() + np.ascontiguousarray(array).tobytes())
+    return int.from_bytes(digest.digest()[:4], "little")
 
 
 def device_of(model: torch.nn.Module) -> torch.device:

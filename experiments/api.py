@@ -7,7 +7,10 @@
 - :func:`evaluate` scores any ``nn.Module`` on tensors you hold with chosen methods and metrics,
   without a dataset or model config: each method and metric is built from its config (its YAML
   on the search path, your own folders included) and run by the runner's own
-  :func:`experiments.run.runner.explain_and_score`.
+  :func:`experiments.run.runner.explain_and_score`; next to config names it takes your own
+  attributions (an array, or a function the metrics can call again: :mod:`experiments.own_attributions`).
+- :func:`summary_table` gives such a frame the paper tables' statistics (intervals, ranks, paired
+  tests), through the table writer's own function.
 
 Bad input raises :class:`experiments.errors.ConfigError` (or the error a method or metric raises)
 with the same one-line message ``run.py`` prints.
@@ -23,8 +26,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from baselines.vocabulary import MODALITIES, check_choice
+from baselines.vocabulary import MODALITIES, check_choice, device_of
 from experiments.errors import ConfigError
+from experiments.own_attributions import MethodsArg, check_given, check_scorable, method_entries
 from experiments.run.config import CHOICES, ConfigDirs, group_options, load_config
 
 # Columns of scores.csv that are not metric scores.
@@ -55,7 +59,7 @@ def record_frame(folder: Union[str, Path]) -> pd.DataFrame:
 
     record, scores = load_record(folder)
     frame = scores.copy()
-    frame.insert(0, "method", record["method"]["name"])
+    frame.insert(0, "method", record["method"].get("config") or record["method"]["name"])  # the config as chosen
     frame.insert(1, "model", record["model"]["name"])
     frame.insert(2, "dataset", record["dataset"]["name"])
     frame["config_hash"] = record["config_hash"]
@@ -74,8 +78,10 @@ def run_cell(overrides: Sequence[str] = (), config_dirs: ConfigDirs = ()) -> pd.
 
 def _run_checked(cfg: Any) -> pd.DataFrame:
     """Run a config from :func:`load_config` (checked there, so not again) and read its record."""
+    from experiments.run.config import announce_output_dirs
     from experiments.run.runner import run
 
+    announce_output_dirs([cfg])    # one line where a first run puts its records and models
     with _user_errors():
         result = run(cfg, checked=True)
     return record_frame(result.path)
@@ -156,7 +162,7 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
         raise ConfigError(f"{name} must be a tensor or an array, got {type(value).__name__}") from exc
 
 
-def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = ("backtrace",),
+def evaluate(model: nn.Module, x: Any, y: Any = None, methods: MethodsArg = ("backtrace",),
              metrics: MetricsArg = "quick", modality: str = "tabular", output: str = "softmax",
              target: str = "label", *, x_train: Any = None, ground_truth: Any = None,
              feature_names: Optional[list[str]] = None, method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -167,8 +173,13 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
 
     ``model`` returns logits (N, classes); ``x`` holds the samples (tabular (N, F), images
     (N, C, H, W), text token ids (N, L)) and ``y`` their labels (needed for ``target="label"``).
-    ``methods`` are method config names (``configs/method/``, or your ``config_dirs``);
-    ``method_params`` overrides their settings (``{"ig": {"n_steps": 16}}``). ``metrics`` is a
+    ``methods`` are method config names (``configs/method/``, or your ``config_dirs``) and your
+    own attributions, as a mapping name -> an array shaped like ``x`` (images: or (N, 1, H, W)),
+    or name -> a function ``(inputs, targets) -> attributions`` (it is called like a method, also
+    by the metrics that explain again), e.g. ``["ig", {"mine": array, "occlusion": fn}]``; yours
+    are scored as signed, on the same ``output`` the others explain. Metrics that explain again
+    (robustness, randomisation) need a function: an array is refused for them.
+    ``method_params`` overrides a config's settings (``{"ig": {"n_steps": 16}}``). ``metrics`` is a
     metric set (``configs/metrics/``) or a list of metric names (``configs/metric/``);
     ``overrides`` are further config overrides (``metrics.faithfulness_correlation.nr_runs=10``).
     ``output`` is the function every method explains and every metric reads (``softmax`` or
@@ -178,30 +189,33 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
     Returns one row per (method, sample): ``method``, ``sample``, ``label``, ``prediction``,
     ``target`` and one column per metric (NaN where a score is undefined). ``.attrs`` holds
     ``summary`` (method -> metric -> mean, direction, n, n_nan, plus the runtime) and
-    ``attributions`` (method -> array, as the metrics scored them).
+    ``attributions`` (method -> array, as the metrics scored them); :func:`summary_table` turns
+    it into a table with intervals and paired tests.
     """
     from baselines.base import ExplainContext, check_finite_inputs
+    from baselines.function_method import FunctionMethod
     from experiments.data.tokenizer import load_tokenizer
     from experiments.run.runner import build_metrics, explain_and_score
     from experiments.zoo.training import predict
 
     check_choice("modality", modality, MODALITIES)
     check_choice("target", target, CHOICES["target"])
-    if isinstance(methods, str):
-        methods = [methods]
-    if not methods:
-        raise ConfigError("methods is empty; give a list of method names, e.g. ['backtrace', 'ig']")
+    entries = method_entries(methods)
     x = _as_tensor("x", x)
     if x.dtype.is_floating_point:
         x = x.float()
     if x.ndim < 2 or len(x) == 0:
         raise ConfigError(f"x must hold a batch of samples (N, ...), got shape {tuple(x.shape)}")
     check_finite_inputs(x, torch.arange(len(x)), what="the inputs x")
+    for entry in entries:
+        if entry.given is not None:
+            check_given(entry, x, modality)
     method_params = dict(method_params or {})
-    unknown = sorted(set(method_params) - set(methods))
+    configured = [e.name for e in entries if e.config]
+    unknown = sorted(set(method_params) - set(configured))
     if unknown:
         raise ConfigError(f"method_params names {', '.join(map(repr, unknown))}, which is not among the "
-                          f"methods {', '.join(methods)}")
+                          f"methods {', '.join(configured) or '(none: method_params sets method configs)'}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(dev).eval()
     with torch.no_grad():
@@ -224,18 +238,30 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
                              extras={"tokenizer": load_tokenizer()} if modality == "text" else {})
     settings = [f"output={output}", f"seed={seed}", f"batch_size={batch_size}",
                 f"channel_reduction={channel_reduction}", *_metric_overrides(metrics, config_dirs), *overrides]
+    # the settings of your own methods (which have no config), checked before any work
+    own_cfg = load_config(settings, config_dirs) if any(not e.config for e in entries) else None
+    if own_cfg is not None:
+        check_scorable(entries, build_metrics(own_cfg))
 
     frames, summary, attributions = [], {}, {}
     with _frozen(model):
-        for name in methods:
-            params = [f"method.{k}={_override_value(v)}" for k, v in method_params.get(name, {}).items()]
-            cfg = load_config([f"method={name}", *settings, *params], config_dirs)
+        for entry in entries:
+            name = entry.name
+            if entry.config:
+                params = [f"method.{k}={_override_value(v)}" for k, v in method_params.get(name, {}).items()]
+                cfg = load_config([f"method={name}", *settings, *params], config_dirs)
+            else:
+                cfg = own_cfg
             torch.manual_seed(int(seed))
             np.random.seed(int(seed))
             scores = pd.DataFrame({"sample": np.arange(len(x)), "label": labels.numpy(),
                                    "prediction": preds.numpy(), "target": targets.numpy()})
+            own = FunctionMethod(model, context, fn=entry.fn, name=name, output=output) if entry.fn else None
+            given = _features_only(model, x, entry.given) if entry.given is not None and modality == "text" \
+                else entry.given
             with _user_errors():
-                cell = explain_and_score(cfg, model, x, targets, context, build_metrics(cfg), scores, gt)
+                cell = explain_and_score(cfg, model, x, targets, context, build_metrics(cfg), scores, gt,
+                                         explainer=own, given=given)
             frame = cell.scores
             frame.insert(0, "method", name)
             for key, parts in cell.extras.items():  # one number per sample (backtrace's conservation)
@@ -257,6 +283,15 @@ def evaluate(model: nn.Module, x: Any, y: Any = None, methods: Sequence[str] = (
     return out
 
 
+def _features_only(model: nn.Module, x: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """Text attributions of one's own, exactly zero on the tokens that are not features ([CLS],
+    [SEP], padding), as every method's are (``baselines.base.Explainer``)."""
+    from baselines.text_inputs import feature_mask
+
+    keep = feature_mask(model, x.to(device_of(model))).cpu()
+    return torch.where(keep, given, torch.zeros((), dtype=given.dtype))
+
+
 def _override_value(value: Any) -> str:
     """A Python value as a Hydra override value (lists and strings quoted as Hydra parses them)."""
     import json
@@ -270,11 +305,61 @@ def _override_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean score per method (rows) and metric (columns) of an :func:`evaluate` or :func:`sweep`
-    frame: a quick look, not the paper tables' statistics (``experiments.report.paper_tables``)."""
+def summary_table(frame: pd.DataFrame, reference: Optional[str] = None) -> pd.DataFrame:
+    """The table of an :func:`evaluate` or :func:`sweep` frame (or a :func:`run_cell` record), as
+    the paper tables compute it (:func:`experiments.report.method_table.method_statistics`, one
+    function for both): one row per method (per override set for a sweep), in the frame's order;
+    per metric its mean over the samples every method scored with the bootstrap 95% interval
+    (``ci_low``, ``ci_high``), ``n``, ``n_nan`` and ``rank``, and the paired Wilcoxon test of
+    ``reference`` (default ``backtrace`` when present) against the method, Holm-corrected:
+    ``test`` (``+``: the reference is better, ``-`` worse, ``=`` no difference, ``~`` ambiguous),
+    ``p_holm`` and ``r`` (rank-biserial, positive: the reference better); then ``mean_rank`` and the
+    runtime. Columns are (metric, field) pairs: ``table["sparseness"]`` is one metric's part."""
+    from experiments.report.method_table import FIELDS, TEST_FIELDS, choose_reference, method_statistics
+
     key = "overrides" if "overrides" in frame.columns else "method"
-    metric_cols = [c for c in frame.columns
-                   if c not in (*SAMPLE_COLUMNS, "method", "model", "dataset", "config_hash", "overrides")
-                   and pd.api.types.is_numeric_dtype(frame[c])]
-    return frame.groupby(key, sort=False)[metric_cols].mean()
+    if key not in frame.columns or "sample" not in frame.columns:
+        raise ConfigError("summary_table takes the frame evaluate(), sweep() or run_cell() returns "
+                          "(columns method or overrides, sample, and one per metric)")
+    directions = _directions(frame)
+    metric_cols = [c for c in frame.columns if c in directions]
+    if not metric_cols:
+        raise ConfigError("summary_table found no metric columns with a direction in frame.attrs['summary']; "
+                          "give it the frame evaluate(), sweep() or run_cell() returns")
+    order = list(dict.fromkeys(frame[key].astype(str)))
+    plain = pd.DataFrame({"method": frame[key].astype(str).to_numpy(), "sample": frame["sample"].to_numpy(),
+                          **{m: frame[m].to_numpy(dtype=float) for m in metric_cols}})   # without the frame's attrs
+    long = plain.melt(id_vars=["method", "sample"], var_name="metric", value_name="score")
+    long["score"] = long["score"].astype(float)
+    ref = choose_reference(order, reference, "this frame")
+    runtime = {m: v.get("runtime") for m, v in (frame.attrs.get("summary") or {}).items()
+               if isinstance(v, dict) and isinstance(v.get("runtime"), dict)}
+    stats = method_statistics(long, {m: directions[m] for m in metric_cols}, ref, runtime, order)
+    wide = stats["wide"].set_index("method")
+    fields = ("mean", *FIELDS, *(TEST_FIELDS if ref is not None else ()))
+    columns = [(m, f) for m in metric_cols for f in fields]
+    out = pd.DataFrame({(m, f): wide.get(m if f == "mean" else f"{m}_{f}") for m, f in columns}, index=wide.index)
+    for extra in ("mean_rank", "seconds_per_sample", "forward_backward_units"):
+        out[(extra, "")] = wide[extra]
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    out.index.name = key
+    out.attrs["reference"] = ref
+    return out
+
+
+def _directions(frame: pd.DataFrame) -> dict[str, str]:
+    """Each metric's direction, from ``frame.attrs["summary"]`` (evaluate: method -> metric -> ...;
+    sweep: overrides -> metric -> ...; run_cell: metric -> ...)."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if not isinstance(node, dict):
+            return
+        for name, value in node.items():
+            if isinstance(value, dict) and value.get("direction") in ("higher", "lower"):
+                found.setdefault(str(name), value["direction"])
+            else:
+                walk(value)
+
+    walk(frame.attrs.get("summary") or {})
+    return found

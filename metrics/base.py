@@ -10,6 +10,9 @@ from torch import Tensor, nn
 
 DIRECTIONS = ("higher", "lower")
 CATEGORIES = ("faithfulness", "robustness", "randomisation", "complexity", "localisation")
+# The categories whose metrics explain again: perturbed inputs (robustness), a changed model or
+# another class (randomisation). They need the method itself, not only its attributions.
+REEXPLAINING = ("robustness", "randomisation")
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,11 @@ class MetricInfo:
     direction: str          # "higher" | "lower": which way is better
     attributions: str       # "signed" | "absolute": what the metric expects to be given
     batched: bool           # whether the model is called on batches (False: one sample a call)
+
+    @property
+    def reexplains(self) -> bool:
+        """Whether the metric calls the method again (so fixed attributions cannot be scored by it)."""
+        return self.category in REEXPLAINING
 
 
 class Metric:

@@ -17,10 +17,15 @@ better), e.g. ``{name: cls.info.direction}``.
 - :func:`best_methods`: the best method of a metric and every method whose interval overlaps it.
 - :func:`table_statistics`: all of the above for one table.
 - :func:`bootstrap_mean_ranks`: mean rank over metrics with a bootstrap interval over samples.
+- :func:`smallest_wilcoxon_pvalue`, :func:`wilcoxon_can_reach`: whether n pairs and m Holm-corrected
+  comparisons can reach the level at all.
+- :func:`significant`: how every number of a table and of the console is printed.
 """
 from __future__ import annotations
 
+import math
 import warnings
+from functools import lru_cache
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -147,6 +152,44 @@ def rank_biserial(diff: np.ndarray) -> float:
     ranks = stats.rankdata(np.abs(d))
     total = ranks.sum()
     return float((ranks[d > 0].sum() - ranks[d < 0].sum()) / total)
+
+
+@lru_cache(maxsize=None)
+def smallest_wilcoxon_pvalue(n: int) -> float:
+    """The smallest two-sided p-value :func:`scipy.stats.wilcoxon` gives ``n`` paired differences
+    (zeros dropped): all of one sign, distinct (its exact null distribution: 2 / 2**n) or all tied
+    (its normal approximation with the tie correction, which it uses when magnitudes tie), the
+    smaller of the two. 1 for ``n = 0``."""
+    if n < 1:
+        return 1.0
+    distinct = float(stats.wilcoxon(np.arange(1.0, n + 1.0)).pvalue)
+    tied = float(stats.wilcoxon(np.ones(n)).pvalue)
+    return min(distinct, tied)
+
+
+def wilcoxon_can_reach(n: int, comparisons: int, alpha: float = 0.05) -> bool:
+    """Whether any of ``comparisons`` Holm-corrected Wilcoxon tests on ``n`` pairs can come out
+    below ``alpha``: Holm multiplies the smallest p-value by the number of comparisons, so this
+    needs ``comparisons x smallest_wilcoxon_pvalue(n) < alpha``."""
+    return max(1, int(comparisons)) * smallest_wilcoxon_pvalue(int(n)) < alpha
+
+
+def significant(value: object, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits: fixed-point from 0.001 up to 10 000 (0.00129,
+    0.422, 12.3; the integer part in full), scientific otherwise (7.00e-04); ``nan`` for a
+    missing or undefined value. A mean of 0.00129 must not print as 0.001 nor 7e-4 as 0.0000."""
+    if value is None:
+        return "nan"
+    v = float(value)  # type: ignore[arg-type]
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v) or v == 0:
+        return str(v) if math.isinf(v) else "0"
+    rounded = float(f"{v:.{digits - 1}e}")   # rounding may carry into the next power of ten
+    if not 1e-3 <= abs(rounded) < 1e4:
+        return f"{v:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))
+    return f"{v:.{decimals}f}"
 
 
 # How a reference-vs-method comparison is printed: "+" reference better, "-" worse, "=" no

@@ -4,8 +4,14 @@ that re-explain (class sensitivity, randomisation), written from their definitio
 Inputs are right-padded token ids ``(N, L)`` with attributions ``(N, L)``; the features are the
 tokens :meth:`experiments.zoo.text_models.TextClassifier.feature_mask` marks (never ``[CLS]``,
 ``[SEP]`` or padding): only they are ranked, deleted, scored or compared, so a sample's score does
-not depend on its padding. Tokens are ranked by the attributions as given (signed for signed
-methods; the runner passes magnitudes for unsigned ones), highest first, ties in position order.
+not depend on its padding. Tokens are ranked highest first, ties in position order.
+
+What a metric ranks follows its declared ``info.attributions``. The faithfulness metrics
+(``signed``) rank the attributions as given: signed for signed methods (a token that argues
+against the class is deleted last), magnitudes for unsigned ones (the runner passes those).
+Agreement with the rationale and the two similarity checks (``absolute``) rank magnitudes ``|a|``
+for every method: the rationale marks what matters, whichever way, and a map that only flips
+sign with the class or the weights still points at the same tokens.
 
 Common parameters: ``output`` (``softmax``: the target's probability, or ``logits``: its logit;
 the run's setting) is what is read off the model; ``deletion`` is how a token is deleted:
@@ -29,7 +35,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from torch import Tensor, nn
 
 from baselines.vocabulary import CLASS_OUTPUTS, check_choice, device_of, seeded
@@ -37,7 +43,6 @@ from metrics.base import Metric, MetricInfo
 from metrics.explain_adapter import ExplainFunc
 
 DELETIONS = ("mask", "remove")
-MAPS = ("given", "absolute")
 COMMON_PARAMS: dict[str, Any] = {"output": "softmax", "chunk_size": 256, "channel_reduction": "sum",
                                  "max_samples": None}
 
@@ -108,8 +113,6 @@ class TextMetric(Metric):
         check_choice("output", merged["output"], CLASS_OUTPUTS)  # text models are classifiers
         if "deletion" in merged:
             check_choice("deletion", merged["deletion"], DELETIONS)
-        if "maps" in merged:
-            check_choice("maps", merged["maps"], MAPS)
         chunk = merged["chunk_size"]
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"bad chunk_size {chunk!r} for metric {self.info.name!r}; use a positive integer")
@@ -133,6 +136,8 @@ class TextMetric(Metric):
                              f"got {tuple(a.shape)}")
         if not bool(torch.isfinite(a).all()):
             raise ValueError(f"metric {name!r}: attributions hold non-finite values; they are refused")
+        if self.info.attributions == "absolute":
+            a = a.abs()   # the metric compares magnitudes, whatever the method's sign (module docstring)
         if not callable(getattr(model, "feature_mask", None)):
             raise ValueError(f"metric {name!r} needs a text model with feature_mask(ids) "
                              f"(experiments.zoo.text_models.TextClassifier); got {type(model).__name__}")
@@ -347,51 +352,114 @@ class TextLeRFAUC(_DeletionCurveAUC):
     most_relevant_first = False
 
 
-class TokenAUPRC(TextMetric):
-    """Agreement with the ground-truth rationale: per sample, sklearn's average precision of the
-    attributions as scores for the rationale tokens, over feature tokens only. NaN where the
-    sample's rationale (on feature tokens) is empty. The model is not called."""
+class _RationaleAgreement(TextMetric):
+    """Agreement with the ground-truth rationale, on magnitudes ``|a|`` over the feature tokens;
+    NaN where the sample's rationale (on feature tokens) is empty. The model is not called."""
 
-    info = MetricInfo("token_auprc", "localisation", "higher", "signed", True)
     needs_ground_truth = True
 
     def compute(self, model, x, y, a, feature, explainer, ground_truth):
         gt = ground_truth.bool() & feature
-        out = np.full(len(x), np.nan)
-        for i in range(len(x)):
+        return self.agreement(a, feature, gt)
+
+    def agreement(self, a: Tensor, feature: Tensor, gt: Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def per_sample(a: Tensor, feature: Tensor, gt: Tensor, score: Any) -> np.ndarray:
+        """``score(truth, scores)`` on each sample's feature tokens; NaN without a rationale."""
+        out = np.full(len(a), np.nan)
+        for i in range(len(a)):
             truth = gt[i][feature[i]].numpy()
             if truth.any():
-                out[i] = average_precision_score(truth, a[i][feature[i]].numpy())
+                out[i] = score(truth, a[i][feature[i]].numpy())
         return out
 
 
-class TokenF1(TextMetric):
-    """Agreement with the ground-truth rationale as a hard selection: the k feature tokens of
-    highest attribution (ties in position order), k = the rationale's size, against the
-    rationale; with as many predicted as true tokens, F1 = precision = recall = hits / k. NaN
-    where the rationale (on feature tokens) is empty. The model is not called."""
+class TokenAveragePrecision(_RationaleAgreement):
+    """Per sample, sklearn's average precision of ``|a|`` as scores for the rationale tokens:
+    the mean precision at each rationale token's rank (tied scores share a threshold). ERASER's
+    ``average_precision`` field computes the same number."""
 
-    info = MetricInfo("token_f1", "localisation", "higher", "signed", True)
-    needs_ground_truth = True
+    info = MetricInfo("token_average_precision", "localisation", "higher", "absolute", True)
 
-    def compute(self, model, x, y, a, feature, explainer, ground_truth):
-        gt = ground_truth.bool() & feature
+    def agreement(self, a, feature, gt):
+        return self.per_sample(a, feature, gt, average_precision_score)
+
+
+def trapezoid_pr_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """The trapezoid area under sklearn's precision-recall curve (what ERASER reports as
+    ``auprc``): precision interpolated linearly between the curve's points, where average
+    precision takes the precision reached at the end of each recall step."""
+    precision, recall, _ = precision_recall_curve(truth, scores)
+    return float(auc(recall, precision))
+
+
+class TokenAUPRCTrapezoid(_RationaleAgreement):
+    """Per sample, the trapezoid area under the precision-recall curve of ``|a|`` for the
+    rationale tokens (ERASER's ``auprc``, :func:`trapezoid_pr_auc`). Without tied scores it is at
+    most the average precision (a step that adds a rationale token never lowers precision, so
+    the straight line lies under the step); tied scores can put it above."""
+
+    info = MetricInfo("token_auprc_trapezoid", "localisation", "higher", "absolute", True)
+
+    def agreement(self, a, feature, gt):
+        return self.per_sample(a, feature, gt, trapezoid_pr_auc)
+
+
+class TokenRPrecision(_RationaleAgreement):
+    """R-precision: the share of rationale tokens among the k feature tokens of largest ``|a|``
+    (ties in position order), k = the rationale's own size (an oracle k: it reads the gold
+    rationale). With as many chosen as true tokens, precision = recall = F1 = hits / k."""
+
+    info = MetricInfo("token_r_precision", "localisation", "higher", "absolute", True)
+
+    def agreement(self, a, feature, gt):
         k = gt.sum(1)
         chosen = feature & (feature_ranks(a, feature) < k[:, None])
         hits = (chosen & gt).sum(1).double()
         return torch.where(k > 0, hits / k.clamp(min=1), torch.nan).numpy()
 
 
+class TokenHardF1(_RationaleAgreement):
+    """ERASER's token-level F1 of a hard rationale (instance-level, then averaged over samples):
+    the hard rationale is the k feature tokens of largest ``|a|`` (ties in position order),
+    k = ceil(fraction x the sample's feature tokens), at least one, without reading the gold
+    rationale; F1 = 2PR / (P + R) with P = hits / k and R = hits / |rationale| (0 without a hit)."""
+
+    info = MetricInfo("token_hard_f1", "localisation", "higher", "absolute", True)
+    defaults = {"fraction": 0.1}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        f = self.params["fraction"]
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ValueError(f"bad fraction {f!r} for metric {self.info.name!r}; use a number in (0, 1]")
+
+    def agreement(self, a, feature, gt):
+        # the fraction as a percentage in exact arithmetic (100 * 0.07 is 7.000000000000001 in floats)
+        k = bin_sizes([Fraction(str(self.params["fraction"])) * 100], feature.sum(1))[:, 0]
+        chosen = feature & (feature_ranks(a, feature) < k[:, None])
+        hits = (chosen & gt).sum(1).double()
+        size = gt.sum(1)
+        precision = hits / k.clamp(min=1)
+        recall = hits / size.clamp(min=1)
+        f1 = torch.where(hits > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-300), 0.0)
+        return torch.where(size > 0, f1, torch.nan).numpy()
+
+
 class _ReExplaining(TextMetric):
     """Re-explains through the explainer passed in (:class:`metrics.explain_adapter.ExplainFunc`:
     the same preparation as the scored attributions, global random generators left as found) and
-    compares maps by Spearman's rank correlation over the feature tokens (scale-free, so methods
-    with different attribution scales compare alike); NaN where either map is constant there."""
+    compares the magnitudes of the two maps by Spearman's rank correlation over the feature tokens
+    (scale-free, so methods with different attribution scales compare alike); NaN where either
+    map is constant there."""
 
     needs_explainer = True
 
-    def maps(self, a: np.ndarray) -> np.ndarray:
-        return np.abs(a) if self.params["maps"] == "absolute" else a
+    @staticmethod
+    def maps(a: np.ndarray) -> np.ndarray:
+        return np.abs(a)
 
     def explain(self, explainer: Any, model: nn.Module, x: Tensor, targets: Tensor) -> np.ndarray:
         fn = ExplainFunc(explainer, self.params["channel_reduction"])
@@ -400,16 +468,13 @@ class _ReExplaining(TextMetric):
 
 class TextClassSensitivity(_ReExplaining):
     """Whether the explanation depends on the class explained: Spearman correlation between the
-    map of the target (the attributions given) and the map of the other class (for more than two
-    classes: the most probable other class), over feature tokens; lower is more class-sensitive.
+    magnitudes of the map of the target (the attributions given) and of the map of the other class
+    (for more than two classes: the most probable other class), over feature tokens; lower is
+    more class-sensitive. Magnitudes, as the image table's random_logit: on a two-class softmax a
+    signed gradient map of the other class is the target's map negated; it names the same tokens
+    and scores +1 here (on signed maps it would score the best possible -1 by construction)."""
 
-    ``maps: given`` compares the maps as scored (signed for signed methods): on a two-class model
-    a signed map that flips sign for the other class names the same tokens as evidence against
-    it and scores -1, while an unsigned map that stays the same scores +1. ``absolute`` compares
-    magnitudes (as the image table's random_logit does)."""
-
-    info = MetricInfo("text_class_sensitivity", "randomisation", "lower", "signed", True)
-    defaults = {"maps": "given"}
+    info = MetricInfo("text_class_sensitivity", "randomisation", "lower", "absolute", True)
 
     def compute(self, model, x, y, a, feature, explainer, ground_truth):
         probs = self.logits(model, x)
@@ -454,11 +519,11 @@ class TextRandomisation(_ReExplaining):
     """Adebayo et al. (2018) for text: re-initialise the classifier's top layers (the head and
     the last encoder layer, or the head and the LSTM) in a copy of the model and re-explain the
     target there; the score is the Spearman correlation between the original and the randomised
-    map over feature tokens (magnitudes by default, as the image table's mprt); an explanation
-    that depends on the learnt parameters scores low."""
+    map's magnitudes over feature tokens (as the image table's mprt); an explanation that depends
+    on the learnt parameters scores low."""
 
     info = MetricInfo("text_randomisation", "randomisation", "lower", "absolute", True)
-    defaults = {"maps": "absolute", "seed": 0}
+    defaults = {"seed": 0}
 
     def compute(self, model, x, y, a, feature, explainer, ground_truth):
         clone, names = randomised_copy(explainer.model, int(self.params["seed"]))
@@ -469,7 +534,7 @@ class TextRandomisation(_ReExplaining):
 
 TEXT_METRICS: dict[str, type[TextMetric]] = {
     cls.info.name: cls for cls in (
-        TextComprehensiveness, TextSufficiency, TextMoRFAUC, TextLeRFAUC, TokenAUPRC, TokenF1,
-        TextClassSensitivity, TextRandomisation,
+        TextComprehensiveness, TextSufficiency, TextMoRFAUC, TextLeRFAUC, TokenAveragePrecision,
+        TokenAUPRCTrapezoid, TokenRPrecision, TokenHardF1, TextClassSensitivity, TextRandomisation,
     )
 }

@@ -7,6 +7,10 @@ import pytest
 import torch
 
 os.environ.setdefault("BACKTRACE_BENCH_NO_PROGRESS", "1")
+# TensorFlow takes its thread count once, when it starts, whichever test starts it; Keras models
+# train on model.train.threads (1) threads (experiments.zoo.keras_models.tensorflow_threads)
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 

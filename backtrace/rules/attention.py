@@ -54,6 +54,8 @@ def matmul_relevance(a: Tensor, b: Tensor, out: Tensor, relevance: Tensor) -> tu
 class MatmulRule(LinearInRelevanceRule):
     """``a @ b`` between two activations (attention scores ``Q K^T`` and ``A V``)."""
 
+    ill_conditioned = True
+
     def default(self, node: Node, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor,
                 opts: EvalOptions) -> list[Relevance]:
         a, b = inputs
@@ -100,6 +102,7 @@ class AttentionRule(LinearInRelevanceRule):
     ``(..., heads, length, dim)``; ``params``: ``is_causal``, ``scale`` (``None``: 1/sqrt(dim))."""
 
     reads_output = False
+    ill_conditioned = True
 
     def default(self, node: Node, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor,
                 opts: EvalOptions) -> list[Relevance]:

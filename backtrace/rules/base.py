@@ -60,6 +60,13 @@ class Rule:
     # others are freed during the forward pass). Rules that ignore them say so.
     reads_inputs: bool = True
     reads_output: bool = True
+    # The rule divides by a product of two activations (attention scores ``Q K^T``, ``A V``) and
+    # splits it in proportion to its terms: where the product nearly cancels, the rounding of its
+    # inputs is amplified by the ratio of the terms to their sum. Float32 forward values differ
+    # by rounding with the batch's shape, so in float32 such a rule makes relevance depend on
+    # batch composition and padding; :func:`backtrace.explain` evaluates graphs holding one in
+    # float64 unless given a ``dtype``.
+    ill_conditioned: bool = False
 
     def default(self, node: Node, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor,
                 opts: EvalOptions) -> list[Relevance]:

@@ -3,7 +3,7 @@ controls last) and their written-out names."""
 from __future__ import annotations
 
 REFERENCE = "backtrace"
-CONTROLS = ("random", "sobel")
+CONTROLS = ("random", "rarity", "sobel")
 # How figures and the report page write each method out.
 METHOD_TITLES = {
     "backtrace": "DLBacktrace",
@@ -24,6 +24,7 @@ METHOD_TITLES = {
     "attnlrp": "AttnLRP",
     "random": "Random (control)",
     "sobel": "Sobel edges (control)",
+    "rarity": "Token rarity (control)",
 }
 
 

@@ -1,7 +1,9 @@
 """One static page of every results table: ``python -m experiments.report``.
 
 Reads the run records under ``--results-dir`` the way ``experiments.report.paper_tables`` does (the same
-tables, statistics and refusals) and writes ``--out``/``index.html`` with its images next to it.
+tables and statistics; a table that mixes settings is left out with a one-line warning naming the
+setting and the ``--where`` filter that splits it) and writes ``index.html`` with its images next to
+it: into ``<results-dir>/report/``, or ``--out``; the published ``results/report/`` only with ``--publish``.
 Per table: its heading and run settings, the table with intervals, bold best sets and the paired
 tests' marks, the method notes (budgets, absent values, signs), the sample figure (heatmap grid
 for images, token heatmap for text), the mean-rank chart across metrics and the cost chart.
@@ -15,13 +17,16 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from experiments.errors import TableError
+from experiments.errors import ConfigError, TableError
 from experiments.report import figures
 from experiments.report.methods import method_order, method_title
+from experiments.report.evidence import published_root
 from experiments.report.paper_tables import build, collect, to_markdown
+from experiments.report.selection import Filter, parse_filters
 from experiments.report.table_data import TableData
+from experiments.run.config import home
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1500px;
@@ -128,10 +133,22 @@ def table_section(data: TableData, stats: dict[str, Any], out: Path) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def write_report(results_dir: str | Path, out: str | Path, reference: Optional[str] = None) -> Path:
-    """Build every table (refusing the lot if one cannot be made, as paper_tables does), then
-    write the page and its images."""
-    built = [(data, build(data, reference)) for data in collect(results_dir)]
+def report_folder(results_dir: str | Path, out: Optional[str | Path], publish: bool) -> Path:
+    """``out``, else ``<results_dir>/report``; with ``publish``, ``out`` or the published
+    ``results/report`` (refused without it)."""
+    if publish:
+        return Path(out) if out is not None else published_root() / "report"
+    folder = Path(out) if out is not None else Path(results_dir) / "report"
+    if folder.resolve() == (published_root() / "report").resolve():
+        raise TableError(f"--out {folder} holds the published report; add --publish to write there")
+    return folder
+
+
+def write_report(results_dir: str | Path, out: str | Path, reference: Optional[str] = None,
+                 where: Sequence[Filter] = ()) -> Path:
+    """Build every table (a table that mixes settings is left out with a warning, as paper_tables
+    does when asked for every table), then write the page and its images."""
+    built = [(data, build(data, reference)) for data in collect(results_dir, where=where, skip_mixed=True)]
     built.sort(key=lambda b: (not b[0].table.startswith("paper_"), b[0].name))   # the paper's tables first
     if not built:
         raise TableError(f"no records under {results_dir}; run e.g. `python run.py -m +experiment=paper_tabular` first")
@@ -162,14 +179,21 @@ against each other one (green: the reference is better, red: worse).</p>
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", default="results/runs", help="records to report (any sweep's results_dir)")
-    parser.add_argument("--out", default="results/report", help="folder of index.html and its images")
+    parser.add_argument("--results-dir", default=str(home() / "results" / "runs"),
+                        help="records to report (any sweep's results_dir)")
+    parser.add_argument("--out", default=None,
+                        help="folder of index.html and its images (default: <results-dir>/report; with --publish: "
+                             "results/report)")
+    parser.add_argument("--publish", action="store_true", help="write the published results/report (or --out)")
+    parser.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="only the records that match, e.g. n_samples=16 (splits a mixed table)")
     parser.add_argument("--reference", default=None,
                         help="the method the paired tests compare every other against (default: backtrace when present)")
     args = parser.parse_args(argv)
     try:
-        index = write_report(args.results_dir, args.out, args.reference)
-    except TableError as exc:
+        index = write_report(args.results_dir, report_folder(args.results_dir, args.out, args.publish),
+                             args.reference, parse_filters(args.where))
+    except (TableError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {index}")

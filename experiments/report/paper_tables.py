@@ -1,46 +1,63 @@
 """Turn run records into tables: methods as rows, metrics as columns, with intervals and tests.
 
 ``python -m experiments.paper_tables`` reads every record under ``--results-dir`` and writes one
-table per (table, model, dataset): ``results/tables/<name>.{md,csv,tex}`` and, for images,
-``results/figures/<name>_heatmaps.png`` (for text, ``<name>_tokens.{png,html}``; the figures
-themselves are drawn by ``experiments.report.figures``). Records of the paper's experiments carry their table's
-name (``table=`` set by ``configs/experiment/``); any other sweep becomes a table named after its
-model and dataset, so ``--results-dir DIR`` turns any sweep into a table.
+table per (table, model, dataset) next to them: ``<results-dir>/tables/<name>.{md,csv,tex}`` and,
+for images, ``<results-dir>/figures/<name>_heatmaps.png`` (for text, ``<name>_tokens.{png,html}``;
+the figures themselves are drawn by ``experiments.report.figures``), or under ``--out``. Only
+``--publish`` writes the published ``results/`` (under the current folder or
+``$BACKTRACE_BENCH_HOME``; or ``--out``): the tables, their figures and their evidence
+(``results/evidence/<name>/``, :mod:`experiments.report.evidence`), moved in together; a publish
+that would replace a table by one of fewer samples is refused (``--allow-smaller`` replaces it
+anyway). Records of the paper's experiments carry their table's name (``table=`` set by
+``configs/experiment/``); any other sweep becomes a table named after its model and dataset, so
+``--results-dir DIR`` turns any sweep into a table; ``--where KEY=VALUE`` takes only the records
+that match (:mod:`experiments.report.selection`).
 
-Rows are method *variants*: the method's name plus the parameters that differ from its config
-file (``ig (n_steps=4)``), so a sweep over a method's parameters gives one row each. Every cell of
+Rows are method *variants* (:mod:`experiments.report.variants`): the name of the method config
+chosen plus every parameter that differs between its records or from the project's config file
+(``ig (n_steps=4)``), so a sweep over a method's parameters, or two configs of one's own of the
+same class, give one row each. Every cell of
 a table must have explained the same samples of the same data with the same model, output
-function, target and metric settings; a table whose cells differ is refused with one line naming
-the difference, and nothing is written.
+function, target and metric settings. A table whose cells differ is skipped with a one-line
+warning naming it, the differing setting and the ``--where`` filter that splits it, and the other
+tables are written; a table asked for by name (``--table``) is refused with that line instead, and
+nothing is written.
 
 Every number is computed on the samples every method scored (``metrics.statistics.common_samples``):
 the mean with its bootstrap 95% interval, ranks, the Friedman test, and Wilcoxon signed-rank tests
 of the reference method (``--reference``, default ``backtrace`` when present) against every other,
 Holm-corrected, with the rank-biserial effect size. A metric's best mean is bold, and so is every
-method whose interval overlaps it. Under the table: what each method explains, its budget, the
-value it treats as absent, what sign its maps actually had, and the metrics' own settings.
+method whose interval overlaps it. Under the table: what each method explains (or that it reads
+no output), its budget, the value it treats as absent, what sign its maps actually had, which
+metrics compare magnitudes, and the metrics' own settings. Where the samples are too few for any
+Holm-corrected Wilcoxon test to reach 0.05, one line says so instead of a table of ``=``. Every
+number is printed to three significant digits (:func:`metrics.statistics.significant`).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from baselines.vocabulary import OUTPUTS
-from experiments.errors import TableError
+from experiments.errors import ConfigError, TableError
+from experiments.report.evidence import evidence_line, publish, published_root, write_evidence
 from experiments.report.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
-from experiments.report.methods import REFERENCE, method_order
+from experiments.report.method_table import choose_reference, method_statistics
+from experiments.report.methods import method_order
+from experiments.report.selection import (Filter, as_text, check_keys, first_difference, matches, parse_filters,
+                                         table_name)
 from experiments.report.table_data import TableData
+from experiments.report.variants import short, variant_labels
+from experiments.run.config import home
 from experiments.run.records import iter_records
 from metrics.map_agreement import agreement_note
-from metrics.statistics import MARKS, best_methods, table_statistics
+from metrics.statistics import (MARKS, significant, smallest_wilcoxon_pvalue,
+                                wilcoxon_can_reach)
 
 ARROW = {"higher": "↑", "lower": "↓"}
 TEX_ARROW = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
@@ -49,47 +66,19 @@ SHARED_SETTINGS = ("dataset", "model", "output", "target", "seed", "n_samples", 
                    "channel_reduction", "metrics")
 # Metric parameters that say what a metric removes features to, shown under the table.
 METRIC_ABSENT_PARAMS = ("perturb_baseline", "baseline")
-
-
-# -- variants ------------------------------------------------------------------------------------
-
-def _method_defaults(target: str, output: str) -> Optional[dict[str, Any]]:
-    """The parameters of the ``configs/method`` file whose ``_target_`` is ``target`` (None for a
-    method that has no config file here)."""
-    from omegaconf import OmegaConf
-
-    from experiments.run.config import CONFIG_DIR, method_config
-
-    for path in sorted((CONFIG_DIR / "method").glob("*.yaml")):
-        if OmegaConf.load(path).get("_target_") == target:
-            resolved = method_config(path.stem, output if output in OUTPUTS else "softmax")
-            return OmegaConf.to_container(resolved, resolve=True)  # type: ignore[return-value]
-    return None
-
-
-def variant_label(record: dict[str, Any]) -> str:
-    """The method's name plus every parameter that differs from its config file, e.g.
-    ``ig (n_steps=4)``; the name alone for a method run as configured. Parameters that follow a
-    run setting (``output``) are the same for a whole table and never make a variant."""
-    name = record["method"]["name"]
-    params = dict(record["method"].get("params") or {})
-    defaults = _method_defaults(str(params.get("_target_")), str(record.get("output", "softmax")))
-    if defaults is None:
-        return name
-    diff = [f"{k}={_short(v)}" for k, v in sorted(params.items())
-            if k not in ("_target_", "output") and defaults.get(k, object()) != v]
-    return f"{name} ({', '.join(diff)})" if diff else name
+# The model-free control whose rationale agreement the heading of a text table states.
+RARITY = "rarity"
+ALPHA = 0.05
 
 
 def _short(value: Any) -> str:
-    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return short(value)
 
 
 # -- collecting ----------------------------------------------------------------------------------
 
 def _table_key(record: dict[str, Any]) -> tuple[str, str, str]:
-    table = record["config"].get("table") or f"{record['model']['name']}_{record['dataset']['name']}"
-    return table, record["model"]["name"], record["dataset"]["name"]
+    return table_name(record), record["model"]["name"], record["dataset"]["name"]
 
 
 def _shared(record: dict[str, Any], samples: list[int]) -> dict[str, Any]:
@@ -101,42 +90,114 @@ def _shared(record: dict[str, Any], samples: list[int]) -> dict[str, Any]:
     return out
 
 
-def _check_alike(name: str, cells: dict[str, tuple[dict, pd.DataFrame, Path]]) -> None:
-    """Refuse a table whose cells differ in samples, data, model, output or metric settings."""
+def _difference(key: str, names: tuple[str, str], records: tuple[dict, dict], values: tuple[Any, Any]) -> tuple[str, str]:
+    """What differs between two cells in ``key`` (the clause) and how a filter splits them (the
+    hint): the first config path whose values differ, e.g. ``--where n_samples=8``."""
+    split: Optional[tuple[str, Any, Any]] = None
+    if key == "samples":
+        a, b = values
+        detail = f"{len(a)} vs {len(b)} samples" if len(a) != len(b) else "different values"
+        split = ("n", records[0]["n_samples"], records[1]["n_samples"]) if len(a) != len(b) else None
+    else:
+        split = first_difference(records[0]["config"].get(key), records[1]["config"].get(key), key)
+        if split is None and key == "model":            # one model config, different cache keys
+            split = ("cache_key", values[0], values[1])
+        if split is not None and any(isinstance(v, dict) for v in split[1:]):
+            detail, split = f"{split[0]} set in one only", None
+        else:
+            detail = f"{split[0]}={as_text(split[1])} vs {as_text(split[2])}" if split else "different values"
+    clause = f"mixes runs that differ in {key} ({names[0]!r} and {names[1]!r}: {detail})"
+    hint = (f"split it with --where {split[0]}={as_text(split[1])} (or {split[0]}={as_text(split[2])})" if split
+            else "point --results-dir at one sweep")
+    return clause, hint
+
+
+def mixed_settings(cells: dict[str, tuple[dict, pd.DataFrame, Path]]) -> Optional[tuple[str, str]]:
+    """None when a table's cells share samples, data, model (and its weights, where recorded),
+    output and metric settings; else (what differs, how to split the table)."""
     shared = {variant: _shared(rec, scores["sample"].tolist()) for variant, (rec, scores, _) in cells.items()}
     first_variant, first = next(iter(shared.items()))
     for variant, s in shared.items():
         for key in first:
             if s[key] != first[key]:
-                what = "samples" if key == "samples" else key
-                detail = (f"{len(first[key])} vs {len(s[key])} samples" if key == "samples" and len(first[key]) != len(s[key])
-                          else "different values")
-                raise TableError(
-                    f"table {name!r} mixes runs that differ in {what} ({first_variant!r} and {variant!r}: {detail}); "
-                    f"rerun them with the same settings, or point --results-dir at one sweep")
+                return _difference(key, (first_variant, variant), (cells[first_variant][0], cells[variant][0]),
+                                   (first[key], s[key]))
+    weights = {v: rec["model"].get("weights_sha256") for v, (rec, _, _) in cells.items() if rec["model"].get("weights_sha256")}
+    distinct = list(dict.fromkeys(weights.values()))
+    if len(distinct) > 1:
+        va, vb = (next(v for v, w in weights.items() if w == d) for d in distinct[:2])
+        wa, wb = distinct[0][:12], distinct[1][:12]
+        return (f"mixes runs that differ in model weights ({va!r} and {vb!r}: sha256 {wa} vs {wb})",
+                f"split it with --where weights={wa} (or weights={wb})")
+    return None
 
 
-def collect(results_dir: str | Path, tables: Optional[set[str]] = None) -> list[TableData]:
-    """Group the records by (table, model, dataset) and method variant (the newest record of a
-    variant wins), check that each table's cells are alike, and gather their scores."""
-    groups: dict[tuple[str, str, str], dict[str, tuple[dict, pd.DataFrame, Path]]] = {}
-    for record, scores, folder in iter_records(results_dir):
+def collect(results_dir: str | Path, tables: Optional[set[str]] = None, where: Sequence[Filter] = (),
+            skip_mixed: bool = False) -> list[TableData]:
+    """Group the records (those matching ``where``) by (table, model, dataset) and row
+    (:mod:`experiments.report.variants`: the method config's name plus every parameter that sets
+    it apart), check that each table's cells are alike, and gather their scores. Records of one
+    row differ only in run settings (a rerun with other samples): the newest is used, and a note
+    names the one left out. A table that mixes settings is refused (:class:`TableError`, one line),
+    or with ``skip_mixed`` left out with a one-line warning on stderr (refused only if none is
+    left). Asked for tables (``tables``) that the records lack: refused with the tables they hold."""
+    found = list(iter_records(results_dir))
+    check_keys([record for record, _, _ in found], where)
+    records: dict[tuple[str, str, str], list[tuple[dict, pd.DataFrame, Path]]] = {}
+    seen: set[str] = set()
+    for record, scores, folder in found:
+        if where and not matches(record, where):
+            continue
         key = _table_key(record)
+        seen.add(key[0])
         if tables and key[0] not in tables:
             continue
-        variant = variant_label(record)
-        current = groups.setdefault(key, {}).get(variant)
-        if current is None or record["created"] > current[0]["created"]:
-            groups[key][variant] = (record, scores, folder)
+        records.setdefault(key, []).append((record, scores, folder))
+    if tables and not records and seen:
+        raise TableError(f"no table {', '.join(sorted(tables))!r} under {results_dir}"
+                         + (" matching --where" if where else "") + f"; tables there: {', '.join(sorted(seen))}")
+    groups: dict[tuple[str, str, str], dict[str, tuple[dict, pd.DataFrame, Path]]] = {}
+    for key, cells in records.items():
+        rows = groups.setdefault(key, {})
+        for label, cell in zip(variant_labels([record for record, _, _ in cells]), cells):
+            current = rows.get(label)
+            if current is None:
+                rows[label] = cell
+                continue
+            newer, older = (cell, current) if cell[0]["created"] > current[0]["created"] else (current, cell)
+            rows[label] = newer
+            _note_superseded(key[0], label, newer, older)
     per_table: dict[str, int] = {}
     for table, _, _ in groups:
         per_table[table] = per_table.get(table, 0) + 1
-    out = []
+    out, skipped = [], []
     for (table, model, dataset), cells in sorted(groups.items()):
         name = table if per_table[table] == 1 else f"{table}_{model}_{dataset}"
-        _check_alike(name, cells)
+        mixed = mixed_settings(cells)
+        if mixed is not None:
+            clause, hint = mixed
+            if not skip_mixed:
+                raise TableError(f"table {name!r} {clause}; rerun them with the same settings, or {hint}")
+            print(f"warning: skipping table {name!r}: it {clause}; {hint}, or rerun them with the same settings",
+                  file=sys.stderr)
+            skipped.append(name)
+            continue
         out.append(_table_data(name, table, model, dataset, cells))
+    if skipped and not out:
+        raise TableError(f"every table under {results_dir} mixes settings ({', '.join(skipped)}); nothing written "
+                         f"(see the warnings above)")
     return out
+
+
+def _note_superseded(table: str, label: str, newer: tuple[dict, pd.DataFrame, Path],
+                     older: tuple[dict, pd.DataFrame, Path]) -> None:
+    """One line on stderr: a row's older record (same method settings, other run settings) is not in the table."""
+    new_shared = _shared(newer[0], newer[1]["sample"].tolist())
+    old_shared = _shared(older[0], older[1]["sample"].tolist())
+    differ = [k for k in new_shared if new_shared[k] != old_shared.get(k)]
+    if differ:
+        print(f"note: table {table!r}: row {label!r} has two records that differ in {', '.join(differ)}; "
+              f"using the newer ({newer[2].name}), leaving out {older[2]}", file=sys.stderr)
 
 
 def _table_data(name: str, table: str, model: str, dataset: str,
@@ -150,11 +211,13 @@ def _table_data(name: str, table: str, model: str, dataset: str,
             part = scores.iloc[:k]
             frames.append(pd.DataFrame({"method": variant, "metric": metric, "sample": part["sample"],
                                         "score": part[metric].astype(float)}))
-            metric_settings[metric] = {"n": k, "params": info.get("params", {})}
+            metric_settings[metric] = {"n": k, "params": info.get("params", {}), "category": info.get("category"),
+                                       "attributions": info.get("attributions")}
         runtime[variant] = record["runtime"]
         signed[variant] = bool(record["method"]["signed"])
         folders[variant] = folder
         methods[variant] = {key: record["method"].get(key) for key in ("signed", "returns", "budget", "absent")}
+        methods[variant]["reads_output"] = record["method"].get("reads_output", True)
         methods[variant]["diagnostics"] = record.get("diagnostics") or {}
         accuracy = record["model"].get("test_score", record["model"]["test_accuracy"])
         score_name = record["model"].get("test_score_name", "test accuracy")
@@ -170,56 +233,26 @@ def _table_data(name: str, table: str, model: str, dataset: str,
 
 # -- statistics and layout ---------------------------------------------------------------------
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "nan"
-    value = float(value)
-    if value != 0 and (abs(value) >= 1e4 or abs(value) < 10 ** -(digits - 1)):
-        return f"{value:.2e}"
-    return f"{value:.{digits}f}"
+def _fmt(value: Any) -> str:
+    return significant(value)
 
 
 def reference_of(data: TableData, reference: Optional[str]) -> Optional[str]:
     """The method the tests compare every other against: ``reference`` if given (it must be in
     the table), else ``backtrace`` when present, else none."""
-    methods = set(data.scores["method"])
-    if reference is not None:
-        if reference not in methods:
-            raise TableError(f"unknown reference method {reference!r} for table {data.name!r}; "
-                             f"valid choices: {', '.join(method_order(sorted(methods)))}")
-        return reference
-    return REFERENCE if REFERENCE in methods else None
+    return choose_reference(sorted(set(data.scores["method"])), reference, f"table {data.name!r}")
 
 
 def build(data: TableData, reference: Optional[str] = None) -> dict[str, Any]:
-    """The statistics of one table, its wide layout (methods x metrics) and the bold sets."""
-    ref = reference_of(data, reference)
-    stats: dict[str, Any] = table_statistics(data.scores, data.directions, reference=ref)
-    summary, ranks = stats["summary"], stats["ranks"]
-    rows = []
-    for method in method_order(list(summary["method"].unique())):
-        part = summary[summary["method"] == method].set_index("metric")
-        row: dict[str, Any] = {"method": method}
-        for metric in data.directions:
-            if metric in part.index:
-                r = part.loc[metric]
-                row.update({metric: r["mean"], f"{metric}_ci_low": r["ci_low"], f"{metric}_ci_high": r["ci_high"],
-                            f"{metric}_n": int(r["n"]), f"{metric}_n_nan": int(r["n_nan"]),
-                            f"{metric}_rank": ranks.loc[method, metric] if metric in ranks.columns else np.nan})
-        row["mean_rank"] = ranks.loc[method, "mean_rank"] if method in ranks.index else np.nan
-        rt = data.runtime.get(method, {})
-        row["seconds_per_sample"] = rt.get("seconds_per_sample")
-        row["forward_backward_units"] = rt.get("forward_backward_units")
-        rows.append(row)
-    stats["wide"] = pd.DataFrame(rows)
-    stats["best"] = {m: set(best_methods(summary, m, d)) for m, d in data.directions.items()}
-    stats["reference"] = ref
-    return stats
+    """The statistics of one table, its wide layout (methods x metrics) and the bold sets
+    (:func:`experiments.report.method_table.method_statistics`, which the Python API's
+    ``summary_table`` shares)."""
+    return method_statistics(data.scores, data.directions, reference_of(data, reference), data.runtime)
 
 
-def _interval(row: pd.Series, metric: str, digits: int = 4) -> str:
+def _interval(row: pd.Series, metric: str) -> str:
     low, high = row.get(f"{metric}_ci_low", np.nan), row.get(f"{metric}_ci_high", np.nan)
-    return f"{_fmt(row.get(metric, np.nan), digits)} [{_fmt(low, 3)}, {_fmt(high, 3)}]"
+    return f"{_fmt(row.get(metric, np.nan))} [{_fmt(low)}, {_fmt(high)}]"
 
 
 def _declared(entry: Optional[dict[str, Any]]) -> str:
@@ -248,6 +281,10 @@ def heading(data: TableData, stats: dict[str, Any]) -> str:
         out += f" Samples with a saturated target probability: {s['saturated']}."
     if counts and (len(counts) > 1 or counts[0] != int(s.get("n_samples") or 0)):
         out += f" Samples per metric after leaving out undefined scores: {', '.join(map(str, counts))}."
+    floor = rarity_floor(data, stats)
+    if floor:
+        out += (f" Model-free floor: the `{RARITY}` control (each token's rarity in the training split; it runs no "
+                f"model) scores {floor} on these samples; agreement above it needs the model.")
     return out
 
 
@@ -262,12 +299,37 @@ def explained(data: TableData) -> str:
     return f"every method explains **{dense.get('explains')}** (the {dense.get('task')} head's value, {head})"
 
 
+def rarity_floor(data: TableData, stats: dict[str, Any]) -> str:
+    """The rarity control's means on the table's rationale-agreement metrics, as the heading
+    states them (empty where the table has no such row or metric); read from the records."""
+    summary = stats["summary"]
+    part = summary[summary["method"] == RARITY]
+    agreement = [m for m in data.directions if (data.metric_settings.get(m) or {}).get("category") == "localisation"]
+    means = [(m, float(part.loc[part["metric"] == m, "mean"].iloc[0])) for m in agreement
+             if (part["metric"] == m).any()]
+    return ", ".join(f"{m} {_fmt(v)}" for m, v in means if np.isfinite(v))
+
+
 def _kept(diagnostics: dict[str, Any]) -> str:
     """Backtrace's conservation: each sample's total input relevance over its starting relevance
     (contrastive mode: one ratio per map, R+ and R-)."""
     names = {"conservation": "", "conservation_positive": "R+ ", "conservation_negative": "R- "}
-    parts = [f"{names[k]}{diagnostics[k]['mean']:.3f}" for k in names if k in diagnostics]
+    parts = [f"{names[k]}{_fmt(diagnostics[k]['mean'])}" for k in names if k in diagnostics]
     return ", ".join(parts) if parts else "-"
+
+
+def scoring_rule(data: TableData) -> str:
+    """Which metrics rank the attributions as scored (signed where the method is) and which
+    compare magnitudes for every method, from each metric's declared ``attributions``."""
+    signed = [m for m in data.directions if (data.metric_settings.get(m) or {}).get("attributions") == "signed"]
+    absolute = [m for m in data.directions if (data.metric_settings.get(m) or {}).get("attributions") == "absolute"]
+    parts = []
+    if absolute:
+        parts.append(f"{', '.join(absolute)} compare magnitudes |a| for every method")
+    if signed:
+        parts.append(f"{', '.join(signed)} take the attributions as scored (signed where the method is signed, "
+                     "|a| where it is not)")
+    return ("Scoring: " + "; ".join(parts) + ".") if parts else ""
 
 
 def method_notes(data: TableData) -> list[str]:
@@ -278,9 +340,13 @@ def method_notes(data: TableData) -> list[str]:
         info = data.methods[method]
         returns = info.get("returns") or {}
         mixed = returns.get("mixed_sign_samples")
-        lines.append(f"| {method} | {data.settings.get('output')} | {'yes' if info.get('signed') else 'no (scored as magnitude)'} | "
+        explains = data.settings.get("output") if info.get("reads_output", True) else "reads no output"
+        lines.append(f"| {method} | {explains} | {'yes' if info.get('signed') else 'no (scored as magnitude)'} | "
                      f"{'-' if mixed is None else f'{100 * mixed:.0f}%'} | {_declared(info.get('budget'))} | "
                      f"{_declared(info.get('absent'))} | {_kept(info.get('diagnostics') or {})} |")
+    rule = scoring_rule(data)
+    if rule:
+        lines += ["", rule]
     absent = sorted({f"{m}: {k}={_short(v['params'][k])}" for m, v in data.metric_settings.items()
                      for k in METRIC_ABSENT_PARAMS if k in v.get("params", {})})
     if absent:
@@ -316,23 +382,60 @@ def to_markdown(data: TableData, stats: dict[str, Any]) -> str:
             f"{r.metric} p={_fmt(r.pvalue)}" + (f" ({r.note})" if r.note else "") for r in fr.itertuples())]
     wx, ref = stats["wilcoxon"], stats["reference"]
     if ref is not None and len(wx):
-        lines += ["", f"Wilcoxon signed-rank, `{ref}` vs each method, Holm-corrected per metric; each cell: "
-                  f"outcome, Holm p, rank-biserial r (positive: `{ref}` better). +: `{ref}` better, -: worse, "
-                  "=: no difference at 0.05, ~: significant but the mean difference and r disagree in direction.",
-                  "", "| method | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
-        for method in method_order(list(wx["method"].unique())):
-            cells = [method]
-            for m in metrics:
-                r = wx[(wx["method"] == method) & (wx["metric"] == m)]
-                if not len(r) or pd.isna(r["pvalue_holm"].iloc[0]):
-                    cells.append("n/a")
-                    continue
-                r = r.iloc[0]
-                cells.append(f"{MARKS[r['outcome']]} p={_fmt(float(r['pvalue_holm']))} r={float(r['effect_size']):+.2f}")
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += [""] + wilcoxon_lines(wx, ref, metrics)
     elif ref is None:
         lines += ["", "No reference method in this table (pass --reference METHOD for the paired tests)."]
     return "\n".join(lines) + "\n"
+
+
+def unreachable(wx: pd.DataFrame, metrics: list[str], alpha: float = ALPHA) -> dict[str, tuple[int, int]]:
+    """The metrics on which no Holm-corrected Wilcoxon test could reach ``alpha``: metric -> (the
+    most pairs any comparison had, the number of comparisons Holm corrects over)."""
+    out = {}
+    for m in metrics:
+        part = wx[wx["metric"] == m]
+        tested = part[np.isfinite(part["pvalue"].to_numpy(dtype=np.float64))]
+        if not len(tested):
+            continue
+        n, k = int(tested["n_pairs"].max()), len(tested)
+        if not wilcoxon_can_reach(n, k, alpha):
+            out[m] = (n, k)
+    return out
+
+
+def wilcoxon_lines(wx: pd.DataFrame, ref: str, metrics: list[str], alpha: float = ALPHA) -> list[str]:
+    """The paired tests under a table; one line instead, where the samples are too few for any
+    of them to come out below ``alpha``."""
+    short = unreachable(wx, metrics, alpha)
+    tested = {m for m in wx.loc[np.isfinite(wx["pvalue"].to_numpy(dtype=np.float64)), "metric"]}
+    if short and set(short) >= tested:
+        sizes = sorted(set(short.values()))
+        what = "; ".join(f"n = {n} pairs: smallest p {_fmt(smallest_wilcoxon_pvalue(n))}, x {k} comparisons = "
+                         f"{_fmt(k * smallest_wilcoxon_pvalue(n))}" for n, k in sizes)
+        return [f"Wilcoxon signed-rank tests of `{ref}` against each method are not shown: too few samples for any "
+                f"Holm-corrected test to reach {alpha} ({what}). Rerun with more samples for the paired tests."]
+    lines = [f"Wilcoxon signed-rank, `{ref}` vs each method, Holm-corrected per metric; each cell: "
+             f"outcome, Holm p, rank-biserial r (positive: `{ref}` better). +: `{ref}` better, -: worse, "
+             f"=: no difference at {alpha}, ~: significant but the mean difference and r disagree in direction.",
+             "", "| method | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+    for method in method_order(list(wx["method"].unique())):
+        cells = [method]
+        for m in metrics:
+            r = wx[(wx["method"] == method) & (wx["metric"] == m)]
+            if m in short:
+                cells.append("n too small")
+                continue
+            if not len(r) or pd.isna(r["pvalue_holm"].iloc[0]):
+                cells.append("n/a")
+                continue
+            r = r.iloc[0]
+            cells.append(f"{MARKS[r['outcome']]} p={_fmt(float(r['pvalue_holm']))} r={float(r['effect_size']):+.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if short:
+        lines += ["", "n too small: " + "; ".join(
+            f"{m} (n = {n} pairs, {k} comparisons: the smallest Holm p is {_fmt(k * smallest_wilcoxon_pvalue(n))})"
+            for m, (n, k) in short.items()) + f"; no test there can reach {alpha}."]
+    return lines
 
 
 def _tex_escape(s: str) -> str:
@@ -353,12 +456,12 @@ def to_latex(data: TableData, stats: dict[str, Any]) -> str:
     for _, row in wide.iterrows():
         cells = [_tex_escape(row["method"])]
         for m in metrics:
-            mean = _fmt(row.get(m, np.nan), 3)
+            mean = _fmt(row.get(m, np.nan))
             if row["method"] in stats["best"][m]:
                 mean = rf"\textbf{{{mean}}}"
-            low, high = _fmt(row.get(f"{m}_ci_low", np.nan), 3), _fmt(row.get(f"{m}_ci_high", np.nan), 3)
+            low, high = _fmt(row.get(f"{m}_ci_low", np.nan)), _fmt(row.get(f"{m}_ci_high", np.nan))
             cells.append(rf"{mean} {{\tiny [{low}, {high}]}}")
-        cells += [_fmt(row["mean_rank"], 2), _fmt(row["seconds_per_sample"] or np.nan, 3)]
+        cells += [_fmt(row["mean_rank"]), _fmt(row["seconds_per_sample"] or np.nan)]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"
@@ -376,26 +479,70 @@ def write_figures(data: TableData, figures: Path) -> list[Path]:
     return [p for p in made if p is not None]
 
 
-def write_tables(results_dir: str | Path, out_dir: str | Path, only: Optional[str] = None,
+def output_folder(results_dir: str | Path, out: Optional[str | Path], publish: bool) -> Path:
+    """Where tables/ and figures/ go: ``out``, else next to the records read (``results_dir``);
+    with ``publish``, ``out`` or the published ``results/``. The published ``results/`` is
+    refused without ``publish``: what is there is published, with its evidence and its guard."""
+    if publish:
+        return Path(out) if out is not None else published_root()
+    folder = Path(out) if out is not None else Path(results_dir)
+    if folder.resolve() == published_root().resolve():
+        raise TableError(f"--out {out or results_dir} holds the published tables; add --publish to write there "
+                         f"(with their evidence, refused where a table would shrink)")
+    return folder
+
+
+def _table_files(data: TableData, stats: dict[str, Any], md: str, tables: Path) -> list[Path]:
+    tables.mkdir(parents=True, exist_ok=True)
+    (tables / f"{data.name}.md").write_text(md)
+    stats["wide"].to_csv(tables / f"{data.name}.csv", index=False)
+    (tables / f"{data.name}.tex").write_text(to_latex(data, stats))
+    return [tables / f"{data.name}.{ext}" for ext in ("md", "csv", "tex")]
+
+
+def publish_table(data: TableData, stats: dict[str, Any], md: str, out: Path) -> list[Path]:
+    """Publish one table into ``out``: its files, figures and evidence staged, then moved in
+    together (:func:`experiments.report.evidence.publish`)."""
+    def write(stage: Path) -> dict[str, list[Path]]:
+        files = _table_files(data, stats, md, stage / "tables")
+        figures = write_figures(data, stage / "figures")
+        evidence = write_evidence(data, stage / "evidence" / data.name,
+                                  {f"tables/{p.name}": p for p in files})
+        return {"tables": files, "figures": figures, "evidence": [evidence]}
+    return publish(data.name, out, write)
+
+
+def published_markdown(data: TableData, stats: dict[str, Any], out: Path) -> str:
+    """A published table's markdown: the table, then the line naming its evidence folder."""
+    return to_markdown(data, stats) + "\n" + evidence_line(data.name, out / "evidence" / data.name) + "\n"
+
+
+def write_tables(results_dir: str | Path, out_dir: Optional[str | Path] = None, only: Optional[str] = None,
                  reference: Optional[str] = None, readme: Optional[Path] = None,
-                 allow_smaller: bool = False) -> list[Path]:
-    """Build every table first (refusing the lot if one cannot be made, or, with ``readme``, if
-    it would replace a README table by one of fewer samples), then write them."""
-    out = Path(out_dir)
-    built = [(data, build(data, reference)) for data in collect(results_dir, {only} if only else None)]
-    if readme is not None:
-        check_readme(readme, out / "tables", {data.name: to_markdown(data, stats) for data, stats in built},
-                     allow_smaller)
+                 allow_smaller: bool = False, publish: bool = False, where: Sequence[Filter] = ()) -> list[Path]:
+    """Build every table first (refusing the lot if one cannot be made; asked for every table, a
+    table that mixes settings is left out with a warning), then write them next to the records
+    (:func:`output_folder`). With ``publish``, refuse the lot if a table would replace a published
+    one (or, with ``readme``, a README table) of more samples, then publish each with its evidence."""
+    out = output_folder(results_dir, out_dir, publish)
+    if readme is not None and not publish:
+        raise TableError("--readme refreshes the README's published tables: add --publish")
+    built = [(data, build(data, reference)) for data in
+             collect(results_dir, {only} if only else None, where, skip_mixed=only is None)]
+    mds = {data.name: (published_markdown(data, stats, out) if publish else to_markdown(data, stats))
+           for data, stats in built}
+    if publish:
+        check_published(out / "tables", mds, allow_smaller)
+        if readme is not None:
+            check_readme(readme, out / "tables", mds, allow_smaller)
     written = []
     for data, stats in built:
-        tables = out / "tables"
-        tables.mkdir(parents=True, exist_ok=True)
-        md = to_markdown(data, stats)
-        (tables / f"{data.name}.md").write_text(md)
-        stats["wide"].to_csv(tables / f"{data.name}.csv", index=False)
-        (tables / f"{data.name}.tex").write_text(to_latex(data, stats))
-        written += [tables / f"{data.name}.{ext}" for ext in ("md", "csv", "tex")]
-        written += write_figures(data, out / "figures")
+        md = mds[data.name]
+        if publish:
+            written += publish_table(data, stats, md, out)
+        else:
+            written += _table_files(data, stats, md, out / "tables")
+            written += write_figures(data, out / "figures")
         print(md)
     return written
 
@@ -415,6 +562,27 @@ def sample_sizes(block: str) -> dict[str, int]:
     return sizes
 
 
+def _refuse_shrink(name: str, where: str, old: str, new: str, allow_smaller: bool, sizes_of: str) -> None:
+    """Refuse (one line) replacing the table ``old`` by ``new`` of fewer samples: fewer test
+    samples, or a metric scored on fewer (``allow_smaller``: replace anyway)."""
+    before, after = sample_sizes(old), sample_sizes(new)
+    if "all" not in before or "all" not in after or allow_smaller:
+        return
+    shrunk = [(key, n, after.get(key, after["all"])) for key, n in before.items() if after.get(key, after["all"]) < n]
+    if shrunk:
+        what = "; ".join(f"{'test samples' if key == 'all' else key + ' samples'} {n} -> {m}" for key, n, m in shrunk)
+        raise TableError(f"table {name!r} in {where} would shrink ({what}); nothing written: rerun with "
+                         f"{sizes_of} sample sizes, or pass --allow-smaller to replace it anyway")
+
+
+def check_published(tables_dir: Path, new: dict[str, str], allow_smaller: bool = False) -> None:
+    """Refuse publishing a table over a published one (``tables_dir/<name>.md``) of more samples."""
+    for name, body in new.items():
+        md = tables_dir / f"{name}.md"
+        if md.is_file():
+            _refuse_shrink(name, str(md), md.read_text(), body, allow_smaller, "the published")
+
+
 def check_readme(readme: Path, tables_dir: Path, new: Optional[dict[str, str]] = None,
                  allow_smaller: bool = False) -> dict[str, str]:
     """The new body of each README table block (``new``, else ``tables_dir/<name>.md``; a block
@@ -429,15 +597,7 @@ def check_readme(readme: Path, tables_dir: Path, new: Optional[dict[str, str]] =
         body = (new or {}).get(name) or (md.read_text() if md.exists() else None)
         if body is None:
             continue
-        before, after = sample_sizes(old), sample_sizes(body)
-        if "all" in before and "all" in after and not allow_smaller:
-            shrunk = [(key, n, after.get(key, after["all"])) for key, n in before.items()
-                      if after.get(key, after["all"]) < n]
-            if shrunk:
-                what = "; ".join(f"{'test samples' if key == 'all' else key + ' samples'} {n} -> {m}"
-                                 for key, n, m in shrunk)
-                raise TableError(f"table {name!r} in {readme} would shrink ({what}); nothing written: rerun with "
-                                 f"the README's sample sizes, or pass --allow-smaller to replace it anyway")
+        _refuse_shrink(name, str(readme), old, body, allow_smaller, "the README's")
         bodies[name] = body
     return bodies
 
@@ -457,26 +617,37 @@ def update_readme(readme: Path, tables_dir: Path, allow_smaller: bool = False) -
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", default="results/runs", help="records to tabulate (any sweep's results_dir)")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--results-dir", default=str(home() / "results" / "runs"),
+                        help="records to tabulate (any sweep's results_dir)")
+    parser.add_argument("--out", default=None,
+                        help="where tables/ and figures/ go (default: the --results-dir folder; with --publish: "
+                             "results/)")
+    parser.add_argument("--publish", action="store_true",
+                        help="publish: tables, figures and evidence/<table>/ into results/ (or --out), refused "
+                             "where a table would shrink")
     parser.add_argument("--table", default=None, help="only this table (e.g. paper_tabular)")
+    parser.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="only the records that match, e.g. n_samples=16 model=mlp (splits a mixed table)")
     parser.add_argument("--reference", default=None,
                         help="the method the paired tests compare every other against (default: backtrace when present)")
-    parser.add_argument("--readme", default=None, help="also refresh the table blocks of this README")
+    parser.add_argument("--readme", default=None, help="with --publish: also refresh the table blocks of this README")
     parser.add_argument("--allow-smaller", action="store_true",
-                        help="let --readme replace a table by one of fewer samples (refused otherwise)")
+                        help="let --publish replace a table by one of fewer samples (refused otherwise)")
     args = parser.parse_args(argv)
     readme = Path(args.readme) if args.readme else None
     try:
-        written = write_tables(args.results_dir, args.out, args.table, args.reference, readme, args.allow_smaller)
+        where = parse_filters(args.where)
+        written = write_tables(args.results_dir, args.out, args.table, args.reference, readme, args.allow_smaller,
+                               args.publish, where)
         if written and readme is not None:
-            update_readme(readme, Path(args.out) / "tables", args.allow_smaller)
-    except TableError as exc:
+            update_readme(readme, output_folder(args.results_dir, args.out, True) / "tables", args.allow_smaller)
+    except (TableError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not written:
         print(f"error: no records under {args.results_dir}"
               + (f" for table {args.table!r}" if args.table else "")
+              + (f" matching --where {' '.join(args.where)}" if args.where else "")
               + "; run e.g. `python run.py -m +experiment=paper_tabular` first", file=sys.stderr)
         return 2
     print("wrote:\n" + "\n".join(f"  {p}" for p in written))

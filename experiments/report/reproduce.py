@@ -1,20 +1,31 @@
-"""Regenerate one paper table end to end: the sweep over every method, then the table writer.
+"""Regenerate one paper table end to end: the sweep over every method, then the table writer; or
+check a published table against its evidence.
 
-``python -m experiments.reproduce paper_image [overrides ...] [--readme README.md]`` is the same as
+``python -m experiments.reproduce paper_image [overrides ...]`` is the same as
 ``python run.py -m +experiment=paper_image [overrides ...]`` followed by
-``python -m experiments.paper_tables --table paper_image``; it prints the wall time of the sweep.
+``python -m experiments.paper_tables --table paper_image --results-dir <results_dir>``; it prints
+the wall time of the sweep. The tables go next to the records (``<results_dir>/tables/``, or
+``--out``); ``--publish`` (with ``--readme README.md`` to refresh its blocks) publishes them into the
+published ``results/`` (under the current folder, or $BACKTRACE_BENCH_HOME) with their evidence,
+refused where a table would shrink.
+
+``python -m experiments.reproduce paper_tabular --check [n_samples=K] [results_dir=DIR]
+[method=a,b]`` reruns the published table's cells and compares them with its evidence
+(:mod:`experiments.report.check`).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 from baselines.vocabulary import check_choice
 from experiments.errors import ConfigError
-from experiments.run.config import ROOT, group_options, load_config
+from experiments.run.config import group_options, home, load_config
 
 
 def warm_up_model(table: str, overrides: list[str]) -> None:
@@ -32,30 +43,51 @@ def warm_up_model(table: str, overrides: list[str]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", help=f"one of: {', '.join(group_options('experiment'))}")
-    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. n_samples=16 dataset=cifar10")
-    parser.add_argument("--out", default="results", help="where tables/ and figures/ go")
-    parser.add_argument("--readme", default=None, help="also refresh this README's table block")
+    parser.add_argument("table", help=f"one of: {', '.join(group_options('experiment'))} (--check: a published table)")
+    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. n_samples=16 dataset=cifar10 "
+                                                     "(--check: n_samples=K results_dir=DIR method=a,b)")
+    parser.add_argument("--out", default=None,
+                        help="where tables/ and figures/ go (default: the sweep's results_dir; with --publish: "
+                             "results/)")
+    parser.add_argument("--publish", action="store_true",
+                        help="publish the tables with their evidence into results/ (or --out)")
+    parser.add_argument("--readme", default=None, help="with --publish: also refresh this README's table block")
     parser.add_argument("--allow-smaller", action="store_true",
-                        help="let --readme replace a table by one of fewer samples (refused otherwise)")
-    args = parser.parse_args(argv)
+                        help="let --publish replace a table by one of fewer samples (refused otherwise)")
+    parser.add_argument("--check", action="store_true",
+                        help="rerun the published table's cells into a scratch folder and compare with its evidence")
+    parser.add_argument("--evidence", default=None, help="with --check: the evidence folder (default: results/evidence)")
+    args = parser.parse_intermixed_args(argv)     # options may come between the table and its overrides
+    if args.check:
+        from experiments.report.check import check
+
+        return check(args.table, args.overrides, args.evidence)
     try:
         check_choice("table", args.table, group_options("experiment"))
+        if args.readme and not args.publish:
+            raise ConfigError("--readme refreshes the README's published tables: add --publish")
         warm_up_model(args.table, args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("results_dir=")), "results/runs")
+    results_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("results_dir=")),
+                       str(home() / "results" / "runs"))
     start = time.perf_counter()
-    sweep = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", f"+experiment={args.table}", *args.overrides])
+    # the sweep as `backtrace-bench sweep` runs it, with this copy of the package importable
+    # wherever it is (a checkout or an installed wheel)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    sweep = subprocess.run([sys.executable, "-m", "experiments.cli", "sweep", f"+experiment={args.table}",
+                            *args.overrides], env=env)
     seconds = time.perf_counter() - start
     if sweep.returncode != 0:
         return sweep.returncode
     print(f"sweep {args.table}: {seconds:.0f} s wall")
     from experiments.report.paper_tables import main as write_tables
 
-    table_args = ["--table", args.table, "--results-dir", results_dir, "--out", args.out]
-    return write_tables(table_args + (["--readme", args.readme] if args.readme else [])
+    table_args = ["--table", args.table, "--results-dir", results_dir] + (["--out", args.out] if args.out else [])
+    return write_tables(table_args + (["--publish"] if args.publish else [])
+                        + (["--readme", args.readme] if args.readme else [])
                         + (["--allow-smaller"] if args.allow_smaller else []))
 
 

@@ -6,18 +6,22 @@ choices; ``run.py`` prints it and exits non-zero before anything is written.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from baselines.vocabulary import CHANNEL_REDUCTIONS, DENSE_OUTPUT, DENSE_TASKS, OUTPUTS, TASKS, check_choice
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, installed, needs_extra
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
+# The configs as package data: an installed wheel holds the top-level configs/ folder as this
+# package (pyproject.toml maps it), which Hydra reads through its pkg:// search path.
+CONFIG_PACKAGE = "backtrace_bench_configs"
 GROUPS = ("model", "dataset", "method", "metrics", "metric", "experiment")
 RUN_SETTINGS = (
     "n_samples", "sample_selection", "batch_size", "seed", "target", "output", "device",
@@ -60,12 +64,23 @@ def searchpath_overrides(overrides: Sequence[str]) -> list[str]:
     return found
 
 
+def primary_config_path() -> str:
+    """Where the project's configs are, as Hydra names a config folder: ``configs/`` next to the
+    code in a checkout (or an editable install of one), else the installed package data
+    (``pkg://backtrace_bench_configs``). The checkout comes first, so that a checkout run beside
+    an installed copy reads its own configs."""
+    if (CONFIG_DIR / "config.yaml").is_file():
+        return str(CONFIG_DIR)
+    return f"pkg://{CONFIG_PACKAGE}"
+
+
 def search_path(config_dirs: ConfigDirs = ()) -> Any:
-    """Hydra's config search path for this project: ``configs/`` as the primary config folder,
-    with each extra folder in front of it, as ``run.py --config-dir DIR`` builds it."""
+    """Hydra's config search path for this project: its configs (:func:`primary_config_path`)
+    as the primary config folder, with each extra folder in front of it, as
+    ``run.py --config-dir DIR`` builds it."""
     from hydra._internal.utils import create_config_search_path
 
-    csp = create_config_search_path(str(CONFIG_DIR))
+    csp = create_config_search_path(primary_config_path())
     for d in reversed(check_config_dirs(config_dirs)):
         csp.prepend(provider="command-line", path=f"file://{d}")
     return csp
@@ -119,9 +134,30 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config", config_d
     """Compose the run config as ``run.py`` would (``config_dirs``: as ``--config-dir``; a
     ``hydra.searchpath=[file://DIR]`` override works too), for tests, notebooks and scripts."""
     from hydra import compose as hydra_compose
+    from omegaconf import open_dict
 
     with hydra_context(config_dirs):
-        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=False)
+        cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]          # as Hydra's compose leaves it without return_hydra_config
+        if "method_config" in cfg:
+            cfg.method_config = choices.get("method")
+    return cfg
+
+
+def name_method_config(cfg: DictConfig) -> Optional[str]:
+    """The name of the method config a run chose (``method=gxd_half``): set by :func:`compose`,
+    or read here from Hydra's choices inside a Hydra job (``run.py``, a launcher's worker).
+    None when neither knows it (a config built by other means)."""
+    if cfg.get("method_config") is None and "method_config" in cfg:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            chosen = HydraConfig.get().runtime.choices.get("method")
+            with read_write(cfg):
+                cfg.method_config = chosen
+    return cfg.get("method_config")
 
 
 def method_config(name: str, output: str = "softmax", config_dirs: ConfigDirs = (), **overrides: Any) -> DictConfig:
@@ -165,6 +201,30 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be a path, got {cfg.get(key)!r}")
     if cfg.get("model") is not None:
         check_task_output(cfg.model, cfg.get("output"))
+    check_extras(cfg)
+    check_metric_entries(cfg.get("metrics"))
+
+
+def check_extras(cfg: DictConfig) -> None:
+    """Refuse, before any work, a Keras model (or the torch copy of one, which trains the Keras
+    model first) when the ``tf`` extra is not installed: one line naming the extra."""
+    model = cfg.get("model")
+    if model is None or not (model.get("framework") == "keras" or model.get("torch_copy_of")):
+        return
+    if not all(installed(m) for m in ("tensorflow", "keras")):
+        raise needs_extra("model", model.get("name"), "tf")
+
+
+def check_metric_entries(metrics: Any) -> None:
+    """Every entry of ``metrics`` must be a whole metric config. Settings merged into ``metrics.<name>``
+    from outside the chosen set (an experiment config that sets a metric's parameters itself) outlive
+    ``metrics=none`` or another set as a stub without ``_target_``: refused here, before any work."""
+    for name, entry in (metrics or {}).items():
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            keys = ", ".join(str(k) for k in entry) if isinstance(entry, DictConfig) else repr(entry)
+            raise ConfigError(f"metric {name!r} has settings ({keys}) but no _target_: the chosen metric set lacks "
+                              f"it; set metric parameters in a metric set (configs/metrics/<set>.yaml), not in an "
+                              f"experiment config")
 
 
 def model_task(model_cfg: DictConfig) -> str:
@@ -226,6 +286,25 @@ def check_output_dirs(cfg: DictConfig) -> None:
     model = cfg.get("model")
     if model is None or not model.get("pretrained"):
         check_writable("cache_dir", cfg.cache_dir)
+
+
+def home() -> Path:
+    """The folder results and caches go under by default: ``$BACKTRACE_BENCH_HOME``, else the
+    current folder (``configs/config.yaml`` reads the same variable)."""
+    return Path(os.environ.get("BACKTRACE_BENCH_HOME") or ".")
+
+
+def announce_output_dirs(configs: Sequence[DictConfig]) -> None:
+    """One line, the first time a folder is used for results (it does not exist yet): where the
+    records and the trained models will go, and how to move them."""
+    seen = set()
+    for cfg in configs:
+        results, cache = cfg.get("results_dir"), cfg.get("cache_dir")
+        if not results or (results, cache) in seen or Path(results).expanduser().exists():
+            continue
+        seen.add((results, cache))
+        print(f"note: run records go to {Path(results).expanduser().resolve()} and trained models to "
+              f"{Path(cache).expanduser().resolve()} (results_dir=, cache_dir= or $BACKTRACE_BENCH_HOME move them)")
 
 
 def _article(word: str) -> str:
@@ -368,6 +447,12 @@ def _compose_job(job: list[str], config_dirs: ConfigDirs, swept: list[str]) -> D
                 break
         if message is None and "Ambiguous value" in str(exc):
             message = f"{_first_line(exc)}; add -m to sweep over several values"
+        missing = re.search(r"Could not find '([\w-]+)/([^'/]+)'", str(exc))
+        if message is None and missing and missing.group(1) in GROUPS:
+            try:
+                check_choice(missing.group(1), missing.group(2), group_options(missing.group(1), config_dirs, job))
+            except ConfigError as err:
+                message = str(err)
         message = message or f"cannot compose the config with {' '.join(job)}: {_first_line(exc)}"
         if swept:
             message += f" (in the sweep job {' '.join(swept)})"

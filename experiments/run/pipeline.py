@@ -17,6 +17,7 @@ from torch import nn
 from experiments.data.datasets import Dataset
 from experiments.errors import ConfigError, DataError, unimportable
 from experiments.run.config import check_pairing, model_task
+from experiments.run.progress import bar
 from experiments.zoo.training import TrainedModel, load_or_train
 
 
@@ -68,7 +69,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     seconds["load_data"] = time.perf_counter() - start
     check_pairing(cfg.model, dataset.name, dataset.modality, dataset.task)
     start = time.perf_counter()
-    trained = load_or_train(cfg.model, cfg.dataset, dataset, int(cfg.seed), cfg.cache_dir, device)
+    trained = load_or_train(cfg.model, cfg.dataset, dataset, int(cfg.seed), cfg.cache_dir, device, progress=bar)
     seconds["load_model"] = time.perf_counter() - start
     for p in trained.model.parameters():
         p.requires_grad_(False)

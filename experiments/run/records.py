@@ -37,13 +37,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.zoo.training import stable_hash
 
-# Settings that change where or how fast a run happens, not what it computes.
-NON_SEMANTIC = ("results_dir", "cache_dir", "force", "device", "batch_size", "threads")
+# Settings that change where or how fast a run happens, not what it computes; and the name of the
+# method config chosen (two configs of identical content compute the same cell).
+NON_SEMANTIC = ("results_dir", "cache_dir", "force", "device", "batch_size", "threads", "method_config")
 PACKAGES = ("torch", "numpy", "captum", "quantus", "shap", "lime", "hydra-core", "pandas",
             "scikit-learn", "scipy", "backtrace-bench")
 RECORD_FILES = ("record.json", "scores.csv", "arrays.npz")
 RECORD_KEYS = ("config_hash", "config", "created", "model", "dataset", "method", "n_samples", "runtime", "metrics")
 TMP, OLD, LOCK = ".tmp-", ".old-", ".lock-"
+# What the table writer and the report page put next to the records they read (``<results_dir>/tables``,
+# ...): never records, so readers pass them by without a warning.
+OUTPUT_FOLDERS = ("tables", "figures", "report")
 
 
 class InvalidRecord(ValueError):
@@ -211,14 +215,15 @@ def write_record(results_dir: str | Path, chash: str, record: dict[str, Any], sc
 
 
 def iter_records(results_dir: str | Path) -> Iterator[tuple[dict[str, Any], pd.DataFrame, Path]]:
-    """Every complete record under ``results_dir``. Hidden folders (temporary, aside, locks) are
-    not records; an invalid record is skipped with one line on stderr naming it and its fault."""
+    """Every complete record under ``results_dir``. Hidden folders (temporary, aside, locks) and the
+    writers' output folders (:data:`OUTPUT_FOLDERS`) are not records; an invalid record is skipped
+    with one line on stderr naming it and its fault."""
     root = Path(results_dir)
     if not root.is_dir():
         return
     recover(root)
     for folder in sorted(root.iterdir()):
-        if folder.name.startswith(".") or not folder.is_dir():
+        if folder.name.startswith(".") or folder.name in OUTPUT_FOLDERS or not folder.is_dir():
             continue
         try:
             record, scores = load_record(folder)

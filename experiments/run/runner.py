@@ -19,16 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteInputError, check_finite_inputs,
                             for_scoring, reduce_channels, sign_profile, with_output)
 from experiments.data.tokenizer import load_tokenizer
-from experiments.errors import ConfigError, DataError, unimportable
-from experiments.run.config import check_output_dirs, model_task, validate
+from experiments.errors import ConfigError, DataError, missing_extra, needs_extra, quiet_lookup, unimportable
+from experiments.run.config import check_output_dirs, model_task, name_method_config, validate
 from experiments.run.dense_cells import DenseSamples, dense_samples
 from experiments.run.launchers import run_threads
 from experiments.run.pipeline import Prepared, prepare
 from experiments.run.progress import bar
-from experiments.run.records import (config_hash, package_versions, record_path, record_problem, recover,
-                                     write_record)
+from experiments.run.records import (config_hash, load_record, package_versions, record_path, record_problem,
+                                     recover, write_record)
 from experiments.run.sweep_index import record_cell
 from experiments.zoo.training import predict
+from metrics.statistics import significant
 
 
 class NonFiniteResultError(RuntimeError):
@@ -71,8 +72,12 @@ def forward_backward_seconds(model: torch.nn.Module, x: torch.Tensor, targets: t
 def check_method(cfg: DictConfig) -> type:
     """The explainer class, refused here when it cannot explain this model or data."""
     try:
-        cls = get_class(cfg.method._target_)
+        with quiet_lookup():
+            cls = get_class(cfg.method._target_)
     except Exception as exc:  # a config pointing at a missing class is a config error
+        extra = missing_extra(exc)
+        if extra is not None:
+            raise needs_extra("method", cfg.get("method_config") or cfg.method._target_, extra) from None
         raise unimportable("method", cfg.method._target_, exc) from None
     try:
         cls.check_compatible(cfg.model.modality, cfg.model.kind, cfg.get("output"), cfg.model.get("framework", "torch"))
@@ -142,13 +147,16 @@ def run(cfg: DictConfig, checked: bool = False) -> RunResult:
     if not checked:
         validate(cfg)
         check_output_dirs(cfg)
+    name_method_config(cfg)   # the record and the console name the method config as chosen
     chash = config_hash(cfg)
     recover(cfg.results_dir)  # what killed writers left behind: restore or remove
     path = record_path(cfg.results_dir, chash)
     problem = record_problem(path)
     if problem is None and not cfg.force:
+        record, _ = load_record(path)
+        print_summary(record, path, stored=True)
         print(f"record exists, skipping: {path} (force=true reruns)")
-        return RunResult(path, None, True)
+        return RunResult(path, record, True)
     if problem is not None and path.exists():
         print(f"record {path} is invalid ({problem}); recomputing it")
     method_cls = check_method(cfg)
@@ -205,6 +213,27 @@ def run(cfg: DictConfig, checked: bool = False) -> RunResult:
                         dense)
 
 
+def _explain(explainer: Any, x: torch.Tensor, targets: torch.Tensor, bs: int, device: torch.device, label: str,
+             seconds: dict[str, float]) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]], float]:
+    """``x`` explained in batches: (attributions, extras per batch, seconds spent explaining)."""
+    explainer.memo = {}  # identical re-explanations inside the metrics are computed once (explain_adapter)
+    # One untimed call first, so one-off costs (tracing, compilation, caches) stay out of the
+    # runtime column for every method alike.
+    start = time.perf_counter()
+    explainer(x[:1].to(device), targets[:1].to(device))
+    seconds["warmup"] = time.perf_counter() - start
+    parts, extras, explain_s = [], {}, 0.0
+    with bar(-(-len(x) // bs), f"explaining ({label})", "batch") as progress:
+        for i in range(0, len(x), bs):
+            att = explainer(x[i:i + bs].to(device), targets[i:i + bs].to(device))
+            explain_s += att.seconds
+            parts.append(att.values.float().cpu())
+            for k, v in att.extras.items():
+                extras.setdefault(k, []).append(v.float().cpu())
+            progress.update(1)
+    return torch.cat(parts), extras, explain_s
+
+
 @dataclass
 class ScoredCell:
     """One method's attributions for a set of samples and every metric's scores of them: what a
@@ -224,42 +253,47 @@ class ScoredCell:
 def explain_and_score(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
                       context: ExplainContext, metrics: dict[str, Any], scores: pd.DataFrame,
                       gt: Optional[torch.Tensor] = None, idx: Optional[torch.Tensor] = None,
-                      seconds: Optional[dict[str, float]] = None) -> ScoredCell:
+                      seconds: Optional[dict[str, float]] = None, *, explainer: Any = None,
+                      given: Optional[torch.Tensor] = None) -> ScoredCell:
     """Build the method of ``cfg.method`` for ``model``, explain ``x`` for ``targets`` in batches of
     ``cfg.batch_size``, and score the attributions with every metric: the part of a run that needs
-    no dataset or model config (``idx``: the samples' own indices, for error messages)."""
+    no dataset or model config (``idx``: the samples' own indices, for error messages).
+
+    ``explainer``: a method built by the caller instead (a function of one's own,
+    :class:`baselines.function_method.FunctionMethod`). ``given``: attributions computed
+    elsewhere, shaped like ``x`` and checked by the caller: nothing is explained, they are scored
+    as signed, with no explainer for the metrics (so none that explains again may be among them)."""
     seconds = {} if seconds is None else seconds
     idx = torch.arange(len(x)) if idx is None else idx
     device = context.device
-    start = time.perf_counter()
-    explainer = instantiate(cfg.method, model=model, context=context)
-    seconds["build_explainer"] = time.perf_counter() - start
-    explainer.memo = {}  # identical re-explanations inside the metrics are computed once (explain_adapter)
-    # One untimed call first, so one-off costs (tracing, compilation, caches) stay out of the
-    # runtime column for every method alike.
-    start = time.perf_counter()
-    explainer(x[:1].to(device), targets[:1].to(device))
-    seconds["warmup"] = time.perf_counter() - start
-    parts, extras, explain_s = [], {}, 0.0
     bs = int(cfg.batch_size)
-    with bar(-(-len(x) // bs), f"explaining ({getattr(explainer, 'name', type(explainer).__name__)})", "batch") as progress:
-        for i in range(0, len(x), bs):
-            att = explainer(x[i:i + bs].to(device), targets[i:i + bs].to(device))
-            explain_s += att.seconds
-            parts.append(att.values.float().cpu())
-            for k, v in att.extras.items():
-                extras.setdefault(k, []).append(v.float().cpu())
-            progress.update(1)
-    raw = torch.cat(parts)
-    bad = ~torch.isfinite(raw.reshape(len(raw), -1)).all(1)
-    if bool(bad.any()):
-        raise NonFiniteResultError(
-            f"method {cfg.method._target_.rsplit('.', 1)[-1]} returned non-finite attributions for sample "
-            f"{int(idx[bad][0])} ({int(bad.sum())} of {len(raw)}); no record written")
+    if given is not None:
+        raw, extras, explain_s, signed = given.float().cpu(), {}, float("nan"), True
+    else:
+        if explainer is None:
+            start = time.perf_counter()
+            try:
+                explainer = instantiate(cfg.method, model=model, context=context)
+            except InstantiationException as exc:
+                extra = missing_extra(exc)
+                if extra is None:
+                    raise
+                raise needs_extra("method", cfg.get("method_config") or cfg.method._target_, extra) from None
+            seconds["build_explainer"] = time.perf_counter() - start
+            label = cfg.get("method_config") or getattr(explainer, "name", type(explainer).__name__)
+        else:
+            label = getattr(explainer, "name", type(explainer).__name__)
+        raw, extras, explain_s = _explain(explainer, x, targets, bs, device, label, seconds)
+        signed = bool(explainer.signed)
+        bad = ~torch.isfinite(raw.reshape(len(raw), -1)).all(1)
+        if bool(bad.any()):
+            raise NonFiniteResultError(
+                f"method {label} returned non-finite attributions for sample "
+                f"{int(idx[bad][0])} ({int(bad.sum())} of {len(raw)}); no record written")
     seconds["explain"] = explain_s
     returned = sign_profile(reduce_channels(raw, cfg.channel_reduction))
-    attributions = for_scoring(raw, explainer.signed, cfg.channel_reduction)
-    fb = forward_backward_seconds(model, x, targets, bs, device)
+    attributions = for_scoring(raw, signed, cfg.channel_reduction)
+    fb = forward_backward_seconds(model, x, targets, bs, device) if given is None else float("nan")
     seconds["forward_backward"] = fb
 
     summary: dict[str, Any] = {}
@@ -284,7 +318,8 @@ def explain_and_score(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, 
                 "n_nan": int(k - finite.size),    # of those, scores that are undefined
             }
             progress.update(1)
-    explainer.memo = {}
+    if explainer is not None:
+        explainer.memo = {}
     return ScoredCell(explainer, attributions, returned, extras, scores, summary, seconds, explain_s, fb)
 
 
@@ -308,11 +343,15 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
                   "test_accuracy": prep.trained.accuracy if dense is None else None,
                   "test_score": prep.trained.accuracy, "test_score_name": prep.trained.score_name,
                   "cache_key": prep.trained.cache_key, "from_cache": prep.trained.from_cache,
-                  "train_seconds": prep.trained.train_seconds},
+                  "train_seconds": prep.trained.train_seconds,
+                  "weights_sha256": prep.trained.weights_sha256},   # what reproduce --check compares first
         "dataset": {"name": ds.name, "modality": ds.modality, "n_test": int(len(ds.x_test)),
                     "n_classes": ds.n_classes, "class_names": ds.class_names,
                     "ground_truth": ds.ground_truth is not None},   # figures need not rebuild the data
-        "method": {"name": getattr(method_cls, "name", cfg.method._target_), "signed": bool(explainer.signed),
+        "method": {"name": getattr(method_cls, "name", cfg.method._target_),
+                   "config": cfg.get("method_config"),      # the config chosen (method=...); None if unknown
+                   "signed": bool(explainer.signed),
+                   "reads_output": bool(getattr(explainer, "reads_output", True)),
                    "returns": returned, **explainer.declared(),
                    "params": OmegaConf.to_container(cfg.method, resolve=True)},
         "output": cfg.output,
@@ -347,15 +386,19 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
     return RunResult(path, record, False)
 
 
-def print_summary(record: dict[str, Any], path: Path) -> None:
-    title = (f"{record['model']['name']} on {record['dataset']['name']}, method {record['method']['name']}, "
-             f"{record['n_samples']} samples")
-    rows = [(name, "higher" if m["direction"] == "higher" else "lower", f"{m['mean']:.4f}", str(m["n"]), str(m["n_nan"]))
+def print_summary(record: dict[str, Any], path: Path, stored: bool = False) -> None:
+    """The cell's scores per metric (``stored``: read back from an existing record, said in the title)."""
+    method = record["method"].get("config") or record["method"]["name"]
+    title = (f"{record['model']['name']} on {record['dataset']['name']}, method {method}, {record['n_samples']} samples"
+             + (f" (stored {record.get('created', '')})" if stored else ""))
+    # three significant digits: a mean of 7e-4 must not print as 0.0000
+    rows = [(name, "higher" if m["direction"] == "higher" else "lower", significant(m["mean"]), str(m["n"]),
+             str(m["n_nan"]))
             for name, m in record["metrics"].items()]
     acc = record["model"].get("test_score", record["model"]["test_accuracy"])
     score_name = record["model"].get("test_score_name", "test accuracy")
     footer = (f"model {score_name} {acc:.4f}; " if acc is not None else "") + \
-        f"explain {record['runtime']['seconds_per_sample']:.4f} s/sample; record: {path}"
+        f"explain {significant(record['runtime']['seconds_per_sample'])} s/sample; record: {path}"
     try:
         from rich.console import Console
         from rich.table import Table
@@ -392,6 +435,11 @@ def run_cli(cfg: DictConfig, checked: bool = False) -> Optional[RunResult]:
             if isinstance(exc.__cause__, USER_ERRORS + _engine_errors()):
                 raise exc.__cause__ from None
             raise
+        except ModuleNotFoundError as exc:     # an optional extra a method imports as it explains
+            extra = missing_extra(exc)
+            if extra is None:
+                raise
+            raise needs_extra("method", cfg.get("method_config") or cfg.method._target_, extra) from None
         status, path = ("skipped" if result.skipped else "ok"), result.path
         return result
     except USER_ERRORS + _engine_errors() as exc:

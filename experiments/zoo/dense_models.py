@@ -11,14 +11,14 @@ decoder block.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from experiments.errors import ConfigError
-from experiments.zoo.keras_models import KerasClassifier, _init_seed, _keras
+from experiments.zoo.keras_models import KerasClassifier, _init_seed, _keras, _progress_callback, tensorflow_threads
 
 UPSAMPLINGS = ("transpose", "bilinear")
 
@@ -155,22 +155,26 @@ class KerasDenseNet(KerasClassifier):
         raise ValueError(f"unknown output {output!r} for a Keras dense network; choose sigmoid, sum or identity")
 
     def fit_dense(self, x: Tensor, targets: Tensor, loss: str, epochs: int, batch_size: int, lr: float,
-                  weight_decay: float, seed: int, progress: bool) -> "KerasDenseNet":
+                  weight_decay: float, seed: int, threads: int = 1,
+                  progress: Optional[Callable[[int, str, str], Any]] = None) -> "KerasDenseNet":
         """Adam (AdamW with ``weight_decay``) on the task's loss (``experiments.zoo.dense_training``),
-        deterministic from ``seed``."""
+        deterministic from ``seed`` on ``threads`` TensorFlow threads, as :meth:`KerasClassifier.fit`."""
         import tensorflow as tf
 
         from experiments.zoo.dense_training import keras_loss
 
         keras = _keras()
+        tensorflow_threads(threads, required=True)
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
         opt = keras.optimizers.Adam(learning_rate=lr) if not weight_decay else \
             keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
         self.keras_model.compile(optimizer=opt, loss=keras_loss(self.task, loss))
         y = self.to_keras(targets) if self.task == "binary-segmentation" else targets.numpy()
+        steps = epochs * -(-len(x) // batch_size)
         self.keras_model.fit(self.to_keras(x), y, epochs=epochs, batch_size=batch_size, shuffle=True,
-                             verbose=2 if progress else 0)
+                             verbose=0, callbacks=[] if progress is None else
+                             [_progress_callback(keras, progress, steps, self.keras_model.name, epochs)])
         return self
 
 

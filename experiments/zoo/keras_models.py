@@ -15,7 +15,7 @@ Keras (TensorFlow) is imported only when one of these models is built.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,50 @@ def _keras() -> Any:
     import keras
 
     return keras
+
+
+def tensorflow_threads(threads: int, required: bool) -> None:
+    """Give TensorFlow's intra- and inter-op pools ``threads`` threads each.
+
+    TensorFlow's CPU kernels split their sums over the intra-op pool (whose default size is the
+    machine's core count, whatever torch's threads), so Keras training is made independent of the
+    machine and launcher the same way torch training is: a fixed count, ``model.train.threads``.
+    TensorFlow takes the count only before it starts (its first op) and keeps it for the whole
+    process, so the training cache gives it the training count before it builds a Keras model;
+    Keras inference in that process then runs on the same count. ``required``: a count TensorFlow
+    can no longer take is an error (a model is about to train) rather than ignored (a model is
+    only loaded)."""
+    import tensorflow as tf
+
+    from experiments.errors import ConfigError
+
+    pools = tf.config.threading
+    if (pools.get_intra_op_parallelism_threads(), pools.get_inter_op_parallelism_threads()) == (threads, threads):
+        return
+    try:
+        pools.set_intra_op_parallelism_threads(threads)
+        pools.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:   # TensorFlow has started: its pools are fixed for this process
+        # only the intra-op count changes results (the inter-op pool runs whole ops, deterministic ones)
+        running = _intra_op_threads(pools.get_intra_op_parallelism_threads())
+        if running != threads and required:
+            raise ConfigError(f"TensorFlow already runs on {running} thread{'s' * (running != 1)} in this process and "
+                              f"a Keras model trains with model.train.threads={threads}, which TensorFlow takes only before it "
+                              f"starts; train it in a new process (run.py does), or set "
+                              f"TF_NUM_INTRAOP_THREADS={threads} before TensorFlow starts") from None
+
+
+def _intra_op_threads(configured: int) -> int:
+    """The intra-op pool TensorFlow started with: the configured size, else ``TF_NUM_INTRAOP_THREADS``,
+    else the cores this process may run on (TensorFlow's own order of choice)."""
+    import os
+
+    if configured > 0:
+        return configured
+    env = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class _KerasForward(torch.autograd.Function):
@@ -143,13 +187,17 @@ class KerasClassifier(nn.Module):
 
     # training ----------------------------------------------------------------------------------
     def fit(self, x: Tensor, y: Tensor, epochs: int, batch_size: int, lr: float, weight_decay: float,
-            seed: int, progress: bool, label_smoothing: float = 0.0) -> "KerasClassifier":
+            seed: int, threads: int = 1, label_smoothing: float = 0.0,
+            progress: Optional[Callable[[int, str, str], Any]] = None) -> "KerasClassifier":
         """Adam on the cross-entropy of the logits (with ``label_smoothing`` as in the torch
-        training), deterministic from ``seed`` (Keras's seeded shuffling and TensorFlow's
-        deterministic ops)."""
+        training), deterministic from ``seed`` (Keras's seeded initialisation and shuffling,
+        TensorFlow's deterministic ops) on ``threads`` TensorFlow threads
+        (:func:`tensorflow_threads`). Progress is a bar from ``progress`` (the training cache's
+        ``ProgressBar``; none when not given), never Keras's per-epoch lines."""
         import tensorflow as tf
 
         keras = _keras()
+        tensorflow_threads(threads, required=True)
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
         opt = keras.optimizers.Adam(learning_rate=lr) if not weight_decay else \
@@ -162,9 +210,31 @@ class KerasClassifier(nn.Module):
         else:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.keras_model.compile(optimizer=opt, loss=loss)
+        steps = epochs * -(-len(x) // batch_size)
         self.keras_model.fit(self.to_keras(x), labels, epochs=epochs, batch_size=batch_size, shuffle=True,
-                             verbose=2 if progress else 0)
+                             verbose=0, callbacks=[] if progress is None else
+                             [_progress_callback(keras, progress, steps, self.keras_model.name, epochs)])
         return self
+
+
+def _progress_callback(keras: Any, bar: Callable[[int, str, str], Any], steps: int, name: str, epochs: int) -> Any:
+    """A Keras callback that moves a training bar made by ``bar``."""
+
+    class TrainingBar(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Any = None) -> None:
+            self.bar = bar(steps, f"training {name}", "step")
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.bar.update(1)
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if not self.bar.disable and logs and "loss" in logs:
+                self.bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{float(logs['loss']):.3f}", refresh=False)
+
+        def on_train_end(self, logs: Any = None) -> None:
+            self.bar.close()
+
+    return TrainingBar()
 
 
 def _init_seed() -> int:

@@ -147,7 +147,7 @@ def test_shape_finite_and_sign(name, modality):
 def test_signs_are_declared_honestly():
     unsigned = {name for name, cls in METHODS.items() if not cls.signed}
     assert unsigned == {"saliency", "gradcam", "sobel", "backtrace", "backtrace_contrastive",
-                        "attention_rollout", "attention_last"}
+                        "attention_rollout", "attention_last", "rarity"}
     assert build("backtrace_contrastive", "image", contrastive_output="difference").signed
 
 
@@ -241,6 +241,21 @@ def test_seed_changes_stochastic_attributions(name, modality):
     a = explain(build(name, modality, seed=3), x, TARGETS)
     b = explain(build(name, modality, seed=4), x, TARGETS)
     assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("modality", ["tabular", "image"])
+def test_lime_explains_a_sample_the_same_whatever_came_before_it(modality):
+    """lime draws from one generator; it is reseeded per sample from the run seed and the sample,
+    so a sample's map is the same alone, in a batch, after other samples, or in another order
+    (a table's first samples then score as in the full table)."""
+    method = build("lime", modality, seed=3)
+    x = data(modality, 3)
+    together = explain(method, x, TARGETS)
+    explain(method, data(modality, 5)[3:], torch.tensor([2, 0]))             # other samples first
+    alone = explain(method, x[1:2], TARGETS[1:2])
+    reordered = explain(method, x[[2, 0, 1]], TARGETS[[2, 0, 1]])
+    assert torch.equal(alone[0], together[1])
+    assert torch.equal(reordered, together[[2, 0, 1]])
 
 
 @pytest.mark.parametrize("name", ["smoothgrad", "shap_kernel", "shap_gradient", "lime", "random"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -28,6 +29,7 @@ SMALL: dict[str, dict[str, Any]] = {
 }
 TEXT_METHODS = sorted(name for name, cls in METHODS.items() if "text" in cls.modalities)
 SENTENCES = ["a good movie, really!", "not bad at all", "the plot was dull and slow"]
+TRAIN = SENTENCES + ["the movie was good", "the plot was good, the movie was good"]   # what rarity counts
 TARGETS = torch.tensor([1, 0, 1])
 
 
@@ -57,7 +59,7 @@ def build(name: str, model: nn.Module, seed: int = 0, **over: Any) -> Explainer:
     params = {**SMALL.get(name, {}), **over}
     cfg = method_config(name, params.pop("output", "softmax"), **params)
     ctx = ExplainContext(modality="text", model_kind=model.kind, n_classes=2, seed=seed,
-                         extras={"tokenizer": load_tokenizer()})
+                         extras={"tokenizer": load_tokenizer()}, x_train=token_ids(TRAIN))
     return instantiate(cfg, model=model, context=ctx)
 
 
@@ -328,3 +330,41 @@ def test_stochastic_text_methods_follow_the_run_seed(models, name):
     again = build(name, model, seed=3)(ids, TARGETS).values
     other = build(name, model, seed=4)(ids, TARGETS).values
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+# -- the rarity control ---------------------------------------------------------------------------
+
+def test_rarity_is_each_tokens_surprisal_under_the_training_frequencies(models):
+    tok = load_tokenizer()
+    train = token_ids(TRAIN)
+    features = models["transformer"].feature_mask(train)
+    counted = train[features].tolist()
+    total = len(counted)
+    method = build("rarity", models["transformer"])
+    ids = token_ids(["the good plot", "zebra"])
+    values = method(ids, torch.tensor([0, 1])).values.double()
+    for word in ("the", "good", "plot"):
+        i = int((ids[0] == tok.convert_tokens_to_ids(word)).int().argmax())
+        expected = np.log(total + 1) - np.log(counted.count(tok.convert_tokens_to_ids(word)) + 1)
+        assert values[0, i].item() == pytest.approx(expected, rel=1e-6), word
+    # "the" is commoner than "plot" in training: less surprising
+    assert values[0, 1] < values[0, 3]
+    # a word never seen in training is the rarest possible; special tokens and padding get 0
+    assert values[1, 1].item() == pytest.approx(np.log(total + 1), rel=1e-6)
+    assert (values[~models["transformer"].feature_mask(ids)] == 0).all()
+    # the same map whatever the model, the target or the batch: it reads no output
+    lstm = build("rarity", models["recurrent"])(ids, torch.tensor([1, 0])).values.double()
+    assert torch.equal(values, lstm)
+    assert not method.signed and not method.reads_output and method.deterministic
+
+
+def test_rarity_needs_the_training_ids(models):
+    ctx = ExplainContext(modality="text", model_kind="transformer", n_classes=2)
+    with pytest.raises(ValueError, match=r"^method 'rarity' counts tokens of the training split: it needs the training "
+                                         r"token ids \(ExplainContext.x_train\); none were given$"):
+        METHODS["rarity"](models["transformer"], ctx)
+
+
+def test_methods_that_read_no_output_say_so():
+    assert {n for n, cls in METHODS.items() if not cls.reads_output} == {
+        "attention_rollout", "attention_last", "random", "rarity", "sobel"}

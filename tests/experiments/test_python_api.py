@@ -87,7 +87,7 @@ def test_evaluate_explains_predictions_and_reports_backtrace_conservation():
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    ({"methods": ["nope"]}, ConfigError, r"^unknown method 'nope'; valid choices: attention_last, attention_rollout, backtrace, "),
+    ({"methods": ["nope"]}, ConfigError, r"^unknown method 'nope'; valid choices: attention_last, attention_rollout, attnlrp, backtrace, "),
     ({"methods": ["gradcam"]}, IncompatibleMethodError,
      r"^method 'gradcam' does not support 'tabular' data; it supports: image$"),
     ({"metrics": ["nope"]}, ConfigError, r"^unknown metric 'nope'; valid choices: attribution_localisation, "),
@@ -133,18 +133,31 @@ def test_record_frame_of_a_cut_record_names_the_fault(tmp_path):
         record_frame(tmp_path / "cell")
 
 
-def _readme_example() -> str:
+def readme_api_examples() -> list[str]:
+    """The Python blocks of the README's Python API section, in order (the second continues the first)."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Python API"):]
-    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    start = text.index("## Python API")
+    section = text[start:text.index("\n## ", start + 1)]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
 @pytest.mark.slow
-def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
+def test_readme_python_api_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(_readme_example(), "README.md", "exec"), {})
+    first, own = readme_api_examples()
+    namespace: dict = {}
+    exec(compile(first, "README.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "backtrace" in out and "faithfulness_correlation" in out
+    exec(compile(own, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    table = namespace["table"]
+    assert list(table.index) == ["backtrace", "ig", "occlusion", "occlusion_array"]
+    assert {"ci_low", "ci_high", "test", "p_holm"} <= set(table["faithfulness_correlation"].columns)
+    # the function and the array it computed score the same
+    assert table.loc["occlusion", ("sparseness", "mean")] == pytest.approx(
+        table.loc["occlusion_array", ("sparseness", "mean")])
+    assert "occlusion_array" in out and "ci_low" in out
 
 
 def test_the_api_is_reexported_from_the_package():

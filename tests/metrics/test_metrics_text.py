@@ -15,7 +15,7 @@ from baselines.base import ExplainContext, Explainer
 from experiments.zoo.text_models import BertClassifier, LSTMClassifier, TextClassifier
 from metrics.text import (
     TEXT_METRICS, TextClassSensitivity, TextComprehensiveness, TextLeRFAUC, TextMoRFAUC, TextRandomisation,
-    TextSufficiency, TokenAUPRC, TokenF1, bin_sizes, delete_tokens, randomised_copy, top_layers,
+    TextSufficiency, TokenAveragePrecision, TokenRPrecision, bin_sizes, delete_tokens, randomised_copy, top_layers,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contended ones
@@ -262,28 +262,28 @@ GT = torch.tensor([[1, 0, 1, 1, 0, 1, 0, 0],    # tokens 5 and 6 (and [CLS], [SE
                    [1, 0, 0, 0, 0, 1, 0, 0]])   # no rationale on a feature token
 
 
-def test_token_auprc_by_hand():
+def test_token_average_precision_by_hand():
     ids, a = IDS.repeat(2, 1), A.repeat(2, 1)
-    scores = TokenAUPRC()(bow(), ids, Y.repeat(2), a, ground_truth=GT)
+    scores = TokenAveragePrecision()(bow(), ids, Y.repeat(2), a, ground_truth=GT)
     # ranking 5 (hit), 7, 6 (hit), 4: AP = (1 + 2/3) / 2
     np.testing.assert_allclose(scores[0], 5 / 6)
     assert np.isnan(scores[1])
 
 
-def test_token_f1_by_hand():
+def test_token_r_precision_by_hand():
     ids, a = IDS.repeat(2, 1), A.repeat(2, 1)
-    scores = TokenF1()(bow(), ids, Y.repeat(2), a, ground_truth=GT)
+    scores = TokenRPrecision()(bow(), ids, Y.repeat(2), a, ground_truth=GT)
     np.testing.assert_allclose(scores[0], 0.5)  # k = 2: picks 5 and 7, one hit
     assert np.isnan(scores[1])
     perfect = torch.tensor([[0, 0, 5.0, 4.0, 0, 0, 0, 0]])
-    np.testing.assert_allclose(TokenF1()(bow(), IDS, Y, perfect, ground_truth=GT[:1]), [1.0])
+    np.testing.assert_allclose(TokenRPrecision()(bow(), IDS, Y, perfect, ground_truth=GT[:1]), [1.0])
 
 
 def test_rationale_metrics_need_a_ground_truth():
     with pytest.raises(ValueError, match="needs ground_truth"):
-        TokenAUPRC()(bow(), IDS, Y, A)
+        TokenAveragePrecision()(bow(), IDS, Y, A)
     with pytest.raises(ValueError, match="does not match the ids"):
-        TokenF1()(bow(), IDS, Y, A, ground_truth=GT)
+        TokenRPrecision()(bow(), IDS, Y, A, ground_truth=GT)
 
 
 # -- class sensitivity and randomisation ---------------------------------------------------------
@@ -359,7 +359,8 @@ def test_re_explaining_metrics_need_an_explainer():
 def test_directions_are_data():
     got = {name: cls().describe()["direction"] for name, cls in TEXT_METRICS.items()}
     assert got == {"text_comprehensiveness": "higher", "text_sufficiency": "lower", "text_morf_auc": "lower",
-                   "text_lerf_auc": "higher", "token_auprc": "higher", "token_f1": "higher",
+                   "text_lerf_auc": "higher", "token_average_precision": "higher",
+                   "token_auprc_trapezoid": "higher", "token_r_precision": "higher", "token_hard_f1": "higher",
                    "text_class_sensitivity": "lower", "text_randomisation": "lower"}
 
 

@@ -65,7 +65,7 @@ def test_lexicon_words_have_the_polarity_both_lexicons_give_them():
     assert text.MAX_DISTRACTORS * text.WEAK_VALENCE < text.STRONG_VALENCE
 
 
-def test_filler_words_carry_no_valence_in_either_lexicon():
+def test_template_words_carry_no_valence_in_either_lexicon():
     vader, blob = text.vader_lexicon(), text.textblob_adjectives()
     valenced = sorted(w for w in text.neutral_words() if w in vader or any(blob.get(w, [0.0])))
     assert valenced == []
@@ -160,6 +160,9 @@ def test_bad_corpus_settings_are_one_line():
         datasets.sentiment_rationales(n_train=10, n_test=10, max_length=4)
     with pytest.raises(DataError, match=r"^negation_rate=2 is invalid"):
         datasets.sentiment_rationales(n_train=10, n_test=10, negation_rate=2)
+    with pytest.raises(DataError, match=r"^max_neutral_adjectives=0 is invalid for dataset sentiment_rationales; "
+                                        r"choose 1, 2 or 3$"):
+        datasets.sentiment_rationales(n_train=10, n_test=10, max_neutral_adjectives=0)
 
 
 # -- the Dataset contract for text ----------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_written_tables_mark_best_direction_nan_and_statistics(records, tmp_path
     assert lines[0].startswith("| method | faith ↑ | complexity ↓ | mean rank ↓")
     rows = {line.split(" | ")[0][2:]: line for line in lines[1:4]}
     assert list(rows) == ["backtrace", "saliency", "random"]       # reference first, controls last
-    assert "**1.0000 [1.000, 1.000]**" in rows["backtrace"] and "(1 NaN)" in rows["random"]
+    assert "**1.00 [1.00, 1.00]**" in rows["backtrace"] and "(1 NaN)" in rows["random"]
     assert "**" not in rows["random"]
     assert "Friedman" in md and "Holm" in md and "rank-biserial" in md
     wilcoxon_random = next(line for line in md.splitlines() if line.startswith("| random") and "p=" in line)
@@ -87,7 +87,7 @@ def test_written_tables_mark_best_direction_nan_and_statistics(records, tmp_path
     assert csv.set_index("method").loc["backtrace", "faith_n"] == 19
     assert csv.set_index("method").loc["backtrace", "mean_rank"] == 1.0
     tex = (out / "tables" / "toy_table.tex").read_text()
-    assert r"\textbf{1.000}" in tex and r"$\downarrow$" in tex
+    assert r"\textbf{1.00}" in tex and r"$\downarrow$" in tex
     assert r"\begin{table}" in tex and r"\caption{toy\_table: model mlp on toy" in tex
     assert (out / "figures" / "toy_table_heatmaps.png").stat().st_size > 0
 
@@ -113,13 +113,14 @@ def test_readme_table_is_not_replaced_by_one_of_fewer_samples(records, tmp_path,
     readme = _readme_with(tmp_path, "**toy_table**: model `mlp` on `toy`, 64 test samples; every method ...")
     before = readme.read_text()
     out = tmp_path / "results"
-    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--readme", str(readme)]) == 2
+    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--publish",
+                 "--readme", str(readme)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: table 'toy_table' in {readme} would shrink (test samples 64 -> 20); nothing written: rerun with "
         f"the README's sample sizes, or pass --allow-smaller to replace it anyway")
     assert readme.read_text() == before and not out.exists()
-    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--readme", str(readme),
-                 "--allow-smaller"]) == 0
+    assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--publish",
+                 "--readme", str(readme), "--allow-smaller"]) == 0
     text = readme.read_text()
     assert "| old |" not in text and "20 test samples" in text and "| backtrace |" in text
     assert "<!-- table:other -->\nkept\n<!-- /table -->" in text      # a table not generated stays as it was
@@ -128,7 +129,7 @@ def test_readme_table_is_not_replaced_by_one_of_fewer_samples(records, tmp_path,
 def test_readme_table_of_as_many_samples_is_replaced_and_a_shrunk_metric_subset_refused(records, tmp_path, capsys):
     out = tmp_path / "results"
     readme = _readme_with(tmp_path, "**toy_table**: 20 test samples; every method ...")
-    assert main(["--results-dir", str(records), "--out", str(out), "--readme", str(readme)]) == 0
+    assert main(["--results-dir", str(records), "--out", str(out), "--publish", "--readme", str(readme)]) == 0
     assert "| old |" not in readme.read_text()
     readme = _readme_with(tmp_path, "**toy_table**: 20 test samples; (k NaN). faith: on the first 32 samples only "
                                     "(a declared budget).")
@@ -163,11 +164,12 @@ def test_two_variants_of_one_method_are_two_rows(tmp_path):
                                                 "method": "gausslegendre", "internal_batch_size": 64,
                                                 "output": "softmax"})
     (data,) = collect(root)
-    assert sorted(data.folders) == ["backtrace", "ig", "ig (n_steps=4)"]
+    # n_steps differs between the two ig records: both rows say so (50 is also ig.yaml's own value)
+    assert sorted(data.folders) == ["backtrace", "ig (n_steps=4)", "ig (n_steps=50)"]
     out = tmp_path / "results"
     assert main(["--results-dir", str(root), "--out", str(out)]) == 0
     md = (out / "tables" / "toy_table.md").read_text()
-    assert "| ig (n_steps=4) | " in md and "| ig | " in md
+    assert "| ig (n_steps=4) | " in md and "| ig (n_steps=50) | " in md
 
 
 def test_a_table_whose_cells_differ_in_samples_is_refused_and_nothing_written(tmp_path, capsys):
@@ -175,10 +177,10 @@ def test_a_table_whose_cells_differ_in_samples_is_refused_and_nothing_written(tm
     _write(root, "backtrace", np.arange(8.0), np.arange(8.0))
     _write(root, "saliency", np.arange(16.0), np.arange(16.0))
     out = tmp_path / "results"
-    assert main(["--results-dir", str(root), "--out", str(out)]) == 2
+    assert main(["--results-dir", str(root), "--out", str(out), "--table", "toy_table"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("error: table 'toy_table' mixes runs that differ in samples ('backtrace' and 'saliency': "
-                   "8 vs 16 samples); rerun them with the same settings, or point --results-dir at one sweep")
+                   "8 vs 16 samples); rerun them with the same settings, or split it with --where n=8 (or n=16)")
     assert not out.exists()
 
 
@@ -195,11 +197,14 @@ def test_any_reference_method_and_a_clear_error_for_an_unknown_one(records, tmp_
 @pytest.mark.slow
 def test_tiny_paper_tabular_sweep_end_to_end(tmp_path):
     env = {**os.environ, "BACKTRACE_BENCH_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
-    runs, cache, out = tmp_path / "runs", tmp_path / "cache", tmp_path / "results"
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    published = {p: p.read_bytes() for p in (ROOT / "results").rglob("*") if p.is_file()}
     cmd = [sys.executable, "-m", "experiments.reproduce", "paper_tabular", "n_samples=6", "model.train.epochs=5",
-           f"results_dir={runs}", f"cache_dir={cache}", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1500)
+           f"results_dir={runs}", f"cache_dir={cache}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = runs                                      # the tables go next to the records, not into results/
+    assert {p: p.read_bytes() for p in (ROOT / "results").rglob("*") if p.is_file()} == published
     assert "sweep paper_tabular:" in proc.stdout
     records = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
     methods = {r["method"]["name"] for r in records}
@@ -235,3 +240,77 @@ def test_backtrace_conservation_is_shown_under_the_table(tmp_path):
     notes = {line.split(" | ")[0][2:]: line for line in md.splitlines() if "| softmax |" in line or "| None |" in line}
     assert notes["backtrace"].endswith("| 0.500 |")
     assert notes["backtrace_contrastive"].endswith("| R+ 0.250, R- 0.750 |")
+
+
+def _write_cell(root, method: str, scores: dict[str, np.ndarray], infos: dict[str, dict], **method_info) -> None:
+    """A record whose metrics declare their category, sign handling and scored samples."""
+    n = max(len(v) for v in scores.values())
+    frame = pd.DataFrame({"sample": np.arange(n), **{m: np.resize(v, n) for m, v in scores.items()}})
+    record = _record(method, n=n)
+    record["output"] = "softmax"
+    record["method"].update(method_info)
+    record["metrics"] = {m: {"direction": "higher", "mean": 0.0, "n": len(scores[m]), "n_nan": 0, **info}
+                         for m, info in infos.items()}
+    write_record(root, method, record, frame, {"attributions": np.zeros((n, 1, 4, 4)), "inputs": np.zeros((n, 1, 4, 4))})
+
+
+def test_notes_say_which_methods_read_no_output_and_which_metrics_compare_magnitudes(tmp_path):
+    root, rng = tmp_path / "runs", np.random.default_rng(0)
+    infos = {"agree": {"category": "localisation", "attributions": "absolute"},
+             "faith": {"category": "faithfulness", "attributions": "signed"}}
+    _write_cell(root, "backtrace", {"agree": rng.random(12) + 1, "faith": rng.random(12)}, infos)
+    _write_cell(root, "random", {"agree": rng.random(12), "faith": rng.random(12)}, infos, reads_output=False)
+    # a method that reads the output, and a record from before the field existed, name the output
+    _write_cell(root, "saliency", {"agree": rng.random(12), "faith": rng.random(12)}, infos, reads_output=True)
+    out = tmp_path / "results"
+    assert main(["--results-dir", str(root), "--out", str(out)]) == 0
+    md = (out / "tables" / "toy_table.md").read_text()
+    assert "| random | reads no output | yes |" in md
+    assert "| saliency | softmax | no (scored as magnitude) |" in md and "| backtrace | softmax | yes |" in md
+    assert ("Scoring: agree compare magnitudes |a| for every method; faith take the attributions as scored "
+            "(signed where the method is signed, |a| where it is not).") in md
+
+
+def test_the_heading_states_the_rarity_controls_rationale_agreement_from_its_records(tmp_path):
+    root = tmp_path / "runs"
+    infos = {"agree": {"category": "localisation", "attributions": "absolute"},
+             "faith": {"category": "faithfulness", "attributions": "signed"}}
+    _write_cell(root, "backtrace", {"agree": np.linspace(0.5, 1.0, 10), "faith": np.ones(10)}, infos)
+    _write_cell(root, "rarity", {"agree": np.full(10, 0.00129), "faith": np.zeros(10)}, infos, reads_output=False)
+    out = tmp_path / "results"
+    assert main(["--results-dir", str(root), "--out", str(out)]) == 0
+    heading = (out / "tables" / "toy_table.md").read_text().splitlines()[0]
+    assert ("Model-free floor: the `rarity` control (each token's rarity in the training split; it runs no model) "
+            "scores agree 0.00129 on these samples; agreement above it needs the model.") in heading
+    rows = [line for line in (out / "tables" / "toy_table.md").read_text().splitlines() if line.startswith("| rarity |")]
+    assert rows[0].startswith("| rarity | 0.00129 [0.00129, 0.00129] |")      # three significant digits, a control last
+
+
+def test_too_few_samples_for_any_test_is_one_line_not_a_column_of_equals(tmp_path):
+    root = tmp_path / "runs"
+    base = np.arange(5.0)
+    _write(root, "backtrace", base + 10, base)          # better than both on every sample: r = +1
+    _write(root, "saliency", base, base + 1)
+    _write(root, "random", base - 1, base + 2)
+    out = tmp_path / "results"
+    assert main(["--results-dir", str(root), "--out", str(out)]) == 0
+    md = (out / "tables" / "toy_table.md").read_text()
+    # five pairs: the smallest two-sided p is 2 / 2**5 = 0.0625, times two comparisons 0.125
+    assert ("Wilcoxon signed-rank tests of `backtrace` against each method are not shown: too few samples for any "
+            "Holm-corrected test to reach 0.05 (n = 5 pairs: smallest p 0.0625, x 2 comparisons = 0.125). "
+            "Rerun with more samples for the paired tests.") in md
+    assert "= p=" not in md and "| method | faith | complexity |" not in md
+
+
+def test_a_metric_scored_on_too_few_samples_is_marked_in_its_column(tmp_path):
+    root, rng = tmp_path / "runs", np.random.default_rng(2)
+    infos = {"faith": {}, "complexity": {}}
+    _write_cell(root, "backtrace", {"faith": rng.random(20) + 2, "complexity": rng.random(5) + 2}, infos)
+    _write_cell(root, "saliency", {"faith": rng.random(20), "complexity": rng.random(5)}, infos)
+    out = tmp_path / "results"
+    assert main(["--results-dir", str(root), "--out", str(out)]) == 0
+    md = (out / "tables" / "toy_table.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| saliency | + p="))
+    assert row.endswith("| n too small |")
+    assert ("n too small: complexity (n = 5 pairs, 1 comparisons: the smallest Holm p is 0.0625); no test there "
+            "can reach 0.05.") in md

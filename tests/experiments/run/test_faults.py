@@ -422,6 +422,7 @@ OVERRIDES = [
     (["dataset.n_test=0"], "error: n_test=0 is invalid for dataset breast_cancer; choose an integer in 1..143"),
     (["model.net.hidden=[8,-1]"], "error: MLP hidden=[8, -1] is invalid; choose a list of positive layer widths"),
     (["model.train.epochs=abc"], "error: model.train.epochs='abc' is invalid; choose a non-negative integer"),
+    (["model.train.threads=0"], "error: model.train.threads=0 is invalid; choose a positive integer"),
 ]
 
 

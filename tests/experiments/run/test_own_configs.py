@@ -142,3 +142,27 @@ def test_own_method_model_dataset_and_metric_run_end_to_end(user_dir, tmp_path):
     (again,) = _records(tmp_path / "b").values()
     assert again.name == runs["my_method"].name                 # the same config hash
     assert (again / "scores.csv").read_text() == (runs["my_method"] / "scores.csv").read_text()
+
+
+@pytest.mark.slow
+def test_two_own_configs_of_one_class_are_named_as_chosen_and_make_two_rows(user_dir, tmp_path):
+    """gxd_half.yaml next to my_method.yaml: the same class with reference 0.5 instead of 0.0.
+    The console and the record name each cell by the config chosen, and the table has both rows."""
+    from experiments.report.paper_tables import main as tables
+
+    conf = user_dir / "conf"
+    (conf / "method" / "gxd_half.yaml").write_text(
+        "_target_: my_extension.GradientTimesDelta\nreference: 0.5\noutput: ${output}\n")
+    proc = _run_py("-m", "--config-dir", str(conf), "model=tiny", "metrics=mine", "n_samples=8",
+                   "method=my_method,gxd_half", f"results_dir={tmp_path / 'runs'}", f"cache_dir={tmp_path / 'cache'}",
+                   cwd=tmp_path, pythonpath=user_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tiny on blobs, method my_method, 8 samples" in proc.stdout
+    assert "tiny on blobs, method gxd_half, 8 samples" in proc.stdout
+    records = [json.loads((p / "record.json").read_text()) for p in (tmp_path / "runs").iterdir()
+               if (p / "record.json").exists()]
+    assert sorted((r["method"]["config"], r["method"]["name"], r["method"]["params"]["reference"]) for r in records) == [
+        ("gxd_half", "my_method", 0.5), ("my_method", "my_method", 0.0)]
+    assert tables(["--results-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "tables" / "tiny_blobs.md").read_text()
+    assert "| my_method | " in md and "| gxd_half | " in md

@@ -46,6 +46,7 @@ def _run_on_a_terminal(tmp_path, env_extra: dict[str, str]) -> tuple[str, str]:
 @pytest.mark.slow
 def test_bars_on_a_terminal_and_none_in_ci(tmp_path):
     shown, out = _run_on_a_terminal(tmp_path, {})
+    assert "training MLP" in shown                                      # the model trains on first use
     assert "explaining (saliency)" in shown and "/2 [" in shown          # two batches of four
     assert "metrics" in shown and "faithfulness_correlation" in shown and "sparseness" in shown
     shown_ci, out_ci = _run_on_a_terminal(tmp_path, {"CI": "true"})
