@@ -24,7 +24,7 @@ from experiments.run.config import ROOT, check_pairing, compose, load_config
 from experiments.run.dense_cells import dense_samples
 from experiments.run.runner import check_method
 from experiments.zoo import dense_training
-from experiments.zoo.training import model_cache_key, stable_hash
+from experiments.zoo.training import model_cache_key, stable_hash, train_threads, weight_versions
 
 SMALL_DATA = ["dataset.n_train=64", "dataset.n_test=16", "model.train.epochs=1"]
 
@@ -89,12 +89,14 @@ def test_the_loss_is_part_of_a_dense_models_cache_key(monkeypatch):
     unnamed = key("~model.train.loss")
     monkeypatch.setitem(dense_training.LOSSES, "binary-segmentation", ("dice", "bce_dice", "bce"))
     assert key("~model.train.loss") != unnamed
-    # a classifier's key is what it was before dense models had one
+    # a classifier's key is what it was before dense models had one: no task or loss in it
     cnn = compose(["model=cnn"])
+    train = OmegaConf.to_container(cnn.model.train, resolve=True)
+    train["threads"] = train_threads(cnn.model.train)
     assert model_cache_key(cnn.model, cnn.dataset, 0) == stable_hash({
-        "net": OmegaConf.to_container(cnn.model.net, resolve=True),
-        "train": OmegaConf.to_container(cnn.model.train, resolve=True),
-        "dataset": OmegaConf.to_container(cnn.dataset, resolve=True), "seed": 0})
+        "net": OmegaConf.to_container(cnn.model.net, resolve=True), "train": train,
+        "dataset": OmegaConf.to_container(cnn.dataset, resolve=True), "seed": 0, "device": "cpu",
+        "versions": weight_versions(cnn.model)})
 
 
 class Square(nn.Module):
