@@ -93,7 +93,7 @@ def test_evaluate_explains_predictions_and_reports_backtrace_conservation():
     ({"metrics": ["nope"]}, ConfigError, r"^unknown metric 'nope'; valid choices: attribution_localisation, "),
     ({"metrics": "nope"}, ConfigError, r"^unknown metrics 'nope'; valid choices: bbox, image, "),
     ({"modality": "audio"}, ConfigError, r"^unknown modality 'audio'; valid choices: tabular, image, text$"),
-    ({"output": "probs"}, ConfigError, r"^unknown output 'probs'; valid choices: softmax, logits$"),
+    ({"output": "probs"}, ConfigError, r"^unknown output 'probs'; valid choices: softmax, logits, identity$"),
     ({"y": None}, ConfigError, r"^target='label' needs the labels y; pass y, or target='prediction'$"),
     ({"method_params": {"ig": {"n_steps": 4}}}, ConfigError,
      r"^method_params names 'ig', which is not among the methods saliency$"),
