@@ -91,7 +91,7 @@ def test_evaluate_explains_predictions_and_reports_backtrace_conservation():
     ({"methods": ["gradcam"]}, IncompatibleMethodError,
      r"^method 'gradcam' does not support 'tabular' data; it supports: image$"),
     ({"metrics": ["nope"]}, ConfigError, r"^unknown metric 'nope'; valid choices: attribution_localisation, "),
-    ({"metrics": "nope"}, ConfigError, r"^unknown metrics 'nope'; valid choices: bbox, image, "),
+    ({"metrics": "nope"}, ConfigError, r"^unknown metrics 'nope'; valid choices: bbox, generation, image, "),
     ({"modality": "audio"}, ConfigError, r"^unknown modality 'audio'; valid choices: tabular, image, text$"),
     ({"output": "probs"}, ConfigError, r"^unknown output 'probs'; valid choices: softmax, logits, identity$"),
     ({"y": None}, ConfigError, r"^target='label' needs the labels y; pass y, or target='prediction'$"),
