@@ -13,6 +13,10 @@ the same reason; its ``difference`` map (positive minus negative) is signed.
 A Keras model (``experiments.zoo.keras_models.KerasClassifier``) is explained through its Keras model
 (with a Keras softmax appended for ``softmax``) by the engine's Keras front end; inputs and
 relevance are moved between the harness's layout and Keras's.
+
+A dense task's head (``baselines.dense_heads``) is explained by the engine's own task on the
+network (``binary-segmentation`` with the head's ``thresholding``, ``bbox-regression``), which
+starts from the value the head returns: the same value every other method explains.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import ExplainContext, Explainer
+from .dense_heads import DenseHead
 from .vocabulary import MODALITIES, check_choice
 
 CONTRASTIVE_OUTPUTS = ("positive", "difference")
@@ -40,7 +45,19 @@ class BacktraceMethod(Explainer):
         super().__init__(model, context, output=output, options=options, **params)
         self.options = dict(self.params.get("options") or {})
         self.keras = getattr(model, "framework", "torch") == "keras"
-        self.explained = model.with_output(output) if self.keras else self.forward_fn(output)
+        if isinstance(model, DenseHead):
+            if self.options.get("scaler"):   # it would start every sample from the same constant
+                raise ValueError(f"backtrace option scaler={self.options['scaler']!r} starts a {model.task} "
+                                 f"explanation from a constant, not from the value the head defines "
+                                 f"({model.describe()}); leave it out")
+            self.explained, task = model.backtrace_view()
+            clash = sorted(k for k, v in task.items() if k in self.options and self.options[k] != v)
+            if clash:
+                raise ValueError(f"backtrace options {', '.join(f'{k}={self.options[k]!r}' for k in clash)} contradict "
+                                 f"the model's head ({', '.join(f'{k}={task[k]!r}' for k in clash)}); leave them out")
+            self.options.update(task)
+        else:
+            self.explained = model.with_output(output) if self.keras else self.forward_fn(output)
 
     def _run(self, inputs: Tensor, targets: Tensor) -> Any:
         """The engine's relevance; each sample's conservation (total input relevance over its

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .vocabulary import CHANNEL_REDUCTIONS, MODALITIES, OUTPUTS, check_choice
+from .vocabulary import CHANNEL_REDUCTIONS, CLASS_OUTPUTS, DENSE_OUTPUT, MODALITIES, OUTPUTS, check_choice
 
 MODEL_KINDS = ("mlp", "conv", "transformer", "recurrent")
 FRAMEWORKS = ("torch", "keras")  # Keras models come wrapped (experiments.zoo.keras_models.KerasClassifier)
@@ -87,9 +87,12 @@ class Explainer:
     signed: ClassVar[bool] = True                       # attributions carry a sign
     modalities: ClassVar[tuple[str, ...]] = MODALITIES  # data it can explain
     model_kinds: ClassVar[tuple[str, ...]] = MODEL_KINDS  # models it can explain
-    outputs: ClassVar[tuple[str, ...]] = OUTPUTS  # functions of the model it can explain
+    # functions of a classifier it can explain (a dense head's own value, ``identity``: ``dense``)
+    outputs: ClassVar[tuple[str, ...]] = CLASS_OUTPUTS
     frameworks: ClassVar[tuple[str, ...]] = FRAMEWORKS    # frameworks whose models it can explain
     deterministic: ClassVar[bool] = True
+    # Whether it explains a dense task's head (baselines.dense_heads): the value the head returns
+    dense: ClassVar[bool] = True
     # False where the map never reads the model's output (attention weights, the controls): such a
     # method explains no output function, and tables say "reads no output" instead of naming one.
     reads_output: ClassVar[bool] = True
@@ -103,6 +106,7 @@ class Explainer:
 
     def __init__(self, model: nn.Module, context: ExplainContext, **params: Any) -> None:
         self.check_compatible(context.modality, context.model_kind, params.get("output"), framework_of(model))
+        check_dense(type(self), model, params.get("output"))
         # Explanations are always of the model as deployed: BatchNorm/Dropout in inference mode.
         self.model = model.eval()
         self.context = context
@@ -127,7 +131,7 @@ class Explainer:
             raise IncompatibleMethodError(
                 f"method {cls.name!r} does not support {model_kind!r} models; it supports: {', '.join(cls.model_kinds)}"
             )
-        if output is not None and output not in cls.outputs:
+        if output is not None and output != DENSE_OUTPUT and output not in cls.outputs:
             why = f" ({cls.output_note})" if getattr(cls, "output_note", "") else ""
             raise IncompatibleMethodError(
                 f"method {cls.name!r} cannot explain output {output!r}{why}; valid choices: {', '.join(cls.outputs)}"
@@ -205,6 +209,24 @@ class Explainer:
             )
 
 
+def check_dense(cls: type, model: nn.Module, output: Optional[str]) -> None:
+    """A dense task's head is explained as it is (output ``identity``), and only by methods that
+    can; ``identity`` on a classifier would explain its logits under another name."""
+    from .dense_heads import DenseHead
+
+    dense = isinstance(model, DenseHead)
+    if dense and not cls.dense:
+        raise IncompatibleMethodError(f"method {cls.name!r} does not support the dense task {model.task!r}")
+    if output is None:
+        return
+    if dense and output != DENSE_OUTPUT:
+        raise IncompatibleMethodError(f"method {cls.name!r}: a {model.task} head is explained as it is; "
+                                      f"output must be {DENSE_OUTPUT!r}, not {output!r}")
+    if not dense and output == DENSE_OUTPUT:
+        raise IncompatibleMethodError(f"method {cls.name!r}: output 'identity' is for dense-task heads "
+                                      f"(baselines.dense_heads); for a classifier choose softmax or logits")
+
+
 def framework_of(model: nn.Module) -> str:
     """``"keras"`` for a wrapped Keras model, else ``"torch"``."""
     return str(getattr(model, "framework", "torch"))
@@ -222,10 +244,11 @@ def plain(value: Any) -> Any:
 
 
 def with_output(model: nn.Module, output: str) -> nn.Module:
-    """``model`` itself for ``"logits"``; ``model`` followed by a softmax over classes for
-    ``"softmax"`` (the paper's classifiers end in a softmax; the zoo's models return logits)."""
+    """``model`` itself for ``"logits"`` (and for ``"identity"``, a dense head's value); ``model``
+    followed by a softmax over classes for ``"softmax"`` (the paper's classifiers end in a softmax;
+    the zoo's models return logits)."""
     check_choice("output", output, OUTPUTS)
-    if output == "logits":
+    if output in ("logits", DENSE_OUTPUT):
         return model
     return nn.Sequential(model, nn.Softmax(dim=-1)).eval()
 

@@ -13,6 +13,12 @@ channel reduction leaves it unchanged. With the ReLU of the paper it is non-nega
 
 A Keras model (``experiments.zoo.keras_models.KerasClassifier``) gets the same map from its Keras
 layers, with the gradient taken by ``tf.GradientTape`` (``layer`` names a Keras layer).
+
+A dense task's head (``baselines.dense_heads``) is Seg-Grad-CAM (Vinogradova et al., 2020): the
+gradient of the head's value (for segmentation the summed probabilities of the pixels predicted
+foreground, the value every method explains) weighs the feature maps of the layer the network
+names as ``cam_layer`` (the U-Net's last decoder block: the network's own last conv map is its
+one-channel logit map, which has nothing to weigh), or of ``layer``.
 """
 from __future__ import annotations
 
@@ -62,13 +68,14 @@ def keras_gradcam(model: nn.Module, layer: str, inputs: Tensor, targets: Tensor,
     import keras
     import tensorflow as tf
 
-    explained = model.with_output(output)
+    dense = getattr(model, "keras_value", None)     # a dense head computes its own value
+    explained = model.keras_model if dense is not None else model.with_output(output)
     probe = keras.Model(explained.inputs, [explained.get_layer(layer).output, explained.outputs[0]])
     x = tf.constant(model.to_keras(inputs))
     idx = tf.constant(targets.cpu().numpy()[:, None])
     with tf.GradientTape() as tape:
         acts, out = probe(x, training=False)
-        score = tf.gather(out, idx, batch_dims=1)
+        score = dense(out, targets) if dense is not None else tf.gather(out, idx, batch_dims=1)
     grads = tape.gradient(score, acts)                                  # (N, h, w, C)
     cam = tf.reduce_sum(tf.reduce_mean(grads, axis=(1, 2), keepdims=True) * acts, axis=-1)
     cam = torch.from_numpy(cam.numpy()).unsqueeze(1)
@@ -90,6 +97,8 @@ class GradCAMMethod(Explainer):
         super().__init__(model, context, layer=layer, interpolate_mode=interpolate_mode,
                          relu_attributions=relu_attributions, output=output)
         check_choice("interpolate_mode", interpolate_mode, INTERPOLATIONS)
+        if layer is None:   # a network may name the layer GradCAM reads (a dense head passes it on)
+            layer = getattr(model, "cam_layer", None)
         self.keras = framework_of(model) == "keras"
         modules = dict(model.named_modules()) if not self.keras else {}
         if self.keras and layer is not None:

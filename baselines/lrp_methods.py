@@ -29,6 +29,12 @@ Which output is explained (the run's ``output``, the same for every method):
   ``p_t (R_t - sum_i p_i R_i)``, with ``R_i`` the LRP map of logit ``i``; it sums to
   ``p_t (z_t - sum_i p_i z_i)`` where the rules conserve relevance (no biases), not to ``p_t``.
 
+A dense task's head (``baselines.dense_heads``, output ``identity``): relevance starts at the
+outputs of the network the head reads (the per-pixel probabilities of a segmentation network, the
+four coordinates of a box regressor), as the parts its value is the sum of: ``p [p > thresholding]``
+per pixel, or the explained coordinate (the four, for their sum). The head's own arithmetic (the
+threshold, the sum) has no layer and no rule, so it is applied here, where it starts.
+
 Signed: the epsilon rule passes negative contributions on with their sign.
 
 ``attnlrp`` (:class:`AttnLRPMethod`): AttnLRP (Achtibat et al. 2024) for the text transformers, by
@@ -121,8 +127,9 @@ def _passive_layers() -> tuple[type, ...]:
             nn.ConstantPad1d, nn.ConstantPad2d)
 
 
-# functions a traced forward may call outside any layer without needing a rule (shape only)
-_SHAPE_CALLS = ("flatten", "view", "reshape", "size", "contiguous", "squeeze", "unsqueeze", "stack", "getitem",
+# Calls that only route values (their gradient hands each input its own part, which is LRP's rule
+# for them): reshaping, stacking and concatenation (a U-Net's skip connections).
+_SHAPE_CALLS = ("flatten", "view", "reshape", "size", "contiguous", "squeeze", "unsqueeze", "stack", "cat", "getitem",
                 "getattr", "dim")
 
 
@@ -183,6 +190,12 @@ class LRPMethod(Explainer):
                  epsilon: float = 1e-6, stabilizer: float = 1e-6, output: str = "logits") -> None:
         super().__init__(model, context, composite=composite, epsilon=epsilon, stabilizer=stabilizer, output=output)
         check_choice("lrp composite", composite, COMPOSITES)
+        from .dense_heads import DenseHead
+
+        # a dense head: Zennit runs on the network it reads, from the parts of its value
+        self.head = model if isinstance(model, DenseHead) else None
+        if self.head is not None:
+            self.model = self.head.output_view()
         for key, value in (("epsilon", epsilon), ("stabilizer", stabilizer)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"lrp {key} must be a positive number; got {value!r}")
@@ -195,7 +208,8 @@ class LRPMethod(Explainer):
         with self._canonized() as canonized:
             problem = unsupported_part(canonized)
         if problem is not None:
-            raise IncompatibleMethodError(f"method 'lrp' cannot explain {type(model).__name__}: {problem}")
+            what = type(model.net if self.head is not None else model).__name__
+            raise IncompatibleMethodError(f"method 'lrp' cannot explain {what}: {problem}")
 
     def declared(self) -> dict[str, dict[str, Any]]:
         out = super().declared()
@@ -220,7 +234,10 @@ class LRPMethod(Explainer):
                 instance.remove()
 
     def explain(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        attr_output: Callable[[Tensor], Tensor] = lambda logits: start_relevance(logits, targets, self.output)
+        if self.head is not None:
+            attr_output: Callable[[Tensor], Tensor] = lambda out: self.head.value_parts(out.detach(), targets)
+        else:
+            attr_output = lambda logits: start_relevance(logits, targets, self.output)
         x = inputs.detach().clone().requires_grad_(True)
         with self.zennit.attribution.Gradient(model=self.model, composite=self.composite()) as attributor:
             _, relevance = attributor(x, attr_output)

@@ -302,6 +302,7 @@ class ShapDeepMethod(Explainer):
     modalities = ("tabular", "image")
     model_kinds = ("mlp", "conv")
     frameworks = ("torch",)   # DeepLIFT's rules hook torch layers; a Keras model is opaque to them
+    dense = False             # its rules see the segmentation head's threshold as one more nonlinearity
 
     def __init__(self, model: nn.Module, context: ExplainContext, background_size: int = 50,
                  check_additivity: bool = True, output: str = "logits") -> None:

@@ -17,9 +17,16 @@ if TYPE_CHECKING:
     import torch
 
 MODALITIES = ("tabular", "image", "text")
+# What a model predicts, named as the engine names its tasks: a class per sample, or (images only)
+# a dense label: a foreground mask, or one box per image.
+TASKS = ("classification", "binary-segmentation", "bbox-regression")
+DENSE_TASKS = TASKS[1:]
 # The function of the model every method explains and every metric reads: the class
-# probabilities or the raw class scores.
-OUTPUTS = ("softmax", "logits")
+# probabilities or the raw class scores; or, for a dense task (segmentation, box regression), the
+# value its head returns (baselines.dense_heads), explained as it is under the name ``identity``.
+CLASS_OUTPUTS = ("softmax", "logits")
+DENSE_OUTPUT = "identity"
+OUTPUTS = (*CLASS_OUTPUTS, DENSE_OUTPUT)
 # How image attributions (N, C, H, W) become one map per pixel before any metric sees them.
 CHANNEL_REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs", "none")
 

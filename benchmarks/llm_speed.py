@@ -6,7 +6,8 @@ a warm-up round, then ``--repeats`` rounds in which the jobs take turns; median 
 the per-round ratios), one thread by default:
 
 1. SmolLM2-135M-Instruct read as a next-token classifier (``experiments.zoo.decoders``), batch 1,
-   prompts of each length: ``explain()`` (default mode, the predicted next token) over one captum
+   prompts of each length: ``explain()`` (default mode, the predicted next token; as the harness
+   calls it, evaluated in float64, and with ``dtype=torch.float32``) over one captum
    Saliency pass on the input embeddings (one forward and one backward pass), in time (target
    <= 1.5x) and in peak memory (target <= 2x; measured in a fresh subprocess per job after a
    warm-up on the same input, as ``backtrace_speed.py`` does);
@@ -74,11 +75,14 @@ def minilm() -> tuple[nn.Module, torch.Tensor]:
     return model, ids
 
 
-def job_backtrace(model: nn.Module, ids: torch.Tensor, mode: str = "default", softmax: bool = False) -> Callable[[], object]:
+def job_backtrace(model: nn.Module, ids: torch.Tensor, mode: str = "default", softmax: bool = False,
+                  dtype: torch.dtype | None = None) -> Callable[[], object]:
+    """``explain()`` as the harness calls it (``dtype=None``: a float32 model with attention is
+    evaluated in float64) or in a given dtype (``torch.float32``: the model's own)."""
     from backtrace import explain
 
     explained = nn.Sequential(model, nn.Softmax(dim=-1)).eval() if softmax else model
-    return lambda: explain(explained, ids, mode=mode)
+    return lambda: explain(explained, ids, mode=mode, dtype=dtype)
 
 
 def job_saliency(model: nn.Module, ids: torch.Tensor) -> Callable[[], object]:
@@ -95,7 +99,9 @@ def job_saliency(model: nn.Module, ids: torch.Tensor) -> Callable[[], object]:
 def memory_job(name: str, length: int) -> Callable[[], object]:
     model = smollm2()
     ids = prompt(length)
-    return job_backtrace(model, ids) if name == "backtrace" else job_saliency(model, ids)
+    if name == "saliency":
+        return job_saliency(model, ids)
+    return job_backtrace(model, ids, dtype=torch.float32 if name == "backtrace_float32" else None)
 
 
 def measure_memory_here(name: str, length: int) -> float:
@@ -143,15 +149,19 @@ def main(repeats: int, lengths: list[int], threads: int) -> None:
     summary = []
     for length in lengths:
         ids = prompt(length)
-        t = side_by_side({"sal": job_saliency(model, ids), "bt": job_backtrace(model, ids)}, repeats)
-        ratio = paired_ratio(t["bt"], t["sal"])
-        mem_bt, mem_sal = measure_memory("backtrace", length, threads), measure_memory("saliency", length, threads)
+        t = side_by_side({"sal": job_saliency(model, ids), "bt": job_backtrace(model, ids),
+                          "bt32": job_backtrace(model, ids, dtype=torch.float32)}, repeats)
+        mem_sal = measure_memory("saliency", length, threads)
         print(f"\n(1) SmolLM2-135M, batch 1, {length} tokens, default mode")
         print(f"  Saliency on the embeddings (fwd + bwd): {statistics.median(t['sal']):8.2f} s   {mem_sal:8.1f} MiB")
-        print(f"  backtrace explain()                   : {statistics.median(t['bt']):8.2f} s   {mem_bt:8.1f} MiB")
-        print(f"  backtrace / Saliency                  : {ratio:8.2f}x      {mem_bt / mem_sal:8.2f}x")
-        summary.append((f"SmolLM2 {length} tokens: time / fwd+bwd", ratio, TIME_TARGET))
-        summary.append((f"SmolLM2 {length} tokens: peak memory / fwd+bwd", mem_bt / mem_sal, MEMORY_TARGET))
+        for job, name, label in (("bt", "backtrace", "in float64 (the default)"),
+                                 ("bt32", "backtrace_float32", "in float32 (dtype=)")):
+            ratio, mem = paired_ratio(t[job], t["sal"]), measure_memory(name, length, threads)
+            print(f"  backtrace explain() {label:26s}: {statistics.median(t[job]):8.2f} s   {mem:8.1f} MiB   "
+                  f"{ratio:6.2f}x  {mem / mem_sal:6.2f}x of Saliency")
+            summary.append((f"SmolLM2 {length} tokens, {label[3:10]}: time / fwd+bwd", ratio, TIME_TARGET))
+            summary.append((f"SmolLM2 {length} tokens, {label[3:10]}: peak memory / fwd+bwd", mem / mem_sal,
+                            MEMORY_TARGET))
 
     enc, enc_ids = minilm()
     for label, m, x in (("MiniLM classifier, batch 32 x 64", enc, enc_ids),
@@ -182,7 +192,8 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
-    parser.add_argument("--memory-of", choices=("backtrace", "saliency"), help="internal: one job's memory")
+    parser.add_argument("--memory-of", choices=("backtrace", "backtrace_float32", "saliency"),
+                        help="internal: one job's memory")
     parser.add_argument("--length", type=int, default=128, help="internal: with --memory-of")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -32,7 +32,7 @@ from experiments.own_attributions import MethodsArg, check_given, check_scorable
 from experiments.run.config import CHOICES, ConfigDirs, group_options, load_config
 
 # Columns of scores.csv that are not metric scores.
-SAMPLE_COLUMNS = ("sample", "label", "prediction", "target")
+SAMPLE_COLUMNS = ("sample", "label", "prediction", "target", "iou", "explained_value")   # the last two: dense models
 MetricsArg = Union[str, Sequence[str], None]
 
 

@@ -48,8 +48,9 @@ SIMILARITIES = {
     "cosine": similarity_func.cosine,
 }
 # Parameters of the call (not of the Quantus constructor) every wrapper accepts.
-# ``output`` is the run's setting (softmax | logits: what every method explains); when given it
-# decides ``softmax``, so a metric reads the function the methods explain. ``max_samples`` (None:
+# ``output`` is the run's setting (softmax | logits: what every method explains; identity: a dense
+# task's head, whose value is read as it is); when given it decides ``softmax``, so a metric
+# reads the function the methods explain. ``max_samples`` (None:
 # all) is read by the runner, which scores only the first that many samples with this metric.
 CALL_PARAMS = {"softmax": False, "output": None, "batch_size": 64, "seed": 0, "channel_reduction": "sum",
                "device": None, "max_samples": None}

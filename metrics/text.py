@@ -38,7 +38,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from torch import Tensor, nn
 
-from baselines.vocabulary import OUTPUTS, check_choice, device_of, seeded
+from baselines.vocabulary import CLASS_OUTPUTS, check_choice, device_of, seeded
 from metrics.base import Metric, MetricInfo
 from metrics.explain_adapter import ExplainFunc
 
@@ -110,7 +110,7 @@ class TextMetric(Metric):
             raise ValueError(f"unknown parameter(s) {unknown} for metric {self.info.name!r}; "
                              f"valid: {', '.join(sorted(allowed))}")
         merged = {**allowed, **params}
-        check_choice("output", merged["output"], OUTPUTS)
+        check_choice("output", merged["output"], CLASS_OUTPUTS)  # text models are classifiers
         if "deletion" in merged:
             check_choice("deletion", merged["deletion"], DELETIONS)
         chunk = merged["chunk_size"]

@@ -13,7 +13,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-from baselines.vocabulary import MODALITIES
+from baselines.vocabulary import MODALITIES, TASKS
 from experiments.errors import DataError
 
 UNKNOWN_LABEL = -1  # a test label with no class in the label set (explain the prediction instead)
@@ -31,6 +31,13 @@ class Dataset:
     values (lists, not tensors) so a run record can store it as it is; a text dataset keeps its
     tokenizer's ids there (``info["tokenizer"]``, see ``experiments.data.tokenizer.tokenizer_spec``)
     and its test sentences in ``texts_test``.
+
+    Dense tasks (``task`` ``binary-segmentation`` or ``bbox-regression``, images only) keep their
+    labels in ``targets_train``/``targets_test``: masks ``(N, 1, H, W)`` in {0, 1} or boxes
+    ``(N, 4)`` ``(x0, y0, x1, y1)`` in [0, 1] with x0 < x1 and y0 < y1 (x0 = first column / W, x1 =
+    one past the last column / W). ``y`` then holds the object class (0 where there is one).
+    ``ground_truth`` defaults to the test masks, or to each test box filled in as a mask, so the
+    localisation metrics score dense tasks against the object as they score the classifiers.
     """
 
     name: str
@@ -45,10 +52,17 @@ class Dataset:
     ground_truth: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
     texts_test: list[str] | None = None
+    task: str = "classification"
+    targets_train: Tensor | None = None
+    targets_test: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise DataError(f"dataset {self.name}: unknown modality {self.modality!r}; choose one of: {', '.join(MODALITIES)}")
+        if self.task not in TASKS:
+            raise DataError(f"dataset {self.name}: unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        if self.task != "classification":
+            self._check_dense_targets()
         rank = 4 if self.modality == "image" else 2
         dtype = torch.int64 if self.modality == "text" else torch.float32
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
@@ -79,6 +93,33 @@ class Dataset:
                     sample, position = (int(i) for i in torch.nonzero(on_special)[0])
                     raise DataError(f"dataset {self.name}: ground_truth marks a special or pad token "
                                     f"(test sample {sample}, position {position}); rationales cover real tokens only")
+
+    def _check_dense_targets(self) -> None:
+        """Masks or boxes, one per image of each split, in range; the test ones become the
+        ground truth unless one is given."""
+        if self.modality != "image":
+            raise DataError(f"dataset {self.name}: task {self.task!r} needs images, not {self.modality!r} data")
+        for split, x, t in (("train", self.x_train, self.targets_train), ("test", self.x_test, self.targets_test)):
+            if t is None:
+                raise DataError(f"dataset {self.name}: task {self.task!r} needs targets_{split}")
+            want = (len(x), 1, *x.shape[2:]) if self.task == "binary-segmentation" else (len(x), 4)
+            if t.dtype != torch.float32 or tuple(t.shape) != want:
+                raise DataError(f"dataset {self.name}: targets_{split} must be float32 of shape {want}, "
+                                f"got {t.dtype} {tuple(t.shape)}")
+            if self.task == "binary-segmentation":
+                bad = ~((t == 0) | (t == 1))
+                if bool(bad.any()):
+                    raise DataError(f"dataset {self.name}: targets_{split} of sample {int(torch.nonzero(bad)[0][0])} "
+                                    f"holds a value other than 0 and 1; masks are binary")
+            else:
+                bad = ~torch.isfinite(t).all(1) | (t < 0).any(1) | (t > 1).any(1) | (t[:, 2] <= t[:, 0]) | (t[:, 3] <= t[:, 1])
+                if bool(bad.any()):
+                    i = int(torch.nonzero(bad)[0])
+                    raise DataError(f"dataset {self.name}: targets_{split} of sample {i} is the box {t[i].tolist()}; "
+                                    f"boxes are (x0, y0, x1, y1) in [0, 1] with x0 < x1 and y0 < y1")
+        if self.ground_truth is None:
+            self.ground_truth = self.targets_test.clone() if self.task == "binary-segmentation" else \
+                box_masks(self.targets_test, tuple(self.x_test.shape[2:]))
 
     def _check_token_ids(self, split: str, x: Tensor) -> None:
         """Token ids must name the tokenizer's vocabulary: an id outside it would index past the
@@ -143,6 +184,8 @@ class Dataset:
             return {"num_classes": self.n_classes, "vocab_size": int(spec["vocab_size"]),
                     "pad_token_id": int(spec["pad_token_id"]), "mask_token_id": int(spec["mask_token_id"]),
                     "special_token_ids": [int(i) for i in spec["special_token_ids"]]}
+        if self.task != "classification":   # a dense model's output is set by its task, not by classes
+            return {"in_channels": self.channels, "input_size": list(self.image_size or ())}
         return {"in_channels": self.channels, "num_classes": self.n_classes, "input_size": list(self.image_size or ())}
 
     def test_indices(self, n: int, seed: int | None = None) -> Tensor:
@@ -162,6 +205,18 @@ class Dataset:
 
 # ---------------------------------------------------------------------------------------------
 # helpers shared by the loaders
+
+def box_masks(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Boxes ``(N, 4)`` (x0, y0, x1, y1 as fractions) filled in as masks ``(N, 1, H, W)``: pixel
+    (row r, column c) is inside when its centre ((c + 0.5) / W, (r + 0.5) / H) is."""
+    h, w = size
+    cols = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    rows = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    b = boxes.float()
+    inside_x = (cols[None, :] >= b[:, 0:1]) & (cols[None, :] < b[:, 2:3])      # (N, W)
+    inside_y = (rows[None, :] >= b[:, 1:2]) & (rows[None, :] < b[:, 3:4])      # (N, H)
+    return (inside_y[:, :, None] & inside_x[:, None, :]).float()[:, None]
+
 
 def as_inputs(x: np.ndarray) -> Tensor:
     """A contiguous float32 tensor (a copy, so loaders never alias cached arrays)."""

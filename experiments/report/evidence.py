@@ -87,8 +87,11 @@ def _model_of(data: TableData) -> dict[str, Any]:
     if len(weights) > 1:
         raise TableError(f"table {data.name!r} holds cells of different model weights ({', '.join(map(str, weights))}); "
                          f"nothing published")
-    return {"name": model["name"], "cache_key": model.get("cache_key"), "weights_sha256": weights[0],
-            "test_accuracy": model.get("test_accuracy")}
+    entry = {"name": model["name"], "cache_key": model.get("cache_key"), "weights_sha256": weights[0],
+             "test_accuracy": model.get("test_accuracy")}
+    if model.get("test_score_name") not in (None, "test accuracy"):   # a dense model's own score (test IoU)
+        entry.update(test_score=model.get("test_score"), test_score_name=model["test_score_name"])
+    return entry
 
 
 def write_evidence(data: TableData, folder: Path, table_files: dict[str, Path]) -> Path:

@@ -4,7 +4,8 @@
 Every figure says how to read it: methods by their written-out names, the class, target and
 prediction of each sample, a colour bar for the scale (each map is scaled to its own largest
 |value|, so the bar runs from -1 to 1 of that), and the ground-truth mask outlined where the data
-have one. Figures read the record folders of a :class:`~experiments.report.table_data.TableData`.
+have one; for a dense model, the predicted mask or box outlined beside the true one, and each
+sample's IoU and explained value in place of its class and prediction. Figures read the record folders of a :class:`~experiments.report.table_data.TableData`.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from experiments.report.methods import method_order, method_title
 from experiments.report.table_data import TableData
 
 GROUND_TRUTH_COLOUR = "#00c853"
+PREDICTED_COLOUR = "#ff9100"     # a dense model's predicted mask or box (dashed)
 SIGNED_CMAP, UNSIGNED_CMAP = "bwr", "Reds"
 SCALE_NOTE = "each map scaled to its own max |relevance|"
 
@@ -49,6 +51,12 @@ class SampleInfo:
     predictions: np.ndarray
     class_names: Optional[list[str]] = None
     ground_truth: Optional[np.ndarray] = None
+    # a dense model's samples: its task, predicted and true masks or boxes, IoU and explained value
+    task: Optional[str] = None
+    predicted: Optional[np.ndarray] = None
+    true: Optional[np.ndarray] = None
+    iou: Optional[np.ndarray] = None
+    value: Optional[np.ndarray] = None
 
     def name(self, c: int) -> str:
         if c < 0:
@@ -56,6 +64,10 @@ class SampleInfo:
         return self.class_names[c] if self.class_names and c < len(self.class_names) else str(c)
 
     def describe(self, i: int, sep: str = "\n") -> str:
+        if self.task is not None:
+            return sep.join([f"#{int(self.samples[i])}",
+                             f"IoU: {float(self.iou[i]):.2f}" if self.iou is not None else "IoU: ?",
+                             f"value: {float(self.value[i]):.3g}" if self.value is not None else "value: ?"])
         return sep.join([f"#{int(self.samples[i])}", f"class: {self.name(int(self.labels[i]))}",
                          f"target: {self.name(int(self.targets[i]))}",
                          f"prediction: {self.name(int(self.predictions[i]))}"])
@@ -96,6 +108,8 @@ def sample_info(data: TableData) -> SampleInfo:
     with np.load(folder / "arrays.npz") as arrays:
         targets = arrays["targets"] if "targets" in arrays else scores.get("target", pd.Series(-1, index=scores.index)).to_numpy()
         gt = arrays["ground_truth"] if "ground_truth" in arrays else None
+        predicted = arrays["predicted"] if "predicted" in arrays else None
+        true = arrays["true"] if "true" in arrays else None
     samples = scores["sample"].to_numpy()
     labels = scores["label"].to_numpy() if "label" in scores else np.full(len(scores), -1)
     preds = scores["prediction"].to_numpy() if "prediction" in scores else np.full(len(scores), -1)
@@ -107,7 +121,30 @@ def sample_info(data: TableData) -> SampleInfo:
             names = names or ds.class_names
             if gt is None and ds.ground_truth is not None:
                 gt = np.asarray(ds.ground_truth)[samples]
-    return SampleInfo(samples, labels, np.asarray(targets), preds, names, gt)
+    dense = record.get("dense") or {}
+    return SampleInfo(samples, labels, np.asarray(targets), preds, names, gt, dense.get("task"), predicted, true,
+                      scores["iou"].to_numpy() if "iou" in scores else None,
+                      scores["explained_value"].to_numpy() if "explained_value" in scores else None)
+
+
+def _outline_dense(ax: Any, info: SampleInfo, i: int, shape: tuple[int, int]) -> None:
+    """The predicted (dashed) and true mask or box of sample ``i`` of a dense model; for
+    segmentation the true mask is the ground truth, outlined by the caller."""
+    if info.task == "binary-segmentation":
+        if info.predicted is not None and info.predicted[i].any():
+            ax.contour(info.predicted[i].reshape(shape).astype(float), levels=[0.5], colors=PREDICTED_COLOUR,
+                       linewidths=0.9, linestyles="dashed")
+        return
+    from matplotlib.patches import Rectangle
+
+    h, w = shape
+    for boxes, colour, style in ((info.true, GROUND_TRUTH_COLOUR, "solid"), (info.predicted, PREDICTED_COLOUR, "dashed")):
+        if boxes is None:
+            continue
+        x0, y0, x1, y1 = (float(v) for v in boxes[i])
+        # (x0, y0, x1, y1): first column / W ... one past the last row / H; pixel j spans j +- 0.5
+        ax.add_patch(Rectangle((x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h, fill=False,
+                               edgecolor=colour, linewidth=0.9, linestyle=style))
 
 
 def _one_signed(data: TableData, method: str) -> bool:
@@ -214,16 +251,23 @@ def heatmap_figure(data: TableData, n_rows: int = 6, dpi: int = 110) -> Any:
             else:
                 axes[i, j].imshow(a / scale, cmap=SIGNED_CMAP, vmin=-1, vmax=1)
                 kinds.add("signed")
-        if mask is not None and mask.any():
+        if mask is not None and mask.any() and info.task != "bbox-regression":   # boxes: drawn as rectangles
             for j in range(cols):
                 axes[i, j].contour(mask.astype(float), levels=[0.5], colors=GROUND_TRUTH_COLOUR, linewidths=0.9)
+        if info.task is not None:
+            for j in range(cols):
+                _outline_dense(axes[i, j], info, i, img.shape[:2])
         axes[i, 0].set_ylabel(labels[i], fontsize=font, rotation=0, ha="right", va="center", labelpad=4)
     for j, title in enumerate(titles):
         axes[0, j].set_title(title, fontsize=font)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    note = f"{SCALE_NOTE}" + ("; green outline: ground-truth mask" if info.ground_truth is not None else "")
+    if info.task is not None:
+        what = "mask" if info.task == "binary-segmentation" else "box"
+        note = f"{SCALE_NOTE}; green: true {what}, orange dashed: predicted {what}"
+    else:
+        note = f"{SCALE_NOTE}" + ("; green outline: ground-truth mask" if info.ground_truth is not None else "")
     fig.suptitle(f"{data.name}: {data.model} on {data.dataset}\n{note}", fontsize=1.1 * font, y=1 - 0.1 / fig_h,
                  va="top")
     _colour_bars(fig, kinds, [label_w / fig_w, (0.15 + below_bar) / fig_h, 1 - (label_w + 0.05) / fig_w, bar_h / fig_h],

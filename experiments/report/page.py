@@ -83,11 +83,14 @@ def run_settings(data: TableData) -> list[tuple[str, str]]:
     n = f"{s.get('n_samples')} explained"
     if record.get("n_samples_requested") not in (None, s.get("n_samples")):
         n += f" (asked for {record['n_samples_requested']}; the test split holds fewer)"
-    acc = f", test accuracy {data.accuracy:.3f}" if data.accuracy is not None else ""
+    acc = f", {data.score_name} {data.accuracy:.3f}" if data.accuracy is not None else ""
     rows = [("model", f"{data.model} (cache key {model.get('cache_key', '-')}{acc})"),
             ("dataset", f"{data.dataset} ({data.modality})"),
             ("samples", n + (f", selection {cfg['sample_selection']}" if cfg.get("sample_selection") else "")),
-            ("output explained", str(s.get("output"))), ("target", f"{s.get('target')} class"),
+            *([("output explained", str(s.get("output"))), ("target", f"{s.get('target')} class")]
+              if not s.get("dense") else
+              [("value explained", f"{s['dense'].get('explains')} (output {s.get('output')})"),
+               ("head", ", ".join(f"{k}={v}" for k, v in (s["dense"].get("head") or {}).items()))]),
             ("seed", str(cfg.get("seed", "-"))), ("channel reduction", str(cfg.get("channel_reduction", "-"))),
             ("methods", ", ".join(method_title(m) for m in method_order(list(data.folders))))]
     return rows
@@ -123,9 +126,10 @@ def table_section(data: TableData, stats: dict[str, Any], out: Path) -> str:
              + _settings_list(metric_settings(data)) + "</details>",
              "<h3>Table</h3>", _markdown(to_markdown(data, stats, title=method_title))]
     if data.modality == "image":
+        rows = ("index, IoU of the prediction, explained value" if data.settings.get("dense")
+                 else "index, class, target, prediction")
         parts.append(_figure(figures.heatmap_grid(data, out / f"{data.name}_heatmaps.png", n_rows=4, dpi=HEATMAP_DPI),
-                             "The first samples (rows: index, class, target, prediction) and each method's map; "
-                             f"{figures.SCALE_NOTE}.", out))
+                             f"The first samples (rows: {rows}) and each method's map; {figures.SCALE_NOTE}.", out))
     elif data.modality == "text":
         parts.append(_figure(figures.token_heatmap(data, out / f"{data.name}_tokens.png"),
                              "Token relevance of the first samples, one line per method.", out))

@@ -50,6 +50,8 @@ from experiments.report.evidence import evidence_line, publish, published_root, 
 from experiments.report.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
 from experiments.report.method_table import choose_reference, method_statistics
 from experiments.report.methods import method_order
+from experiments.report.results_blocks import (check_published, check_results_md, default_results_md,  # noqa: F401
+                                               update_results_md)
 from experiments.report.selection import (Filter, as_text, check_keys, first_difference, matches, parse_filters,
                                          table_name)
 from experiments.report.table_data import TableData
@@ -86,6 +88,7 @@ def _shared(record: dict[str, Any], samples: list[int]) -> dict[str, Any]:
     cfg = record["config"]
     out = {k: cfg.get(k) for k in SHARED_SETTINGS}
     out["model"] = record["model"].get("cache_key") or cfg.get("model")
+    out["head"] = (record.get("dense") or {}).get("head")     # a dense model's explained value
     out["samples"] = samples
     return out
 
@@ -203,7 +206,7 @@ def _note_superseded(table: str, label: str, newer: tuple[dict, pd.DataFrame, Pa
 def _table_data(name: str, table: str, model: str, dataset: str,
                 cells: dict[str, tuple[dict, pd.DataFrame, Path]]) -> TableData:
     frames, directions, runtime, signed, folders, methods, metric_settings = [], {}, {}, {}, {}, {}, {}
-    accuracy, modality, settings = None, "", {}
+    accuracy, score_name, modality, settings = None, "test accuracy", "", {}
     for variant, (record, scores, folder) in cells.items():
         for metric, info in record["metrics"].items():
             directions[metric] = info["direction"]
@@ -219,15 +222,16 @@ def _table_data(name: str, table: str, model: str, dataset: str,
         methods[variant] = {key: record["method"].get(key) for key in ("signed", "returns", "budget", "absent")}
         methods[variant]["reads_output"] = record["method"].get("reads_output", True)
         methods[variant]["diagnostics"] = record.get("diagnostics") or {}
-        accuracy = record["model"]["test_accuracy"]
+        accuracy = record["model"].get("test_score", record["model"]["test_accuracy"])
+        score_name = record["model"].get("test_score_name", "test accuracy")
         modality = record["dataset"]["modality"]
         cfg = record["config"]
         settings = {"output": record.get("output", cfg.get("output")), "target": cfg.get("target"),
                     "n_samples": int(record.get("n_samples", len(scores))),
-                    "saturated": record.get("saturated_samples")}
+                    "saturated": record.get("saturated_samples"), "dense": record.get("dense")}
     long = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["method", "metric", "sample", "score"])
     return TableData(name, table, model, dataset, modality, long, directions, runtime, accuracy, folders, signed,
-                     methods, metric_settings, settings)
+                     methods, metric_settings, settings, score_name)
 
 
 # -- statistics and layout ---------------------------------------------------------------------
@@ -264,10 +268,9 @@ def heading(data: TableData, stats: dict[str, Any]) -> str:
     s = data.settings
     counts = sorted({int(c) for c in stats["summary"]["n"]}) if len(stats["summary"]) else []
     n_text = f"{s.get('n_samples')} test samples"
-    acc = f" (test accuracy {data.accuracy:.3f})" if data.accuracy is not None else ""
-    out = (f"**{data.name}**: model `{data.model}` on `{data.dataset}`{acc}, {n_text}; every method explains "
-           f"the **{s.get('output')}** output for the {s.get('target')} class, and every metric reads it. "
-           f"Cells: mean [bootstrap 95% interval] over the samples every method scored; **bold**: the best mean "
+    acc = f" ({data.score_name} {data.accuracy:.3f})" if data.accuracy is not None else ""
+    out = (f"**{data.name}**: model `{data.model}` on `{data.dataset}`{acc}, {n_text}; {explained(data)}, and "
+           f"every metric reads it. Cells: mean [bootstrap 95% interval] over the samples every method scored; **bold**: the best mean "
            f"and every method whose interval overlaps it; ↑/↓: higher/lower is better; (k NaN): samples on "
            f"which that method's score is undefined (left out of every method's mean for that metric).")
     subsets = {m: v["n"] for m, v in data.metric_settings.items() if v["n"] < int(s.get("n_samples") or 0)}
@@ -286,6 +289,17 @@ def heading(data: TableData, stats: dict[str, Any]) -> str:
         out += (f" Model-free floor: the `{RARITY}` control (each token's rarity in the training split; it runs no "
                 f"model) scores {floor} on these samples; agreement above it needs the model.")
     return out
+
+
+def explained(data: TableData) -> str:
+    """What every method of the table explains: a classifier's output for the target class, or a
+    dense model's head value (with its settings)."""
+    s = data.settings
+    dense = s.get("dense")
+    if not dense:
+        return f"every method explains the **{s.get('output')}** output for the {s.get('target')} class"
+    head = ", ".join(f"{k}={_short(v)}" for k, v in (dense.get("head") or {}).items())
+    return f"every method explains **{dense.get('explains')}** (the {dense.get('task')} head's value, {head})"
 
 
 def rarity_floor(data: TableData, stats: dict[str, Any]) -> str:
@@ -539,80 +553,6 @@ def write_tables(results_dir: str | Path, out_dir: Optional[str | Path] = None, 
             written += write_figures(data, out / "figures")
         print(md)
     return written
-
-
-_BLOCK = re.compile(r"<!-- table:([\w-]+) -->\n?(.*?)<!-- /table -->", flags=re.S)
-
-
-def sample_sizes(block: str) -> dict[str, int]:
-    """The sample sizes a table's heading states: ``"all"`` (test samples explained) and each
-    metric scored on fewer (``max_samples``)."""
-    sizes: dict[str, int] = {}
-    found = re.search(r"(\d+) test samples", block)
-    if found:
-        sizes["all"] = int(found.group(1))
-    for names, k in re.findall(r"([\w]+(?:, [\w]+)*): on the first (\d+) samples only", block):
-        sizes.update({name: int(k) for name in names.split(", ")})
-    return sizes
-
-
-def _refuse_shrink(name: str, where: str, old: str, new: str, allow_smaller: bool, sizes_of: str) -> None:
-    """Refuse (one line) replacing the table ``old`` by ``new`` of fewer samples: fewer test
-    samples, or a metric scored on fewer (``allow_smaller``: replace anyway)."""
-    before, after = sample_sizes(old), sample_sizes(new)
-    if "all" not in before or "all" not in after or allow_smaller:
-        return
-    shrunk = [(key, n, after.get(key, after["all"])) for key, n in before.items() if after.get(key, after["all"]) < n]
-    if shrunk:
-        what = "; ".join(f"{'test samples' if key == 'all' else key + ' samples'} {n} -> {m}" for key, n, m in shrunk)
-        raise TableError(f"table {name!r} in {where} would shrink ({what}); nothing written: rerun with "
-                         f"{sizes_of} sample sizes, or pass --allow-smaller to replace it anyway")
-
-
-def check_published(tables_dir: Path, new: dict[str, str], allow_smaller: bool = False) -> None:
-    """Refuse publishing a table over a published one (``tables_dir/<name>.md``) of more samples."""
-    for name, body in new.items():
-        md = tables_dir / f"{name}.md"
-        if md.is_file():
-            _refuse_shrink(name, str(md), md.read_text(), body, allow_smaller, "the published")
-
-
-def default_results_md() -> Path:
-    """The results page ``--publish`` refreshes: ``RESULTS.md`` beside the published ``results/``
-    (in a checkout run from its root, the committed one)."""
-    return published_root().parent / "RESULTS.md"
-
-
-def check_results_md(results_md: Path, tables_dir: Path, new: Optional[dict[str, str]] = None,
-                     allow_smaller: bool = False) -> dict[str, str]:
-    """The new body of each table block of the results page (``new``, else ``tables_dir/<name>.md``; a block
-    with neither is left as it is), refused with one line if a table would shrink: fewer test
-    samples, or a metric scored on fewer, than the table it replaces (``allow_smaller``: replace
-    anyway). Nothing is written here."""
-    if not results_md.is_file():
-        raise TableError(f"--results-md {str(results_md)!r} is not a file")
-    bodies: dict[str, str] = {}
-    for name, old in _BLOCK.findall(results_md.read_text()):
-        md = tables_dir / f"{name}.md"
-        body = (new or {}).get(name) or (md.read_text() if md.exists() else None)
-        if body is None:
-            continue
-        _refuse_shrink(name, str(results_md), old, body, allow_smaller, f"{results_md.name}'s")
-        bodies[name] = body
-    return bodies
-
-
-def update_results_md(results_md: Path, tables_dir: Path, allow_smaller: bool = False) -> None:
-    """Replace each ``<!-- table:NAME -->...<!-- /table -->`` block with the generated table
-    (blocks whose table was never generated stay as they are); refuse, writing nothing, where a
-    table would shrink (:func:`check_results_md`)."""
-    bodies = check_results_md(results_md, tables_dir, None, allow_smaller)
-
-    def repl(match: re.Match[str]) -> str:
-        name = match.group(1)
-        return f"<!-- table:{name} -->\n{bodies[name]}<!-- /table -->" if name in bodies else match.group(0)
-
-    results_md.write_text(_BLOCK.sub(repl, results_md.read_text()))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -28,3 +28,4 @@ class TableData:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)    # variant -> what it declared/returned
     metric_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)              # output, target, samples, ...
+    score_name: str = "test accuracy"          # what ``accuracy`` is: a dense model's own test score (mean IoU)

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from baselines.vocabulary import CHANNEL_REDUCTIONS, OUTPUTS, check_choice
+from baselines.vocabulary import CHANNEL_REDUCTIONS, DENSE_OUTPUT, DENSE_TASKS, OUTPUTS, TASKS, check_choice
 from experiments.errors import ConfigError, installed, needs_extra
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,6 +199,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("results_dir", "cache_dir"):
         if not isinstance(cfg.get(key), str) or not cfg.get(key):
             raise ConfigError(f"{key} must be a path, got {cfg.get(key)!r}")
+    if cfg.get("model") is not None:
+        check_task_output(cfg.model, cfg.get("output"))
     check_extras(cfg)
     check_metric_entries(cfg.get("metrics"))
 
@@ -223,6 +225,32 @@ def check_metric_entries(metrics: Any) -> None:
             raise ConfigError(f"metric {name!r} has settings ({keys}) but no _target_: the chosen metric set lacks "
                               f"it; set metric parameters in a metric set (configs/metrics/<set>.yaml), not in an "
                               f"experiment config")
+
+
+def model_task(model_cfg: DictConfig) -> str:
+    """What a model predicts (``model.task``; a classifier where the config does not say)."""
+    return str(check_choice("model.task", model_cfg.get("task", "classification"), TASKS))
+
+
+def check_task_output(model_cfg: DictConfig, output: Any) -> None:
+    """A dense model is explained, always and only, through its head's value (output
+    ``identity``) with checked head settings; a classifier never is."""
+    task = model_task(model_cfg)
+    if task in DENSE_TASKS:
+        if output != DENSE_OUTPUT:
+            raise ConfigError(f"model {model_cfg.name!r} is a {task} model: every method explains its head's value, "
+                              f"output={DENSE_OUTPUT}; got output={output!r}")
+        from baselines.dense_heads import head_settings
+
+        head = model_cfg.get("head") or {}
+        try:
+            head_settings(task, OmegaConf.to_container(head, resolve=True) if isinstance(head, DictConfig) else dict(head))
+        except ConfigError as exc:
+            raise ConfigError(f"model {model_cfg.name!r} head: {exc}") from None
+    elif output == DENSE_OUTPUT:
+        raise ConfigError(f"output={DENSE_OUTPUT!r} is the value of a dense model's head "
+                          f"({', '.join(DENSE_TASKS)}); model {model_cfg.name!r} is a classifier: "
+                          f"choose one of: {', '.join(o for o in OUTPUTS if o != DENSE_OUTPUT)}")
 
 
 def check_writable(key: str, path: str | os.PathLike[str]) -> None:
@@ -284,13 +312,18 @@ def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
-def check_pairing(model_cfg: DictConfig, dataset_name: str, modality: str) -> None:
-    """Refuse an image model on tabular data (and the like) with a clear line."""
+def check_pairing(model_cfg: DictConfig, dataset_name: str, modality: str, task: str = "classification") -> None:
+    """Refuse an image model on tabular data (and the like), or a model of one task on data
+    labelled for another (a U-Net on class labels), with a clear line."""
     if model_cfg.modality != modality:
         raise ConfigError(
             f"model {model_cfg.name!r} takes {model_cfg.modality} data but dataset {dataset_name!r} is {modality}; "
             f"choose {_article(model_cfg.modality)} {model_cfg.modality} dataset"
         )
+    wanted = model_task(model_cfg)
+    if wanted != task:
+        raise ConfigError(f"model {model_cfg.name!r} is a {wanted} model but dataset {dataset_name!r} is labelled "
+                          f"for {task}; choose a dataset labelled for {wanted}")
 
 
 def split_command_line(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:

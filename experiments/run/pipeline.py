@@ -1,17 +1,22 @@
-"""config -> (dataset, trained model): the part of a run that scripts and benchmarks share."""
+"""config -> (dataset, trained model): the part of a run that scripts and benchmarks share.
+
+A dense model (``model.task`` binary-segmentation or bbox-regression) is handed on behind its
+head (``baselines.dense_heads``): the model every method explains and every metric reads is the
+network followed by the value the head computes from it."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from experiments.data.datasets import Dataset
 from experiments.errors import ConfigError, DataError, unimportable
-from experiments.run.config import check_pairing
+from experiments.run.config import check_pairing, model_task
 from experiments.run.progress import bar
 from experiments.zoo.training import TrainedModel, load_or_train
 
@@ -19,11 +24,13 @@ from experiments.zoo.training import TrainedModel, load_or_train
 @dataclass
 class Prepared:
     dataset: Dataset
-    model: nn.Module
+    model: nn.Module          # what is explained: the network, or a dense network behind its head
     model_kind: str
-    trained: TrainedModel
+    trained: TrainedModel     # the network as trained (trained.model)
     device: torch.device
     seconds: dict[str, float] = field(default_factory=dict)
+    task: str = "classification"
+    head: dict[str, Any] = field(default_factory=dict)   # a dense model's head settings, defaults filled in
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,10 +75,17 @@ def prepare(cfg: DictConfig) -> Prepared:
     start = time.perf_counter()
     dataset = load_dataset(cfg)
     seconds["load_data"] = time.perf_counter() - start
-    check_pairing(cfg.model, dataset.name, dataset.modality)
+    check_pairing(cfg.model, dataset.name, dataset.modality, dataset.task)
     start = time.perf_counter()
     trained = load_or_train(cfg.model, cfg.dataset, dataset, int(cfg.seed), cfg.cache_dir, device, progress=bar)
     seconds["load_model"] = time.perf_counter() - start
     for p in trained.model.parameters():
         p.requires_grad_(False)
-    return Prepared(dataset, trained.model, str(cfg.model.kind), trained, device, seconds)
+    task, model, head = model_task(cfg.model), trained.model, {}
+    if task != "classification":
+        from baselines.dense_heads import head_of, head_settings
+
+        params = OmegaConf.to_container(cfg.model.get("head") or OmegaConf.create({}), resolve=True)
+        head = head_settings(task, params)
+        model = head_of(trained.model, task, params)
+    return Prepared(dataset, model, str(cfg.model.kind), trained, device, seconds, task, head)

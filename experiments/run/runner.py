@@ -20,7 +20,8 @@ from baselines.base import (ExplainContext, IncompatibleMethodError, NonFiniteIn
                             for_scoring, reduce_channels, sign_profile, with_output)
 from experiments.data.tokenizer import load_tokenizer
 from experiments.errors import ConfigError, DataError, missing_extra, needs_extra, quiet_lookup, unimportable
-from experiments.run.config import check_output_dirs, name_method_config, validate
+from experiments.run.config import check_output_dirs, model_task, name_method_config, validate
+from experiments.run.dense_cells import DenseSamples, dense_samples
 from experiments.run.launchers import run_threads
 from experiments.run.pipeline import Prepared, prepare
 from experiments.run.progress import bar
@@ -82,6 +83,10 @@ def check_method(cfg: DictConfig) -> type:
         cls.check_compatible(cfg.model.modality, cfg.model.kind, cfg.get("output"), cfg.model.get("framework", "torch"))
     except IncompatibleMethodError as exc:
         raise ConfigError(f"{exc} (model {cfg.model.name!r})") from exc
+    task = model_task(cfg.model)
+    if task != "classification" and not getattr(cls, "dense", True):
+        raise ConfigError(f"method {getattr(cls, 'name', cfg.method._target_)!r} does not support the dense task "
+                          f"{task!r} (model {cfg.model.name!r})")
     return cls
 
 
@@ -173,27 +178,39 @@ def run(cfg: DictConfig, checked: bool = False) -> RunResult:
     idx = ds.test_indices(n, int(cfg.seed) if cfg.sample_selection == "random" else None)
     x, labels = ds.x_test[idx], ds.y_test[idx]
     check_finite_inputs(x, idx, what=f"test inputs of {ds.name}")
-    preds = predict(model, x, int(cfg.batch_size))
-    use_pred = (labels < 0) if cfg.target == "label" else torch.ones_like(labels, dtype=torch.bool)
-    targets = torch.where(use_pred, preds, labels)
-    p_target = target_probabilities(model, x, targets, int(cfg.batch_size), device)
-    saturated = int(((p_target >= 1 - SATURATION) | (p_target <= SATURATION)).sum())
-    if saturated > 0.05 * len(x):
-        print(f"warning: {saturated} of {len(x)} samples have a saturated target probability (within "
-              f"{SATURATION:g} of 0 or 1): their gradients and drop-one scores are undefined", file=sys.stderr)
+    dense: Optional[DenseSamples] = None
+    saturated: Optional[int] = None
+    if prep.task != "classification":
+        # every method explains the head's value: its one output, or the configured box coordinate
+        dense = dense_samples(model, ds, idx, x, prep.head, int(cfg.batch_size), device)
+        targets, use_pred = dense.targets, torch.zeros(len(x), dtype=torch.bool)
+        n_outputs = int(model.n_outputs)
+        columns = {"sample": idx.numpy(), "label": labels.numpy(), **dense.columns, "target": targets.numpy()}
+    else:
+        preds = predict(model, x, int(cfg.batch_size))
+        use_pred = (labels < 0) if cfg.target == "label" else torch.ones_like(labels, dtype=torch.bool)
+        targets = torch.where(use_pred, preds, labels)
+        p_target = target_probabilities(model, x, targets, int(cfg.batch_size), device)
+        saturated = int(((p_target >= 1 - SATURATION) | (p_target <= SATURATION)).sum())
+        if saturated > 0.05 * len(x):
+            print(f"warning: {saturated} of {len(x)} samples have a saturated target probability (within "
+                  f"{SATURATION:g} of 0 or 1): their gradients and drop-one scores are undefined", file=sys.stderr)
+        n_outputs = ds.n_classes
+        columns = {"sample": idx.numpy(), "label": labels.numpy(), "prediction": preds.numpy(),
+                   "target": targets.numpy()}
 
     torch.manual_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed))
     context = ExplainContext(
-        modality=ds.modality, model_kind=prep.model_kind, n_classes=ds.n_classes, x_train=ds.x_train,
+        modality=ds.modality, model_kind=prep.model_kind, n_classes=n_outputs, x_train=ds.x_train,
         seed=int(cfg.seed), device=device, feature_names=ds.feature_names,
         extras={"tokenizer": load_tokenizer(ds.info["tokenizer"]["tokenizer"])} if ds.modality == "text" else {},
     )
     gt = ds.ground_truth[idx] if ds.ground_truth is not None else None
-    scores = pd.DataFrame({"sample": idx.numpy(), "label": labels.numpy(), "prediction": preds.numpy(),
-                           "target": targets.numpy()})
+    scores = pd.DataFrame(columns)
     cell = explain_and_score(cfg, model, x, targets, context, metrics, scores, gt, idx, seconds)
-    return _record_cell(cfg, chash, prep, method_cls, cell, idx, x, targets, use_pred, requested, saturated, wall)
+    return _record_cell(cfg, chash, prep, method_cls, cell, idx, x, targets, use_pred, requested, saturated, wall,
+                        dense)
 
 
 def _explain(explainer: Any, x: torch.Tensor, targets: torch.Tensor, bs: int, device: torch.device, label: str,
@@ -307,9 +324,10 @@ def explain_and_score(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, 
 
 
 def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, cell: ScoredCell, idx: torch.Tensor,
-                 x: torch.Tensor, targets: torch.Tensor, use_pred: torch.Tensor, requested: int, saturated: int,
-                 wall: float) -> RunResult:
-    """Write the run record of a scored cell (record.json, scores.csv, arrays.npz)."""
+                 x: torch.Tensor, targets: torch.Tensor, use_pred: torch.Tensor, requested: int,
+                 saturated: Optional[int], wall: float, dense: Optional[DenseSamples] = None) -> RunResult:
+    """Write the run record of a scored cell (record.json, scores.csv, arrays.npz); a dense
+    model's record also says what was explained and holds the predicted and true masks or boxes."""
     ds, seconds, scores, summary, extras = prep.dataset, cell.seconds, cell.scores, cell.summary, cell.extras
     explainer, returned, attributions, explain_s, fb = (cell.explainer, cell.returned, cell.attributions,
                                                         cell.explain_seconds, cell.forward_backward_seconds)
@@ -321,7 +339,9 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
         "config": OmegaConf.to_container(cfg, resolve=True),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
-        "model": {"name": cfg.model.name, "kind": prep.model_kind, "test_accuracy": prep.trained.accuracy,
+        "model": {"name": cfg.model.name, "kind": prep.model_kind,
+                  "test_accuracy": prep.trained.accuracy if dense is None else None,
+                  "test_score": prep.trained.accuracy, "test_score_name": prep.trained.score_name,
                   "cache_key": prep.trained.cache_key, "from_cache": prep.trained.from_cache,
                   "train_seconds": prep.trained.train_seconds,
                   "weights_sha256": prep.trained.weights_sha256},   # what reproduce --check compares first
@@ -338,7 +358,7 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
         "output": cfg.output,
         "n_samples": n,                      # explained (what scores.csv and arrays.npz hold)
         "n_samples_requested": requested,    # asked for (config.n_samples); larger when capped
-        "saturated_samples": saturated,
+        "saturated_samples": saturated,      # classifiers only: a dense head has no probability to saturate
         "targets_from_prediction": int(use_pred.sum()),
         "seconds": seconds,
         "runtime": {"seconds_per_sample": explain_s / n, "forward_backward_units": explain_s / fb if fb > 0 else None,
@@ -351,6 +371,9 @@ def _record_cell(cfg: DictConfig, chash: str, prep: Prepared, method_cls: type, 
         arrays["inputs"] = x.numpy()          # text: the token ids (N, L)
     if ds.ground_truth is not None:  # figures outline it; text: the rationale per token (N, L)
         arrays["ground_truth"] = ds.ground_truth[idx].numpy()
+    if dense is not None:   # what was explained, and the masks or boxes the figures outline
+        record["dense"] = dense.record
+        arrays.update(dense.arrays)
     for key, v in extras.items():
         values = torch.cat(v)
         if values.ndim == 1:  # one number per sample (e.g. backtrace's conservation): a scores column
@@ -373,8 +396,9 @@ def print_summary(record: dict[str, Any], path: Path, stored: bool = False) -> N
     rows = [(name, "higher" if m["direction"] == "higher" else "lower", significant(m["mean"]), str(m["n"]),
              str(m["n_nan"]))
             for name, m in record["metrics"].items()]
-    acc = record["model"]["test_accuracy"]
-    footer = (f"model test accuracy {acc:.4f}; " if acc is not None else "") + \
+    acc = record["model"].get("test_score", record["model"]["test_accuracy"])
+    score_name = record["model"].get("test_score_name", "test accuracy")
+    footer = (f"model {score_name} {acc:.4f}; " if acc is not None else "") + \
         f"explain {significant(record['runtime']['seconds_per_sample'])} s/sample; record: {path}"
     try:
         from rich.console import Console

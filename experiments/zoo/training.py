@@ -1,6 +1,8 @@
 """Train-on-first-use model cache, keyed by a hash of everything that determines the weights.
 
-A cached model is loaded, never retrained; a file that fails to load or whose checksum does not
+A classifier trains on cross-entropy and is scored by its test accuracy; a dense model (a task in
+``baselines.vocabulary.DENSE_TASKS``) trains on its task's loss through the same loop and is scored
+by its task's test score (``experiments.zoo.dense_training``). A cached model is loaded, never retrained; a file that fails to load or whose checksum does not
 match is reported and rebuilt. Files are written to a temporary name and renamed, so a killed
 training never leaves a file that looks complete.
 """
@@ -27,16 +29,20 @@ from tqdm.auto import tqdm
 
 from experiments.data.datasets import Dataset
 from experiments.errors import ConfigError, missing_extra, needs_extra, quiet_lookup, unimportable
+from experiments.zoo import dense_training
+
+CLASSIFIER_SCORE = "test accuracy"
 
 
 @dataclass
 class TrainedModel:
     model: nn.Module
-    accuracy: Optional[float]       # test accuracy, None where the test labels are unknown
+    accuracy: Optional[float]       # the test score score_name names; None where the test labels are unknown
     cache_key: str
     cache_path: Optional[Path]
     from_cache: bool
     train_seconds: float
+    score_name: str = CLASSIFIER_SCORE   # a dense model's: its task's (dense_training.SCORES)
     weights_sha256: Optional[str] = None   # sha256 of the state dict as torch.save writes it (the cached blob)
 
 
@@ -113,14 +119,18 @@ def model_cache_key(model_cfg: DictConfig, dataset_cfg: DictConfig, seed: int,
     train = OmegaConf.to_container(model_cfg.train, resolve=True) if model_cfg.get("train") else None
     if isinstance(train, dict):
         train["threads"] = train_threads(model_cfg.train)
-    return stable_hash({
+    key = {
         "net": OmegaConf.to_container(model_cfg.net, resolve=True),
         "train": train,
         "dataset": OmegaConf.to_container(dataset_cfg, resolve=True),
         "seed": seed,
         "device": torch.device(device).type,
         "versions": weight_versions(model_cfg),
-    })
+    }
+    task = model_cfg.get("task", "classification")
+    if task != "classification":
+        key.update(task=task, loss=dense_training.loss_name(task, model_cfg.get("train") or {}))
+    return stable_hash(key)
 
 
 def build_network(model_cfg: DictConfig, dataset: Dataset, cache_dir: Optional[str | Path] = None) -> nn.Module:
@@ -191,6 +201,14 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     return torch.cat([model(x[i:i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(x), batch_size)])
 
 
+def test_score(model: nn.Module, dataset: Dataset) -> tuple[Optional[float], str]:
+    """The test score recorded for a model and its name: a classifier's accuracy, or a dense
+    model's task score (mean IoU, ``experiments.zoo.dense_training``)."""
+    if dataset.task == "classification":
+        return accuracy(model, dataset.x_test, dataset.y_test), CLASSIFIER_SCORE
+    return dense_training.dense_score(model, dataset), dense_training.SCORES[dataset.task]
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> Optional[float]:
     """Top-1 accuracy over the samples with a known label (label >= 0)."""
     known = y >= 0
@@ -230,7 +248,8 @@ def train(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int, 
     """Adam (or AdamW, ``optimizer``) with cross-entropy, deterministic from the seed, with a
     progress bar from ``progress`` (:data:`ProgressBar`). Only parameters that require
     gradients are optimised (a pretrained encoder's frozen layers stay as they are); inputs may be
-    floats or token ids.
+    floats or token ids. A dense task's model trains in the same loop on ``dataset.targets_train``
+    with its task's loss (``train.loss``, ``experiments.zoo.dense_training``).
 
     The weights are the same bit for bit whatever thread count or launcher the run has: training
     runs on ``model.train.threads`` threads (:data:`TRAIN_THREADS`) with deterministic algorithms,
@@ -243,6 +262,13 @@ def train(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int, 
     A Keras model (``experiments.zoo.keras_models``) trains with Keras's own ``fit``, likewise, on
     TensorFlow thread pools of ``model.train.threads`` threads."""
     threads = train_threads(train_cfg)
+    task = dataset.task
+    dense = task != "classification"
+    if getattr(model, "framework", "torch") == "keras" and dense:
+        return model.fit_dense(dataset.x_train, dataset.targets_train, dense_training.loss_name(task, train_cfg),
+                               epochs=int(train_cfg.epochs), batch_size=int(train_cfg.batch_size),
+                               lr=float(train_cfg.lr), weight_decay=float(train_cfg.weight_decay), seed=seed,
+                               threads=threads, progress=progress).eval()
     if getattr(model, "framework", "torch") == "keras":
         return model.fit(dataset.x_train, dataset.y_train, epochs=int(train_cfg.epochs),
                          batch_size=int(train_cfg.batch_size), lr=float(train_cfg.lr),
@@ -254,13 +280,22 @@ def train(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int, 
 
 def _train_torch(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed: int,
                  device: torch.device, progress_bar: ProgressBar) -> nn.Module:
+    task = dataset.task
+    dense = task != "classification"
+    loss_name = dense_training.loss_name(task, train_cfg) if dense else None
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
     optimizer = OPTIMIZERS[str(train_cfg.get("optimizer", "adam"))]
     opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=float(train_cfg.lr),
                     weight_decay=float(train_cfg.weight_decay))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(train_cfg.get("label_smoothing", 0.0)))
+    if dense:
+        targets = dataset.targets_train
+        def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return dense_training.dense_loss(task, loss_name, out, target)
+    else:
+        targets = dataset.y_train
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=float(train_cfg.get("label_smoothing", 0.0)))
     n, bs = len(dataset.x_train), int(train_cfg.batch_size)
     epochs, steps = int(train_cfg.epochs), -(-n // bs)
     progress = progress_bar(epochs * steps, f"training {type(model).__name__}", "step")
@@ -268,7 +303,7 @@ def _train_torch(model: nn.Module, dataset: Dataset, train_cfg: DictConfig, seed
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, bs):
             idx = order[i:i + bs]
-            xb, yb = dataset.x_train[idx].to(device), dataset.y_train[idx].to(device)
+            xb, yb = dataset.x_train[idx].to(device), targets[idx].to(device)
             if dataset.modality == "text":  # drop the batch's all-padding columns: outputs do not depend on them
                 xb = xb[:, : int(xb.ne(int(dataset.info["tokenizer"]["pad_token_id"])).sum(1).max())]
             opt.zero_grad(set_to_none=True)
@@ -342,11 +377,15 @@ def load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Datas
     from experiments.zoo.keras_models import torch_copy
 
     net = torch_copy(trained.model).to(device).eval()
-    acc = accuracy(net, dataset.x_test, dataset.y_test)
-    print(f"model {model_cfg.name}: torch copy of {source} (test accuracy {acc:.4f})")
+    acc, score_name = test_score(net, dataset)
+    print(f"model {model_cfg.name}: torch copy of {source} ({_scored(score_name, acc)})")
     # the copy's weights are a fixed function of the Keras weights: the source's hash names them
     return TrainedModel(net, acc, trained.cache_key, trained.cache_path, trained.from_cache, trained.train_seconds,
-                        trained.weights_sha256)
+                        score_name=score_name, weights_sha256=trained.weights_sha256)
+
+
+def _scored(name: str, value: Optional[float]) -> str:
+    return f"{name} {value:.4f}" if value is not None else f"{name} unknown"
 
 
 def _load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Dataset, seed: int,
@@ -366,16 +405,17 @@ def _load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Data
     if pretrained:
         sha = hashlib.sha256(state_blob(net.state_dict())).hexdigest()
         net.to(device).eval()
-        acc = accuracy(net, dataset.x_test, dataset.y_test)
-        return TrainedModel(net, acc, key, None, True, 0.0, sha)
+        acc, score_name = test_score(net, dataset)
+        return TrainedModel(net, acc, key, None, True, 0.0, score_name=score_name, weights_sha256=sha)
 
     if loaded is not None:
         meta, state = loaded
         net.load_state_dict(state)
         net.to(device).eval()
-        print(f"model {model_cfg.name}: loaded from cache {path} (test accuracy {meta['accuracy']:.4f})")
+        score_name = str(meta.get("score_name", CLASSIFIER_SCORE))
+        print(f"model {model_cfg.name}: loaded from cache {path} ({_scored(score_name, meta['accuracy'])})")
         return TrainedModel(net, meta["accuracy"], key, path, True, float(meta.get("train_seconds", 0.0)),
-                            meta["sha256"])
+                            score_name=score_name, weights_sha256=meta["sha256"])
     if path.exists():
         print(f"model {model_cfg.name}: cache file {path} is corrupt; retraining")
 
@@ -387,9 +427,9 @@ def _load_or_train(model_cfg: DictConfig, dataset_cfg: DictConfig, dataset: Data
     if broken:  # never cache or explain a model whose weights went to NaN/inf
         raise ConfigError(f"model {model_cfg.name}: training diverged (non-finite weights in {broken[0]}); "
                           f"lower model.train.lr (now {model_cfg.train.lr})")
-    acc = accuracy(net, dataset.x_test, dataset.y_test)
-    print(f"model {model_cfg.name}: trained in {seconds:.1f} s, test accuracy {acc:.4f}")
+    acc, score_name = test_score(net, dataset)
+    print(f"model {model_cfg.name}: trained in {seconds:.1f} s, {_scored(score_name, acc)}")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    sha = _atomic_save({"state_dict": state, "accuracy": acc, "train_seconds": seconds, "key": key,
-                        "model": model_cfg.name, "train_threads": train_threads(model_cfg.train)}, path)
-    return TrainedModel(net, acc, key, path, False, seconds, sha)
+    sha = _atomic_save({"state_dict": state, "accuracy": acc, "score_name": score_name, "train_seconds": seconds,
+                        "key": key, "model": model_cfg.name, "train_threads": train_threads(model_cfg.train)}, path)
+    return TrainedModel(net, acc, key, path, False, seconds, score_name=score_name, weights_sha256=sha)

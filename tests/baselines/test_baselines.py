@@ -326,7 +326,7 @@ def test_bad_parameters_are_one_clear_line(name, over, message):
 
 
 def test_an_unknown_output_is_refused_by_the_config_and_by_the_method():
-    with pytest.raises(ConfigError, match=r"^unknown output 'probs'; valid choices: softmax, logits$"):
+    with pytest.raises(ConfigError, match=r"^unknown output 'probs'; valid choices: softmax, logits, identity$"):
         method_config("saliency", "probs")
     with pytest.raises(IncompatibleMethodError) as err:
         METHODS["saliency"](tiny_mlp(), context("tabular"), output="probs")

@@ -8,12 +8,15 @@ import pytest
 from hydra.utils import instantiate
 
 from experiments.run.config import compose, group_options
+from metrics.dense import DENSE_METRICS
 from metrics.generation import GENERATION_METRICS
 from metrics.quantus_metrics import QUANTUS_METRICS
 from metrics.tabular import TABULAR_METRICS
 from metrics.text import TEXT_METRICS
 
-ALL = {**QUANTUS_METRICS, **TABULAR_METRICS, **TEXT_METRICS, **GENERATION_METRICS}
+ALL = {**QUANTUS_METRICS, **TABULAR_METRICS, **TEXT_METRICS, **GENERATION_METRICS, **DENSE_METRICS}
+DENSE_SET = {"pointing_game", "attribution_localisation", "top_k_intersection", "relevance_rank_accuracy",
+             "region_morf", "region_lerf", "faithfulness_correlation", "sparseness", "mprt"}
 SETS = {
     "quick": {"faithfulness_correlation", "sparseness"},
     "image": {"faithfulness_correlation", "faithfulness_estimate", "pixel_flipping", "monotonicity_correlation",
@@ -28,6 +31,8 @@ SETS = {
     # the text set: every text metric but ERASER's trapezoid area (the same ranking as average precision)
     "text": set(TEXT_METRICS) - {"token_auprc_trapezoid"},
     "generation": set(GENERATION_METRICS) | {"text_comprehensiveness", "text_sufficiency"},
+    "segmentation": DENSE_SET,
+    "bbox": DENSE_SET,
 }
 
 
@@ -62,6 +67,16 @@ def test_set_bodies_override_the_metric_defaults():
     assert image.faithfulness_correlation.nr_runs == 100 and image.faithfulness_correlation.subset_size == 16
     tabular = compose(["metrics=tabular"]).metrics
     assert tabular.faithfulness_estimate.features_in_step == 1 and tabular.random_logit.similarity == "pearson"
+
+
+@pytest.mark.parametrize("name", ["segmentation", "bbox"])
+def test_dense_sets_read_the_head_and_score_mprt_on_a_subset(name):
+    cfg = compose([f"metrics={name}"])
+    built = {k: instantiate(v, channel_reduction="sum", output="identity") for k, v in cfg.metrics.items()}
+    assert built["mprt"].params["max_samples"] == (8 if name == "segmentation" else 16)
+    assert all(m.params["max_samples"] is None for k, m in built.items() if k != "mprt")
+    assert built["region_morf"].info.direction == "lower" and built["region_lerf"].info.direction == "higher"
+    assert {m.params["output"] for k, m in built.items() if "output" in m.params} == {"identity"}
 
 
 def test_a_set_can_be_trimmed_from_the_command_line():

@@ -62,7 +62,8 @@ def check_contract(ds: Dataset, modality: str, input_shape: tuple[int, ...], n_c
 def test_every_config_names_its_loader_and_only_its_parameters() -> None:
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert names == sorted(["breast_cancer", "digits", "mnist", "fashion_mnist", "imagenet_samples", "cifar10",
-                            "lending_club", "synthetic_tabular", "synthetic_image", "sentiment_rationales", "sst2"])
+                            "lending_club", "synthetic_tabular", "synthetic_image", "sentiment_rationales", "sst2",
+                            "synthetic_segmentation", "synthetic_boxes", "cvc_clinicdb", "camvid", "cub_boxes"])
     for name in names:
         raw = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
         assert raw._target_ == f"experiments.data.datasets.{name}"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from experiments.data import datasets
-from experiments.data import text
+from experiments.data import formats, text
 from experiments.data.datasets import Dataset
 from experiments.data.tokenizer import load_tokenizer, tokenizer_spec
 from experiments.errors import DataError
@@ -254,7 +254,7 @@ def test_sst2_missing_files_name_the_folder(tmp_path, monkeypatch):
     def offline(url, dest, timeout=30.0):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(text.formats, "download", offline)
+    monkeypatch.setattr(formats, "download", offline)
     with pytest.raises(DataError, match=rf"^sst2: no SST-2 files in {tmp_path} and the download failed"):
         datasets.sst2(data_dir=str(tmp_path), download=True)
 
@@ -269,7 +269,7 @@ def test_sst2_downloads_the_parquet_files_where_missing(tmp_path, monkeypatch):
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes((source / "data" / Path(url).name).read_bytes())
 
-    monkeypatch.setattr(text.formats, "download", fake)
+    monkeypatch.setattr(formats, "download", fake)
     ds = datasets.sst2(data_dir=str(tmp_path / "sst2"), download=True, n_train=None)
     assert sorted(Path(u).name for u in fetched) == ["train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
     assert len(ds.x_test) == len(VALIDATION)

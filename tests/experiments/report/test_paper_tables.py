@@ -219,8 +219,8 @@ def test_reproduce_refuses_an_unknown_table(capsys):
 
     assert reproduce(["nope"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: unknown table 'nope'; valid choices: keras, paper_image, paper_localisation, paper_tabular, "
-        "paper_text, paper_text_lstm")
+        "error: unknown table 'nope'; valid choices: keras, paper_bbox, paper_image, paper_localisation, "
+        "paper_segmentation, paper_tabular, paper_text, paper_text_lstm")
 
 
 def test_backtrace_conservation_is_shown_under_the_table(tmp_path):
