@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from experiments.run.config import ROOT, group_options
-from tests.experiments.test_python_api import readme_api_examples
+from tests.experiments.test_python_api import python_api_page_examples
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "configs", "backtrace", "baselines", "metrics", "experiments")
@@ -153,9 +153,9 @@ def test_the_readme_commands_run_from_any_folder_with_the_installed_command(inst
 
 
 @pytest.mark.slow
-def test_the_readme_python_api_examples_run_with_the_installed_package(installed, tmp_path):
+def test_the_python_api_page_examples_run_with_the_installed_package(installed, tmp_path):
     script = tmp_path / "example.py"
-    script.write_text("\n".join(readme_api_examples()))
+    script.write_text("\n".join(python_api_page_examples()))
     proc = _run([str(installed / "python"), str(script)], cwd=tmp_path, env=_fresh_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "faithfulness_correlation" in proc.stdout and "occlusion_array" in proc.stdout

@@ -1,5 +1,5 @@
-"""The README's console examples are what the commands print today (they are regenerated with
-``python -m tests.helpers.readme_examples``, never typed)."""
+"""The console examples of the README and the docs pages are what the commands print today (they
+are regenerated with ``python -m tests.helpers.readme_examples README.md docs/*.md``, never typed)."""
 from __future__ import annotations
 
 import pytest
@@ -7,13 +7,16 @@ import pytest
 from experiments.run.config import ROOT
 from tests.helpers.readme_examples import examples, run_example
 
-SHOWN = examples((ROOT / "README.md").read_text())
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHOWN = [(page.relative_to(ROOT).as_posix(), command, shown)
+         for page in PAGES for command, shown in examples(page.read_text())]
 
 
-def test_the_readme_shows_console_examples():
-    assert [c for c, _ in SHOWN][:1] == [".venv/bin/python run.py model=nope"]
+def test_the_pages_show_console_examples():
+    running = [command for page, command, _ in SHOWN if page == "docs/running.md"]
+    assert running[:1] == [".venv/bin/python run.py model=nope"]
 
 
-@pytest.mark.parametrize("command,shown", SHOWN, ids=[c for c, _ in SHOWN])
-def test_a_readme_console_example_prints_what_the_readme_shows(command, shown):
-    assert run_example(command) == shown, "rerun `python -m tests.helpers.readme_examples README.md`"
+@pytest.mark.parametrize("page,command,shown", SHOWN, ids=[f"{p}: {c}" for p, c, _ in SHOWN])
+def test_a_console_example_prints_what_its_page_shows(page, command, shown):
+    assert run_example(command) == shown, "rerun `python -m tests.helpers.readme_examples README.md docs/*.md`"

@@ -8,7 +8,8 @@ the figures themselves are drawn by ``experiments.report.figures``), or under ``
 ``$BACKTRACE_BENCH_HOME``; or ``--out``): the tables, their figures and their evidence
 (``results/evidence/<name>/``, :mod:`experiments.report.evidence`), moved in together; a publish
 that would replace a table by one of fewer samples is refused (``--allow-smaller`` replaces it
-anyway). Records of the paper's experiments carry their table's name (``table=`` set by
+anyway). Publishing also refreshes the table blocks of ``RESULTS.md`` beside the published
+``results/`` (``--results-md PATH`` names another page), under the same refusal. Records of the paper's experiments carry their table's name (``table=`` set by
 ``configs/experiment/``); any other sweep becomes a table named after its model and dataset, so
 ``--results-dir DIR`` turns any sweep into a table; ``--where KEY=VALUE`` takes only the records
 that match (:mod:`experiments.report.selection`).
@@ -49,7 +50,8 @@ from experiments.report.evidence import evidence_line, publish, published_root, 
 from experiments.report.figures import heatmap_grid, token_heatmap, write_token_heatmap_html
 from experiments.report.method_table import choose_reference, method_statistics
 from experiments.report.methods import method_order
-from experiments.report.readme_blocks import check_published, check_readme, update_readme  # noqa: F401 (update_readme: API)
+from experiments.report.results_blocks import (check_published, check_results_md, default_results_md,  # noqa: F401
+                                               update_results_md)
 from experiments.report.selection import (Filter, as_text, check_keys, first_difference, matches, parse_filters,
                                          table_name)
 from experiments.report.table_data import TableData
@@ -524,23 +526,23 @@ def published_markdown(data: TableData, stats: dict[str, Any], out: Path) -> str
 
 
 def write_tables(results_dir: str | Path, out_dir: Optional[str | Path] = None, only: Optional[str] = None,
-                 reference: Optional[str] = None, readme: Optional[Path] = None,
+                 reference: Optional[str] = None, results_md: Optional[Path] = None,
                  allow_smaller: bool = False, publish: bool = False, where: Sequence[Filter] = ()) -> list[Path]:
     """Build every table first (refusing the lot if one cannot be made; asked for every table, a
     table that mixes settings is left out with a warning), then write them next to the records
     (:func:`output_folder`). With ``publish``, refuse the lot if a table would replace a published
-    one (or, with ``readme``, a README table) of more samples, then publish each with its evidence."""
+    one (or, with ``results_md``, a RESULTS.md table) of more samples, then publish each with its evidence."""
     out = output_folder(results_dir, out_dir, publish)
-    if readme is not None and not publish:
-        raise TableError("--readme refreshes the README's published tables: add --publish")
+    if results_md is not None and not publish:
+        raise TableError("--results-md refreshes the published tables of RESULTS.md: add --publish")
     built = [(data, build(data, reference)) for data in
              collect(results_dir, {only} if only else None, where, skip_mixed=only is None)]
     mds = {data.name: (published_markdown(data, stats, out) if publish else to_markdown(data, stats))
            for data, stats in built}
     if publish:
         check_published(out / "tables", mds, allow_smaller)
-        if readme is not None:
-            check_readme(readme, out / "tables", mds, allow_smaller)
+        if results_md is not None:
+            check_results_md(results_md, out / "tables", mds, allow_smaller)
     written = []
     for data, stats in built:
         md = mds[data.name]
@@ -568,17 +570,21 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="only the records that match, e.g. n_samples=16 model=mlp (splits a mixed table)")
     parser.add_argument("--reference", default=None,
                         help="the method the paired tests compare every other against (default: backtrace when present)")
-    parser.add_argument("--readme", default=None, help="with --publish: also refresh the table blocks of this README")
+    parser.add_argument("--results-md", default=None,
+                        help="with --publish: the results page whose table blocks are refreshed (default: RESULTS.md "
+                             "beside the published results/, where it exists and --out is not given)")
     parser.add_argument("--allow-smaller", action="store_true",
                         help="let --publish replace a table by one of fewer samples (refused otherwise)")
     args = parser.parse_args(argv)
-    readme = Path(args.readme) if args.readme else None
+    results_md = Path(args.results_md) if args.results_md else None
+    if results_md is None and args.publish and args.out is None and default_results_md().is_file():
+        results_md = default_results_md()
     try:
         where = parse_filters(args.where)
-        written = write_tables(args.results_dir, args.out, args.table, args.reference, readme, args.allow_smaller,
+        written = write_tables(args.results_dir, args.out, args.table, args.reference, results_md, args.allow_smaller,
                                args.publish, where)
-        if written and readme is not None:
-            update_readme(readme, output_folder(args.results_dir, args.out, True) / "tables", args.allow_smaller)
+        if written and results_md is not None:
+            update_results_md(results_md, output_folder(args.results_dir, args.out, True) / "tables", args.allow_smaller)
     except (TableError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

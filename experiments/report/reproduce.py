@@ -5,9 +5,9 @@ check a published table against its evidence.
 ``python run.py -m +experiment=paper_image [overrides ...]`` followed by
 ``python -m experiments.paper_tables --table paper_image --results-dir <results_dir>``; it prints
 the wall time of the sweep. The tables go next to the records (``<results_dir>/tables/``, or
-``--out``); ``--publish`` (with ``--readme README.md`` to refresh its blocks) publishes them into the
-published ``results/`` (under the current folder, or $BACKTRACE_BENCH_HOME) with their evidence,
-refused where a table would shrink.
+``--out``); ``--publish`` publishes them into the published ``results/`` (under the current folder,
+or $BACKTRACE_BENCH_HOME) with their evidence and refreshes the table blocks of ``RESULTS.md``
+beside it (``--results-md PATH``: another page), refused where a table would shrink.
 
 ``python -m experiments.reproduce paper_tabular --check [n_samples=K] [results_dir=DIR]
 [method=a,b]`` reruns the published table's cells and compares them with its evidence
@@ -51,7 +51,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "results/)")
     parser.add_argument("--publish", action="store_true",
                         help="publish the tables with their evidence into results/ (or --out)")
-    parser.add_argument("--readme", default=None, help="with --publish: also refresh this README's table block")
+    parser.add_argument("--results-md", default=None,
+                        help="with --publish: the results page whose table block is refreshed (default: RESULTS.md "
+                             "beside the published results/, where it exists and --out is not given)")
     parser.add_argument("--allow-smaller", action="store_true",
                         help="let --publish replace a table by one of fewer samples (refused otherwise)")
     parser.add_argument("--check", action="store_true",
@@ -64,8 +66,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return check(args.table, args.overrides, args.evidence)
     try:
         check_choice("table", args.table, group_options("experiment"))
-        if args.readme and not args.publish:
-            raise ConfigError("--readme refreshes the README's published tables: add --publish")
+        if args.results_md and not args.publish:
+            raise ConfigError("--results-md refreshes the published tables of RESULTS.md: add --publish")
         warm_up_model(args.table, args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -87,7 +89,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     table_args = ["--table", args.table, "--results-dir", results_dir] + (["--out", args.out] if args.out else [])
     return write_tables(table_args + (["--publish"] if args.publish else [])
-                        + (["--readme", args.readme] if args.readme else [])
+                        + (["--results-md", args.results_md] if args.results_md else [])
                         + (["--allow-smaller"] if args.allow_smaller else []))
 
 

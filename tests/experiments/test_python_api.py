@@ -133,23 +133,20 @@ def test_record_frame_of_a_cut_record_names_the_fault(tmp_path):
         record_frame(tmp_path / "cell")
 
 
-def readme_api_examples() -> list[str]:
-    """The Python blocks of the README's Python API section, in order (the second continues the first)."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## Python API")
-    section = text[start:text.index("\n## ", start + 1)]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+def python_api_page_examples() -> list[str]:
+    """The Python blocks of the Python API page, in order (the second continues the first)."""
+    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "python-api.md").read_text(), flags=re.S)
 
 
 @pytest.mark.slow
 def test_readme_python_api_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    first, own = readme_api_examples()
+    first, own = python_api_page_examples()
     namespace: dict = {}
-    exec(compile(first, "README.md", "exec"), namespace)
+    exec(compile(first, "docs/python-api.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "backtrace" in out and "faithfulness_correlation" in out
-    exec(compile(own, "README.md", "exec"), namespace)
+    exec(compile(own, "docs/python-api.md", "exec"), namespace)
     out = capsys.readouterr().out
     table = namespace["table"]
     assert list(table.index) == ["backtrace", "ig", "occlusion", "occlusion_array"]

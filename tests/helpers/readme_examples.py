@@ -1,7 +1,7 @@
 """The console examples a Markdown file shows (a fenced block of ``$ <command>`` lines, each
 followed by what it prints), run for real: the tests compare them with the file, and
-``python -m tests.helpers.readme_examples [FILE ...]`` rewrites them from fresh runs, so an
-example is never typed by hand. Commands run from the repository root with this interpreter in
+``python -m tests.helpers.readme_examples [FILE ...]`` (default: ``README.md`` and ``docs/*.md``)
+rewrites them from fresh runs, so an example is never typed by hand. Commands run from the repository root with this interpreter in
 place of ``.venv/bin/python``; only examples that write nothing (refusals) belong here."""
 from __future__ import annotations
 
@@ -49,5 +49,5 @@ def refresh(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:] or ["README.md"]:
+    for name in sys.argv[1:] or ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]:
         refresh(ROOT / name)

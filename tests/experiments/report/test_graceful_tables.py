@@ -95,11 +95,11 @@ def test_out_at_the_published_folder_needs_publish(mixed, published, capsys):
     assert not published.exists()
 
 
-def test_readme_needs_publish(mixed, tmp_path, capsys):
-    readme = tmp_path / "README.md"
+def test_results_md_needs_publish(mixed, tmp_path, capsys):
+    readme = tmp_path / "RESULTS.md"
     readme.write_text("<!-- table:good -->\nold\n<!-- /table -->\n")
-    assert tables(["--results-dir", str(mixed), "--readme", str(readme)]) == 2
-    assert capsys.readouterr().err.strip() == "error: --readme refreshes the README's published tables: add --publish"
+    assert tables(["--results-dir", str(mixed), "--results-md", str(readme)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --results-md refreshes the published tables of RESULTS.md: add --publish"
     assert "old" in readme.read_text()
 
 

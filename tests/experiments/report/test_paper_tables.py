@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.report.paper_tables import collect, main, update_readme
+from experiments.report.paper_tables import collect, main, update_results_md
 from experiments.run.config import ROOT
 from experiments.run.records import write_record
 
@@ -92,58 +92,58 @@ def test_written_tables_mark_best_direction_nan_and_statistics(records, tmp_path
     assert (out / "figures" / "toy_table_heatmaps.png").stat().st_size > 0
 
 
-def test_readme_blocks_are_refreshed(records, tmp_path):
+def test_results_md_blocks_are_refreshed(records, tmp_path):
     out = tmp_path / "results"
     main(["--results-dir", str(records), "--out", str(out)])
-    readme = tmp_path / "README.md"
+    readme = tmp_path / "RESULTS.md"
     readme.write_text("intro\n<!-- table:toy_table -->\nold\n<!-- /table -->\nend\n")
-    update_readme(readme, out / "tables")
+    update_results_md(readme, out / "tables")
     text = readme.read_text()
     assert "\nold\n" not in text and "| backtrace |" in text and text.endswith("end\n")
 
 
-def _readme_with(tmp_path, heading: str):
-    readme = tmp_path / "README.md"
+def _results_md_with(tmp_path, heading: str):
+    readme = tmp_path / "RESULTS.md"
     readme.write_text(f"intro\n<!-- table:toy_table -->\n{heading}\n| old |\n<!-- /table -->\n"
                       f"<!-- table:other -->\nkept\n<!-- /table -->\nend\n")
     return readme
 
 
-def test_readme_table_is_not_replaced_by_one_of_fewer_samples(records, tmp_path, capsys):
-    readme = _readme_with(tmp_path, "**toy_table**: model `mlp` on `toy`, 64 test samples; every method ...")
+def test_results_md_table_is_not_replaced_by_one_of_fewer_samples(records, tmp_path, capsys):
+    readme = _results_md_with(tmp_path, "**toy_table**: model `mlp` on `toy`, 64 test samples; every method ...")
     before = readme.read_text()
     out = tmp_path / "results"
     assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--publish",
-                 "--readme", str(readme)]) == 2
+                 "--results-md", str(readme)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: table 'toy_table' in {readme} would shrink (test samples 64 -> 20); nothing written: rerun with "
-        f"the README's sample sizes, or pass --allow-smaller to replace it anyway")
+        f"RESULTS.md's sample sizes, or pass --allow-smaller to replace it anyway")
     assert readme.read_text() == before and not out.exists()
     assert main(["--results-dir", str(records), "--out", str(out), "--table", "toy_table", "--publish",
-                 "--readme", str(readme), "--allow-smaller"]) == 0
+                 "--results-md", str(readme), "--allow-smaller"]) == 0
     text = readme.read_text()
     assert "| old |" not in text and "20 test samples" in text and "| backtrace |" in text
     assert "<!-- table:other -->\nkept\n<!-- /table -->" in text      # a table not generated stays as it was
 
 
-def test_readme_table_of_as_many_samples_is_replaced_and_a_shrunk_metric_subset_refused(records, tmp_path, capsys):
+def test_results_md_table_of_as_many_samples_is_replaced_and_a_shrunk_metric_subset_refused(records, tmp_path, capsys):
     out = tmp_path / "results"
-    readme = _readme_with(tmp_path, "**toy_table**: 20 test samples; every method ...")
-    assert main(["--results-dir", str(records), "--out", str(out), "--publish", "--readme", str(readme)]) == 0
+    readme = _results_md_with(tmp_path, "**toy_table**: 20 test samples; every method ...")
+    assert main(["--results-dir", str(records), "--out", str(out), "--publish", "--results-md", str(readme)]) == 0
     assert "| old |" not in readme.read_text()
-    readme = _readme_with(tmp_path, "**toy_table**: 20 test samples; (k NaN). faith: on the first 32 samples only "
+    readme = _results_md_with(tmp_path, "**toy_table**: 20 test samples; (k NaN). faith: on the first 32 samples only "
                                     "(a declared budget).")
-    assert update_readme_refused(readme, out) == (
-        f"table 'toy_table' in {readme} would shrink (faith samples 32 -> 20); nothing written: rerun with the "
-        f"README's sample sizes, or pass --allow-smaller to replace it anyway")
+    assert update_results_md_refused(readme, out) == (
+        f"table 'toy_table' in {readme} would shrink (faith samples 32 -> 20); nothing written: rerun with "
+        f"RESULTS.md's sample sizes, or pass --allow-smaller to replace it anyway")
 
 
-def update_readme_refused(readme, out) -> str:
+def update_results_md_refused(readme, out) -> str:
     from experiments.errors import TableError
 
     before = readme.read_text()
     with pytest.raises(TableError) as err:
-        update_readme(readme, out / "tables")
+        update_results_md(readme, out / "tables")
     assert readme.read_text() == before
     return str(err.value)
 
@@ -314,3 +314,15 @@ def test_a_metric_scored_on_too_few_samples_is_marked_in_its_column(tmp_path):
     assert row.endswith("| n too small |")
     assert ("n too small: complexity (n = 5 pairs, 1 comparisons: the smallest Holm p is 0.0625); no test there "
             "can reach 0.05.") in md
+
+
+def test_publish_refreshes_the_results_md_beside_the_published_results(records, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("BACKTRACE_BENCH_HOME", str(home))
+    page = _results_md_with(home, "**toy_table**: 20 test samples; every method ...")
+    assert main(["--results-dir", str(records), "--publish"]) == 0
+    text = page.read_text()
+    assert (home / "results" / "tables" / "toy_table.md").is_file()
+    assert "| old |" not in text and "| backtrace |" in text
+    assert "<!-- table:other -->\nkept\n<!-- /table -->" in text

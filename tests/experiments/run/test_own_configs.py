@@ -119,7 +119,7 @@ def _records(root):
 
 @pytest.mark.slow
 def test_own_method_model_dataset_and_metric_run_end_to_end(user_dir, tmp_path):
-    """The README's example: with --config-dir, a sweep of the user's method and the project's
+    """The example of docs/extend.md: with --config-dir, a sweep of the user's method and the project's
     gradient x input (the same attributions, since the user's reference is 0); with
     hydra.searchpath, the same cell again, giving the same record."""
     conf = user_dir / "conf"

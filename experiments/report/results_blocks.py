@@ -1,6 +1,6 @@
-"""The README's table blocks and the published tables a new table replaces: a table is never
-replaced by one of fewer samples (fewer test samples, or a metric scored on fewer) unless asked
-(``--allow-smaller``); the sample sizes are read from the tables' own headings."""
+"""The table blocks of the results page (``RESULTS.md``) and the published tables a new table
+replaces: a table is never replaced by one of fewer samples (fewer test samples, or a metric scored
+on fewer) unless asked (``--allow-smaller``); the sample sizes are read from the tables' own headings."""
 from __future__ import annotations
 
 import re
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from experiments.errors import TableError
+from experiments.report.evidence import published_root
 
 _BLOCK = re.compile(r"<!-- table:([\w-]+) -->\n?(.*?)<!-- /table -->", flags=re.S)
 
@@ -45,33 +46,39 @@ def check_published(tables_dir: Path, new: dict[str, str], allow_smaller: bool =
             _refuse_shrink(name, str(md), md.read_text(), body, allow_smaller, "the published")
 
 
-def check_readme(readme: Path, tables_dir: Path, new: Optional[dict[str, str]] = None,
-                 allow_smaller: bool = False) -> dict[str, str]:
-    """The new body of each README table block (``new``, else ``tables_dir/<name>.md``; a block
+def default_results_md() -> Path:
+    """The results page ``--publish`` refreshes: ``RESULTS.md`` beside the published ``results/``
+    (in a checkout run from its root, the committed one)."""
+    return published_root().parent / "RESULTS.md"
+
+
+def check_results_md(results_md: Path, tables_dir: Path, new: Optional[dict[str, str]] = None,
+                     allow_smaller: bool = False) -> dict[str, str]:
+    """The new body of each table block of the results page (``new``, else ``tables_dir/<name>.md``; a block
     with neither is left as it is), refused with one line if a table would shrink: fewer test
     samples, or a metric scored on fewer, than the table it replaces (``allow_smaller``: replace
     anyway). Nothing is written here."""
-    if not readme.is_file():
-        raise TableError(f"--readme {str(readme)!r} is not a file")
+    if not results_md.is_file():
+        raise TableError(f"--results-md {str(results_md)!r} is not a file")
     bodies: dict[str, str] = {}
-    for name, old in _BLOCK.findall(readme.read_text()):
+    for name, old in _BLOCK.findall(results_md.read_text()):
         md = tables_dir / f"{name}.md"
         body = (new or {}).get(name) or (md.read_text() if md.exists() else None)
         if body is None:
             continue
-        _refuse_shrink(name, str(readme), old, body, allow_smaller, "the README's")
+        _refuse_shrink(name, str(results_md), old, body, allow_smaller, f"{results_md.name}'s")
         bodies[name] = body
     return bodies
 
 
-def update_readme(readme: Path, tables_dir: Path, allow_smaller: bool = False) -> None:
+def update_results_md(results_md: Path, tables_dir: Path, allow_smaller: bool = False) -> None:
     """Replace each ``<!-- table:NAME -->...<!-- /table -->`` block with the generated table
     (blocks whose table was never generated stay as they are); refuse, writing nothing, where a
-    table would shrink (:func:`check_readme`)."""
-    bodies = check_readme(readme, tables_dir, None, allow_smaller)
+    table would shrink (:func:`check_results_md`)."""
+    bodies = check_results_md(results_md, tables_dir, None, allow_smaller)
 
     def repl(match: re.Match[str]) -> str:
         name = match.group(1)
         return f"<!-- table:{name} -->\n{bodies[name]}<!-- /table -->" if name in bodies else match.group(0)
 
-    readme.write_text(_BLOCK.sub(repl, readme.read_text()))
+    results_md.write_text(_BLOCK.sub(repl, results_md.read_text()))
