@@ -196,3 +196,15 @@ def test_the_check_finds_upward_imports_and_loops_in_a_toy_tree(tmp_path, change
 def test_a_module_outside_every_layer_is_named():
     with pytest.raises(AssertionError, match="module plugins.extra is in no layer"):
         layer_of("plugins.extra", TOY_LAYERS)
+
+
+MAX_LINES = 600
+SOURCE_FOLDERS = ("backtrace", "baselines", "metrics", "experiments", "configs", "benchmarks", "examples", "tests")
+
+
+def test_no_source_file_is_over_600_lines():
+    """Small modules: a file past 600 lines holds more than one thing and is split by meaning."""
+    long = {str(p.relative_to(ROOT)): n for folder in SOURCE_FOLDERS for p in sorted((ROOT / folder).rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert (ROOT / "run.py").is_file() and len((ROOT / "run.py").read_text().splitlines()) <= MAX_LINES
+    assert long == {}

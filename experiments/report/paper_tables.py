@@ -1,18 +1,15 @@
 """Turn run records into tables: methods as rows, metrics as columns, with intervals and tests.
 
 ``python -m experiments.paper_tables`` reads every record under ``--results-dir`` and writes one
-table per (table, model, dataset) next to them: ``<results-dir>/tables/<name>.{md,csv,tex}`` and,
-for images, ``<results-dir>/figures/<name>_heatmaps.png`` (for text, ``<name>_tokens.{png,html}``;
-the figures themselves are drawn by ``experiments.report.figures``), or under ``--out``. Only
-``--publish`` writes the published ``results/`` (under the current folder or
-``$BACKTRACE_BENCH_HOME``; or ``--out``): the tables, their figures and their evidence
-(``results/evidence/<name>/``, :mod:`experiments.report.evidence`), moved in together; a publish
-that would replace a table by one of fewer samples is refused (``--allow-smaller`` replaces it
-anyway). Publishing also refreshes the table blocks of ``RESULTS.md`` beside the published
-``results/`` (``--results-md PATH`` names another page), under the same refusal. Records of the paper's experiments carry their table's name (``table=`` set by
-``configs/experiment/``); any other sweep becomes a table named after its model and dataset, so
-``--results-dir DIR`` turns any sweep into a table; ``--where KEY=VALUE`` takes only the records
-that match (:mod:`experiments.report.selection`).
+table per (table, model, dataset) next to them: ``<results-dir>/tables/<name>.{md,csv,tex}`` and
+its figures (drawn by ``experiments.report.figures``), or under ``--out``. Only ``--publish``
+writes the published ``results/`` (under the current folder or ``$BACKTRACE_BENCH_HOME``; or
+``--out``): the tables, their figures and their evidence (:mod:`experiments.report.evidence`),
+moved in together, and the table blocks of ``RESULTS.md`` beside them (``--results-md PATH``); a
+publish that would replace a table by one of fewer samples is refused (``--allow-smaller``).
+Records of the paper's experiments carry their table's name (``table=`` set by
+``configs/experiment/``); any other sweep becomes a table named after its model and dataset;
+``--where KEY=VALUE`` takes only the records that match (:mod:`experiments.report.selection`).
 
 Rows are method *variants* (:mod:`experiments.report.variants`): the name of the method config
 chosen plus every parameter that differs between its records or from the project's config file
