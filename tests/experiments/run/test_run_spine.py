@@ -108,7 +108,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 BAD_INPUTS = [
-    (["model=nope"], "unknown model 'nope'; valid choices: bert, bert_tiny, cnn,"),
+    (["model=nope"], "unknown model 'nope'; valid choices: bbox_cnn, bert, bert_tiny, cnn,"),
     (["dataset=nope"], "unknown dataset 'nope'; valid choices:"),
     (["method=nope"], "unknown method 'nope'; valid choices:"),
     (["metrics=nope"], "unknown metrics 'nope'; valid choices:"),
