@@ -3,7 +3,6 @@ with its evidence, per sample; a different model, a perturbed score or a table o
 its evidence fails it, and nothing is written into the checkout's results/."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ import pytest
 
 from experiments.report.check import TOLERANCE, check, relative
 from experiments.run.config import ROOT
+from tests.helpers.folders import file_hashes
 
 N_PUBLISHED, N_CHECKED = 12, 6
 METHODS = "backtrace,lime,saliency"
@@ -33,11 +33,7 @@ def test_relative_difference_is_scaled_by_the_metric_near_zero():
     assert relative(np.array([0.0]), np.array([0.0]), scale=0.0)[1][0] == 0   # 0 / 0 is no difference
 
 
-def _tree(folder) -> dict[str, str]:
-    if not folder.exists():
-        return {}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+_tree = file_hashes
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ folder, their evidence holds every cell's record and per-sample scores as the ru
 head's value, the model's own test score and per-sample IoU and explained value from the records."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from experiments.report.figures import heatmap_figure
 from experiments.report.page import write_report
 from experiments.report.paper_tables import collect
 from experiments.run.config import ROOT
+from tests.helpers.folders import file_hashes
 
 pytestmark = pytest.mark.slow
 
@@ -26,11 +26,7 @@ TABLES = {"paper_segmentation": ("backtrace,saliency,random", "test IoU"),
           "paper_bbox": ("backtrace,ig,random", "test mean box IoU")}
 
 
-def _tree(folder) -> dict[str, str]:
-    if not folder.exists():
-        return {}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+_tree = file_hashes
 
 
 @pytest.fixture(scope="module")
