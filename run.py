@@ -9,10 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-# quantus imports TensorFlow whenever it is installed; its start-up log lines on stderr would
-# bury the one-line errors below. The harness itself never runs TensorFlow models.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # Launchers that start fresh interpreters for the cells (submitit) import the task from this
 # checkout, wherever run.py was started from.
 _ROOT = str(Path(__file__).resolve().parent)

@@ -16,16 +16,11 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-# quantus imports TensorFlow whenever it is installed; its start-up log lines on stderr would
-# bury the one-line errors. The harness itself never needs them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+import hydra
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from experiments.errors import ConfigError  # noqa: E402
-from experiments.run.config import (announce_output_dirs, check_command_line, check_overrides,  # noqa: E402
+from experiments.errors import ConfigError
+from experiments.run.config import (announce_output_dirs, check_command_line, check_overrides,
                                     primary_config_path)
 
 PROG = "backtrace-bench"
