@@ -37,6 +37,11 @@ buffers alike; ``tracemalloc`` would miss torch tensors). Heap memory left resid
 warm-up is reused, which is why the reference's one-sample call then needs almost nothing
 more. Where clear_refs is not writable, a thread samples VmRSS every millisecond instead (may
 miss short spikes). No assertions: this is a report.
+
+``--cases llm`` runs the decoder benchmark instead (``benchmarks/llm_speed.py``, in its own
+process, with ``--repeats``, ``--threads`` and ``--lengths``, default 128 512 1024): SmolLM2-135M
+against one Saliency pass at each prompt length, contrastive over default mode, and a continuation
+explained in one call against one call per token.
 """
 from __future__ import annotations
 
@@ -336,6 +341,14 @@ def transformer_cases(repeats: int) -> list[tuple[str, float, float, float, floa
     return rows
 
 
+def llm_cases(repeats: int, threads: int, lengths: list[int]) -> int:
+    """The decoder cases, printed by ``llm_speed.py`` in a process of its own (it loads SmolLM2)."""
+    script = Path(__file__).resolve().with_name("llm_speed.py")
+    command = [sys.executable, str(script), "--repeats", str(repeats), "--threads", str(threads),
+               "--lengths", *map(str, lengths)]
+    return subprocess.run(command).returncode
+
+
 def main(repeats: int, cases: str = "all") -> None:
     t_start = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {BATCH}, "
@@ -429,8 +442,10 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                         help=f"timed side-by-side rounds per comparison (default {DEFAULT_REPEATS})")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every job (default 1)")
-    parser.add_argument("--cases", choices=("all", "cnn", "transformers"), default="all",
-                        help="which comparisons to run (default all)")
+    parser.add_argument("--cases", choices=("all", "cnn", "transformers", "llm"), default="all",
+                        help="which comparisons to run (default all; llm: SmolLM2, benchmarks/llm_speed.py)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024],
+                        help="--cases llm: prompt lengths in tokens (default 128 512 1024)")
     parser.add_argument("--memory-of", choices=sorted(JOBS), help="internal: measure one job's memory and exit")
     parser.add_argument("--warm-up", action="store_true", help="internal: with --memory-of, warm up first")
     args = parser.parse_args()
@@ -441,5 +456,7 @@ if __name__ == "__main__":
     torch.set_num_threads(args.threads)
     if args.memory_of:
         print(json.dumps({"peak_rss_growth_mib": measure_memory_here(args.memory_of, args.warm_up)}))
+    elif args.cases == "llm":
+        sys.exit(llm_cases(args.repeats, args.threads, args.lengths))
     else:
         main(args.repeats, args.cases)
