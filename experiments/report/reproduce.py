@@ -25,20 +25,34 @@ from typing import Optional
 
 from baselines.vocabulary import check_choice
 from experiments.errors import ConfigError
-from experiments.run.config import group_options, home, load_config
+from experiments.run.config import group_options, home, hydra_context, load_config
+
+
+def swept_models(table: str, overrides: list[str]) -> list[Optional[str]]:
+    """The models the experiment itself sweeps (its ``hydra.sweeper.params.model``, e.g. the
+    generation table's two decoders), or ``[None]``: the one model its config chooses."""
+    from hydra import compose as hydra_compose
+    from omegaconf import OmegaConf
+
+    with hydra_context():
+        cfg = hydra_compose("config", overrides=[f"+experiment={table}", *overrides], return_hydra_config=True)
+    swept = OmegaConf.select(cfg, "hydra.sweeper.params.model", default=None)
+    return [m.strip() for m in str(swept).split(",")] if swept else [None]
 
 
 def warm_up_model(table: str, overrides: list[str]) -> None:
-    """Train (or load) the table's model once before the sweep, so that parallel cells read it
-    from the cache instead of each training it; a bad override is refused here, as the sweep
+    """Train (or load) the table's models once before the sweep, so that parallel cells read them
+    from the cache instead of each training them; a bad override is refused here, as the sweep
     would refuse it. Overrides that sweep (``a,b``) are left to the sweep itself."""
     if any("," in o for o in overrides):
         return
     from experiments.run.pipeline import prepare
 
     start = time.perf_counter()
-    prepare(load_config([f"+experiment={table}", *overrides]))
-    print(f"model for {table}: ready in {time.perf_counter() - start:.0f} s")
+    given = any(o.split("=", 1)[0].lstrip("+") == "model" for o in overrides)
+    for model in [None] if given else swept_models(table, overrides):
+        prepare(load_config([f"+experiment={table}", *overrides, *([f"model={model}"] if model else [])]))
+    print(f"models for {table}: ready in {time.perf_counter() - start:.0f} s")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -223,6 +223,16 @@ def test_reproduce_refuses_an_unknown_table(capsys):
         "paper_localisation, paper_segmentation, paper_tabular, paper_text, paper_text_lstm")
 
 
+def test_reproduce_warms_up_the_models_an_experiment_sweeps():
+    # the generation table sweeps two decoders: both are trained before the sweep, not the
+    # config's default model; a table of one model warms up that one
+    from experiments.report.reproduce import swept_models
+
+    assert swept_models("paper_generation", []) == ["tiny_decoder", "smollm2"]
+    assert swept_models("keras", []) == ["keras_cnn", "keras_cnn_torch"]
+    assert swept_models("paper_tabular", []) == [None]
+
+
 def test_backtrace_conservation_is_shown_under_the_table(tmp_path):
     root = tmp_path / "runs"
     n = 6
