@@ -332,6 +332,13 @@ def scoring_rule(data: TableData) -> str:
     return ("Scoring: " + "; ".join(parts) + ".") if parts else ""
 
 
+def explained_short(data: TableData) -> str:
+    """The method notes' "explains" cell: the output function, or a dense model's head value (its
+    output function is the identity; the heading says which scalar the head computes)."""
+    dense = data.settings.get("dense")
+    return f"{dense.get('task')} head value" if dense else str(data.settings.get("output"))
+
+
 def method_notes(data: TableData, title: Callable[[str], str] = str) -> list[str]:
     """What each method was told (budget, absent value) and what its maps held; ``title``: how
     the method column writes a method (the report page writes them out, the markdown files keep
@@ -342,7 +349,7 @@ def method_notes(data: TableData, title: Callable[[str], str] = str) -> list[str
         info = data.methods[method]
         returns = info.get("returns") or {}
         mixed = returns.get("mixed_sign_samples")
-        explains = data.settings.get("output") if info.get("reads_output", True) else "reads no output"
+        explains = explained_short(data) if info.get("reads_output", True) else "reads no output"
         lines.append(f"| {title(method)} | {explains} | {'yes' if info.get('signed') else 'no (scored as magnitude)'} | "
                      f"{'-' if mixed is None else f'{100 * mixed:.0f}%'} | {_declared(info.get('budget'))} | "
                      f"{_declared(info.get('absent'))} | {_kept(info.get('diagnostics') or {})} |")

@@ -83,6 +83,14 @@ def test_headings_declare_the_explained_value_and_the_models_test_score(tables):
     assert f"**{BOX_EXPLAINS}** (the bbox-regression head's value, box_output=coordinate, coordinate=0)" in box
 
 
+def test_method_notes_name_the_head_value_not_the_identity_output(tables):
+    data = tables[0]
+    for name, task in (("paper_segmentation", "binary-segmentation"), ("paper_bbox", "bbox-regression")):
+        md = to_markdown(data[name], build(data[name]))
+        assert f"| backtrace | {task} head value |" in md
+        assert "| identity |" not in md
+
+
 def test_segmentation_rows_give_iou_and_value_and_outline_both_masks(tables):
     import matplotlib.pyplot as plt
 
