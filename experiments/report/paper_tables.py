@@ -51,7 +51,7 @@ from experiments.report.results_blocks import (check_published, check_results_md
                                                update_results_md)
 from experiments.report.selection import (Filter, as_text, check_keys, first_difference, matches, parse_filters,
                                          table_name)
-from experiments.report.table_data import TableData
+from experiments.report.table_data import TableData, explained, explained_short
 from experiments.report.variants import short, variant_labels
 from experiments.run.config import home
 from experiments.run.records import iter_records
@@ -69,10 +69,6 @@ METRIC_ABSENT_PARAMS = ("perturb_baseline", "baseline")
 # The model-free control whose rationale agreement the heading of a text table states.
 RARITY = "rarity"
 ALPHA = 0.05
-
-
-def _short(value: Any) -> str:
-    return short(value)
 
 
 # -- collecting ----------------------------------------------------------------------------------
@@ -258,7 +254,7 @@ def _interval(row: pd.Series, metric: str) -> str:
 def _declared(entry: Optional[dict[str, Any]]) -> str:
     if not entry:
         return "-"
-    return ", ".join(f"{k}={_short(v)}" for k, v in entry.items())
+    return ", ".join(f"{k}={short(v)}" for k, v in entry.items())
 
 
 def heading(data: TableData, stats: dict[str, Any]) -> str:
@@ -286,17 +282,6 @@ def heading(data: TableData, stats: dict[str, Any]) -> str:
         out += (f" Model-free floor: the `{RARITY}` control (each token's rarity in the training split; it runs no "
                 f"model) scores {floor} on these samples; agreement above it needs the model.")
     return out
-
-
-def explained(data: TableData) -> str:
-    """What every method of the table explains: a classifier's output for the target class, or a
-    dense model's head value (with its settings)."""
-    s = data.settings
-    dense = s.get("dense")
-    if not dense:
-        return f"every method explains the **{s.get('output')}** output for the {s.get('target')} class"
-    head = ", ".join(f"{k}={_short(v)}" for k, v in (dense.get("head") or {}).items())
-    return f"every method explains **{dense.get('explains')}** (the {dense.get('task')} head's value, {head})"
 
 
 def rarity_floor(data: TableData, stats: dict[str, Any]) -> str:
@@ -332,13 +317,6 @@ def scoring_rule(data: TableData) -> str:
     return ("Scoring: " + "; ".join(parts) + ".") if parts else ""
 
 
-def explained_short(data: TableData) -> str:
-    """The method notes' "explains" cell: the output function, or a dense model's head value (its
-    output function is the identity; the heading says which scalar the head computes)."""
-    dense = data.settings.get("dense")
-    return f"{dense.get('task')} head value" if dense else str(data.settings.get("output"))
-
-
 def method_notes(data: TableData, title: Callable[[str], str] = str) -> list[str]:
     """What each method was told (budget, absent value) and what its maps held; ``title``: how
     the method column writes a method (the report page writes them out, the markdown files keep
@@ -356,7 +334,7 @@ def method_notes(data: TableData, title: Callable[[str], str] = str) -> list[str
     rule = scoring_rule(data)
     if rule:
         lines += ["", rule]
-    absent = sorted({f"{m}: {k}={_short(v['params'][k])}" for m, v in data.metric_settings.items()
+    absent = sorted({f"{m}: {k}={short(v['params'][k])}" for m, v in data.metric_settings.items()
                      for k in METRIC_ABSENT_PARAMS if k in v.get("params", {})})
     if absent:
         lines += ["", "Metrics remove features to: " + "; ".join(absent)
