@@ -212,7 +212,7 @@ def table_agreement(model: str, other: str, n_samples: int, overrides: list[str]
     default dataset, as a table run explains them (softmax output, label as the target); for the
     dense and conv models also of |backtrace| and the |z| rule on every layer started as backtrace
     starts (the target logit gets the target probability), on the same model."""
-    from hydra.utils import instantiate
+    from experiments.run.pipeline import build_explainer
 
     from baselines import ExplainContext, reduce_channels
     from experiments.run.config import load_config, method_config
@@ -226,7 +226,7 @@ def table_agreement(model: str, other: str, n_samples: int, overrides: list[str]
     x, y = ds.x_test[:n_samples], ds.y_test[:n_samples].long()
     maps = {}
     for name in ("backtrace", other):
-        method = instantiate(method_config(name, "softmax"), model=prep.model, context=ctx)
+        method = build_explainer(method_config(name, "softmax"), prep.model, ctx)
         parts = [method(x[i:i + 16], y[i:i + 16]).values for i in range(0, len(x), 16)]
         maps[name] = reduce_channels(torch.cat(parts), "sum").cpu().numpy()
     if ds.modality != "text":

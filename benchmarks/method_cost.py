@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from baselines import METHODS, ExplainContext  # noqa: E402
 from experiments.run.config import method_config  # noqa: E402
+from experiments.run.pipeline import build_explainer  # noqa: E402
 
 METHOD_DIR = ROOT / "configs" / "method"
 # What "small" changes, per method; every other parameter keeps its config value.
@@ -93,7 +94,7 @@ def forward_backward_seconds(model: nn.Module, x: torch.Tensor, targets: torch.T
     return statistics.median(times)
 
 
-def method_config(name: str, budget: str) -> Any:
+def budgeted_config(name: str, budget: str) -> Any:
     cfg = method_config(name, "logits" if name == "shap_deep" else "softmax")
     if budget == "small":
         cfg = OmegaConf.merge(cfg, SMALL_BUDGETS.get(name, {}))
@@ -130,14 +131,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for name in names:
-        cfg = method_config(name, args.budget)
+        cfg = budgeted_config(name, args.budget)
         cls = get_class(cfg._target_)
         try:
             cls.check_compatible(ctx.modality, ctx.model_kind)
         except ValueError as exc:
             rows.append({"method": name, "note": f"n/a: {exc}"})
             continue
-        method = instantiate(cfg, model=model, context=ctx)
+        method = build_explainer(cfg, model, ctx)
         start = time.perf_counter()
         method(x[:1], targets[:1])
         warm = time.perf_counter() - start

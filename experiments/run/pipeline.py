@@ -89,3 +89,12 @@ def prepare(cfg: DictConfig) -> Prepared:
         head = head_settings(task, params)
         model = head_of(trained.model, task, params)
     return Prepared(dataset, model, str(cfg.model.kind), trained, device, seconds, task, head)
+
+
+def build_explainer(method_cfg: DictConfig, model: nn.Module, context: Any) -> Any:
+    """The method of ``method_cfg`` for ``model``, given its explain context as it is.
+
+    Hydra's ``instantiate`` merges keyword arguments into the config, which would turn the
+    context (a dataclass) and the dataclasses it holds (the kv_retrieval tokenizer) into OmegaConf
+    configs without their methods; the config is made a partial and called with the objects."""
+    return instantiate(method_cfg, _partial_=True)(model=model, context=context)

@@ -23,7 +23,7 @@ from experiments.errors import ConfigError, DataError, missing_extra, needs_extr
 from experiments.run.config import check_output_dirs, model_task, name_method_config, validate
 from experiments.run.dense_cells import DenseSamples, dense_samples
 from experiments.run.launchers import run_threads
-from experiments.run.pipeline import Prepared, prepare
+from experiments.run.pipeline import Prepared, build_explainer, prepare
 from experiments.run.progress import bar
 from experiments.run.records import (config_hash, load_record, package_versions, record_path, record_problem,
                                      recover, write_record)
@@ -273,8 +273,8 @@ def explain_and_score(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, 
         if explainer is None:
             start = time.perf_counter()
             try:
-                explainer = instantiate(cfg.method, model=model, context=context)
-            except InstantiationException as exc:
+                explainer = build_explainer(cfg.method, model, context)
+            except (InstantiationException, ModuleNotFoundError) as exc:
                 extra = missing_extra(exc)
                 if extra is None:
                     raise

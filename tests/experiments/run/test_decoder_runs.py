@@ -24,7 +24,9 @@ TINY = ["model=tiny_decoder", "dataset.n_train=200", "dataset.n_test=20", "model
         "batch_size=4", "table=decoders"]
 
 
-@pytest.mark.parametrize("method", ["backtrace", "attnlrp", "ig"])
+# shap_partition_tokens names the tokens it groups through the tokenizer of the explain context:
+# the kv_retrieval tokenizer (a dataclass) must reach it as itself, not as a config
+@pytest.mark.parametrize("method", ["backtrace", "attnlrp", "ig", "shap_partition_tokens"])
 def test_a_tiny_decoder_cell_records_tokens_attributions_and_sources(method, run_dirs, one_thread):
     result = run(compose([*TINY, f"method={method}", *run_dirs]))
     record = json.loads((result.path / "record.json").read_text())
