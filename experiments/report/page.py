@@ -165,6 +165,10 @@ def write_report(results_dir: str | Path, out: str | Path, reference: Optional[s
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sections = [table_section(data, stats, out) for data, stats in built]
+    # the published page names the published evidence, not the folder of records it was made from
+    published = out.resolve() == (published_root() / "report").resolve()
+    source = ("the run records of the published tables (their per-sample evidence: <code>results/evidence/</code>)"
+              if published else f"the run records under <code>{html.escape(str(results_dir))}</code>")
     toc = "".join(f'<li><a href="#table-{html.escape(d.name)}">{html.escape(d.name)}</a>: '
                   f"{html.escape(d.model)} on {html.escape(d.dataset)}</li>" for d, _ in built)
     page = f"""<!DOCTYPE html>
@@ -174,7 +178,7 @@ def write_report(results_dir: str | Path, out: str | Path, reference: Optional[s
 <style>{CSS}{figures.TOKEN_CSS}</style></head>
 <body>
 <h1>backtrace-bench results</h1>
-<p>Every table from the run records under <code>{html.escape(str(results_dir))}</code>: mean [bootstrap 95%
+<p>Every table from {source}: mean [bootstrap 95%
 interval] per method and metric on the samples every method scored, bold where a method cannot be told apart from
 the best; Friedman tests across methods and Holm-corrected Wilcoxon signed-rank tests of the reference method
 against each other one (green: the reference is better, red: worse).</p>
